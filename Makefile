@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine with Python 3.11: `make demo` and `make test`.
+# torch goes in first, pinned, and every later install is constrained to it (constraints.txt),
+# so no dependency can pull a newer torch with its CUDA wheels.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: demo test lint bench venv clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/modelcycle datasets digits --out data/digits-raw
+	$(BIN)/modelcycle prepare data/digits-raw --out data/digits --val 0.2 --seed 0
+	$(BIN)/modelcycle train configs/digits.yaml run.name=digits-demo --overwrite
+	$(BIN)/modelcycle evaluate runs/digits-demo
+	$(BIN)/modelcycle predict runs/digits-demo data/digits-raw/3/0003.png data/digits-raw/7/0007.png
+	@echo "Report: runs/digits-demo/report/report.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) data runs

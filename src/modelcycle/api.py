@@ -1,0 +1,80 @@
+"""The public Python API; every CLI verb is a thin call into one of these."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelcycle import runs
+from modelcycle.config import Config, load_config
+from modelcycle.data.demo import write_digits
+from modelcycle.data.prepare import PrepareResult
+from modelcycle.data.prepare import prepare as _prepare
+from modelcycle.engine import checkpoint
+from modelcycle.engine.trainer import Trainer
+from modelcycle.evaluate.crossval import crossval
+from modelcycle.evaluate.evaluate import evaluate
+from modelcycle.evaluate.predict import predict
+from modelcycle.runs import Run
+from modelcycle.tasks import classify
+
+__all__ = ["prepare", "train", "evaluate", "predict", "crossval", "write_digits", "load_config", "Run"]
+
+
+def prepare(src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.0, seed: int = 0) -> PrepareResult:
+    """Scan a folder of class folders (or a manifest), verify images, write a stratified split."""
+    return _prepare(src, out, val=val, test=test, seed=seed)
+
+
+def train(
+    config: Config | str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: list | None = None,
+    train_items=None,
+    val_items=None,
+) -> Run:
+    """Train a classifier; returns the run folder with checkpoints, metrics and model package."""
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    elif overrides:
+        config = load_config(None, overrides, base=config.model_dump())
+    run_dir = runs.prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    parts = classify.setup(config, train_items, val_items)
+    config.save(run_dir / "config.yaml")
+    meta = {"task": "classify", "architecture": _portable(parts.model_spec), "classes": parts.data.classes,
+            "preprocessing": parts.preprocessing}
+    trainer = Trainer(
+        parts.task, parts.model, parts.train_loader, parts.val_loader, config.train, run_dir,
+        callbacks=callbacks, meta=meta, progress=progress,
+    )
+    state = trainer.fit(resume=resume)
+    run = Run(run_dir)
+    _write_package(run, meta, state.best_epoch, config)
+    return run
+
+
+def _portable(spec: dict) -> dict:
+    """A user's model file is recorded by absolute path so the package works from any folder."""
+    name = spec["name"]
+    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+        file, func = name.rsplit(":", 1)
+        spec = {**spec, "name": f"{Path(file).resolve()}:{func}"}
+    return spec
+
+
+def _write_package(run: Run, meta: dict, best_epoch: int, config: Config) -> None:
+    best = run.checkpoints / "best.pt"
+    source = best if best.exists() else run.checkpoints / "last.pt"
+    ck = checkpoint.load(source)
+    weights = ck["ema"]["model"] if ck.get("ema") else ck["model"]
+    epochs = run.epoch_metrics()
+    chosen = next((m for m in epochs if m["epoch"] == best_epoch), epochs[-1] if epochs else {})
+    runs.write_package(
+        run.model_dir,
+        weights,
+        {**meta, "metrics": {k: v for k, v in chosen.items() if isinstance(v, float | int)},
+         "source_run": str(run.path.resolve()), "checkpoint": source.name, "monitor": config.train.monitor},
+    )
+

@@ -1,0 +1,199 @@
+"""The command line: one verb per lifecycle stage, each a thin call into the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from modelcycle.errors import UserError
+from modelcycle.progress import console, info, stdout
+
+app = typer.Typer(
+    help="modelcycle: take a model from a raw image folder to an evaluated, resumable, packaged model.\n\n"
+    "Typical flow: datasets/prepare -> inspect -> train -> evaluate -> predict.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+OVERRIDES_HELP = "Config overrides as key=value, e.g. train.epochs=10 data.root=data/flowers run.name=flowers"
+
+
+def _split_config(config: str, overrides: list[str] | None) -> tuple[str | None, list[str]]:
+    """`train data.root=x` (no file) is allowed: a first argument with '=' is an override."""
+    overrides = list(overrides or [])
+    if "=" in config and not Path(config).exists():
+        return None, [config, *overrides]
+    return config, overrides
+
+
+@app.command()
+def datasets(
+    name: str = typer.Argument(..., help="Bundled dataset: digits (scikit-learn's handwritten digits)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write class folders into."),
+):
+    """Write a bundled demo dataset as an image folder (one sub-folder per class), offline."""
+    from modelcycle.data.demo import DATASETS, write_digits
+
+    if name != "digits":
+        raise UserError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    write_digits(out)
+    info(f"wrote {name} to {out}/ (" + DATASETS[name] + ")")
+
+
+@app.command()
+def prepare(
+    src: Path = typer.Argument(..., help="Folder of class folders (flower_photos/daisy/*.jpg) or a manifest file."),
+    out: Path = typer.Option(..., "--out", help="Where to write train.txt, val.txt, classes.txt, stats.json."),
+    val: float = typer.Option(0.2, help="Fraction of each class held out for validation."),
+    test: float = typer.Option(0.0, help="Fraction of each class held out for testing."),
+    seed: int = typer.Option(0, help="Seed of the split: the same seed gives the same split."),
+):
+    """Verify every image and write a stratified, reproducible split (unreadable files -> rejected.txt)."""
+    from modelcycle.api import prepare as run_prepare
+
+    result = run_prepare(src, out, val=val, test=test, seed=seed)
+    table = Table(title=f"{out}: {result.stats['num_images']} images, {len(result.rejected)} rejected")
+    table.add_column("class")
+    for split in result.counts:
+        table.add_column(split, justify="right")
+    for name in result.classes:
+        table.add_row(name, *[str(result.counts[s].get(name, 0)) for s in result.counts])
+    console.print(table)
+
+
+@app.command()
+def inspect(
+    data: Path = typer.Argument(..., help="A folder made by `modelcycle prepare`."),
+    config: str | None = typer.Option(None, help="Recipe whose data section (size, augmentation) to show."),
+    out: Path | None = typer.Option(None, help="PNG to write (default DATA/batch.png)."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+):
+    """Print the class table and save a PNG grid of one augmented training batch."""
+    from modelcycle.config import load_config
+    from modelcycle.data.inspect import batch_grid, class_table
+    from modelcycle.data.manifest import PreparedData
+
+    cfg = load_config(config, overrides or [])
+    prepared = PreparedData.open(data)
+    rows = class_table(prepared)
+    table = Table(title=f"{data}: {len(prepared.classes)} classes")
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in rows:
+        table.add_row(*[str(v) for v in row.values()])
+    console.print(table)
+    png = batch_grid(prepared, cfg.data, out or data / "batch.png", seed=cfg.train.seed)
+    info(f"augmented batch: {png}")
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="YAML recipe (configs/digits.yaml) or a first key=value override."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run folder of the same name."),
+):
+    """Train a model; writes runs/NAME/ (config, metrics, checkpoints, model package)."""
+    from modelcycle.api import train as run_train
+
+    path, overrides = _split_config(config, overrides)
+    from modelcycle.config import load_config
+
+    cfg = load_config(path, overrides)
+    run = run_train(cfg, resume=resume, overwrite=overwrite)
+    best = run.epoch_metrics()
+    summary = ""
+    if best:
+        last = best[-1]
+        summary = "  ".join(f"{k}={last[k]:.4f}" for k in ("val_accuracy", "val_loss") if k in last)
+    info(f"run {run.path}: model package in {run.model_dir}  {summary}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run folder (runs/NAME) or a model package."),
+    split: str = typer.Option("val", help="Split of the run's data: val or test (or train)."),
+    data: Path | None = typer.Option(None, help="A manifest to evaluate on instead of a split."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+):
+    """Accuracy, top-5, per-class precision/recall/F1 and a report with plots in RUN/report/."""
+    from modelcycle.api import evaluate as run_evaluate
+
+    metrics = run_evaluate(run, split=split, data=data)
+    if as_json:
+        keys = ("accuracy", "top5", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
+                "weighted_precision", "weighted_recall", "num_samples", "split", "per_class")
+        stdout.print_json(json.dumps({k: metrics[k] for k in keys}))
+        return
+    table = Table(title=f"{run} on {metrics['split']} ({metrics['num_samples']} images)")
+    for column in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, m in metrics["per_class"].items():
+        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    for avg in ("macro", "weighted"):
+        table.add_row(f"[bold]{avg} avg", f"{metrics[avg + '_precision']:.3f}", f"{metrics[avg + '_recall']:.3f}",
+                      f"{metrics[avg + '_f1']:.3f}", str(metrics["num_samples"]))
+    console.print(table)
+    info(f"accuracy {metrics['accuracy']:.4f}  top-{metrics['topk']} {metrics['top5']:.4f}  "
+         f"macro F1 {metrics['macro_f1']:.4f}\nreport: {metrics['report']}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run folder or a model package."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    topk: int = typer.Option(5, help="How many classes to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
+):
+    """Top-k classes with probabilities for each image."""
+    from modelcycle.api import predict as run_predict
+
+    for result in run_predict(run, images, topk=topk):
+        if as_json:
+            print(json.dumps(result))
+        else:
+            ranked = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["topk"])
+            stdout.print(f"{result['path']}: [bold]{result['label']}[/bold] ({result['probability']:.3f})  top: {ranked}",
+                         highlight=False)
+
+
+@app.command()
+def crossval(
+    config: str = typer.Argument(..., help="YAML recipe."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    folds: int = typer.Option(5, help="Number of stratified folds."),
+):
+    """k-fold cross-validation over train+val; prints mean and std of each metric."""
+    from modelcycle.api import crossval as run_crossval
+
+    path, overrides = _split_config(config, overrides)
+    summary = run_crossval(path, overrides, folds=folds)
+    table = Table(title=f"{folds}-fold cross-validation ({summary['runs']})")
+    table.add_column("metric")
+    for i in range(folds):
+        table.add_column(f"fold {i}", justify="right")
+    table.add_column("mean ± std", justify="right")
+    for key, mean in summary["mean"].items():
+        table.add_row(key, *[f"{f[key]:.4f}" for f in summary["per_fold"]], f"{mean:.4f} ± {summary['std'][key]:.4f}")
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        console.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        sys.exit(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

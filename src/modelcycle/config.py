@@ -1,0 +1,222 @@
+"""Typed configuration: one pydantic model per section, YAML file + ``key=value`` overrides.
+
+Unknown keys fail before any work, naming the closest valid key and where the bad key was
+(file and line, or the command line), because a typo that silently falls back to a default
+wastes a whole training run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelcycle.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = "run"
+    dir: str = "runs"
+
+
+class DataSection(Section):
+    root: str | None = None  # a folder written by `modelcycle prepare`
+    image_size: int = Field(64, ge=8)
+    channels: int | None = None  # None: 1 if every image is greyscale, else 3 (from stats.json)
+    mean: list[float] | None = None  # None: 0.5 for greyscale, ImageNet statistics for RGB
+    std: list[float] | None = None
+    hflip: bool = True
+    crop_scale: tuple[float, float] = (0.6, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 1.333)
+    color_jitter: float = Field(0.1, ge=0.0, le=1.0)
+    cache: bool | Literal["auto"] = "auto"  # keep decoded images in memory when they fit
+    cache_max_mb: int = 2048
+    workers: int | None = None  # None: chosen from the CPU count
+
+
+class ModelSection(Section):
+    name: str = "simple_cnn"  # a registry name or path/to/file.py:build
+    args: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the builder
+
+
+class TrainSection(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    l1: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "step", "onecycle"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(30, ge=1)  # epochs between decays for schedule=step
+    gamma: float = 0.1
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step
+    clip_grad: float | None = None  # max global gradient norm
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    channels_last: bool = False
+    compile: bool = False
+    early_stop_patience: int = Field(0, ge=0)  # epochs without improvement; 0 = off
+    monitor: str = "val_accuracy"
+    monitor_mode: Literal["auto", "max", "min"] = "auto"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    checkpoint_every: int = Field(0, ge=0)  # optimizer steps between last.pt saves; 0 = epochs only
+    keep_checkpoints: int = Field(1, ge=1)  # step-numbered checkpoints kept besides last.pt
+    log_every: int = Field(20, ge=1)
+
+
+class EvalSection(Section):
+    batch_size: int = Field(256, ge=1)
+    topk: int = Field(5, ge=1)
+    mistakes: int = Field(36, ge=0)  # images in mistakes.png
+
+
+class Config(Section):
+    run: RunSection = Field(default_factory=RunSection)
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_yaml())
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key the config accepts (sections and leaves)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(valid_keys(ann, key + "."))
+    return keys
+
+
+def _yaml_lines(text: str) -> dict[str, int]:
+    """Map dotted key -> 1-based line in the YAML text, for error messages."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = f"{prefix}{key_node.value}"
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key + ".")
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}=...: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(
+            f"override '{text}' is not key=value; write for example train.epochs=10"
+        )
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.6)
+    if not close:
+        # a right leaf in the wrong section ("epochs=3") is worth suggesting too
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict | None = None,
+) -> Config:
+    """Read a YAML recipe, apply ``key=value`` overrides, and validate everything at once."""
+    tree: dict = dict(base or {})
+    origin: dict[str, str] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass a YAML file such as configs/digits.yaml")
+        text = path.read_text()
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections (run:, data:, train:, ...)")
+        tree = _merge(tree, loaded)
+        source = str(path)
+        origin = {k: f"{path}:{line}" for k, line in _yaml_lines(text).items()}
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value)
+        origin[key] = "command line"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin, source)) from None
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _explain(exc: ValidationError, origin: dict[str, str], source: str) -> str:
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        where = origin.get(key, source)
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}' ({where}){_did_you_mean(key)}")
+        else:
+            got = err.get("input")
+            problems.append(f"{key} ({where}): {err['msg']} (got {got!r})")
+    return "invalid configuration:\n  " + "\n  ".join(problems)

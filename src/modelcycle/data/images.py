@@ -1,0 +1,68 @@
+"""Decoding image files into arrays, the one place that knows about Pillow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from modelcycle.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+# Truncated files must fail loudly, not decode as half-grey pictures.
+Image.LOAD_TRUNCATED_IMAGES = False
+
+
+def probe_image(path: Path) -> tuple[int, int, str]:
+    """Fully decode ``path`` (a header check misses truncation) and return width, height, mode.
+
+    Raises DataError with the reason when the file is empty, not an image, or damaged.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise DataError("empty file (0 bytes)")
+        with Image.open(path) as img:
+            img.load()
+            width, height = ImageOps.exif_transpose(img).size if _rotated(img) else img.size
+            return width, height, img.mode
+    except DataError:
+        raise
+    except UnidentifiedImageError:
+        raise DataError("not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"damaged image: {exc}") from None
+
+
+def _rotated(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap w/h
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a decodable image
+        return False
+
+
+def load_image(path: Path, channels: int, min_size: int | None = None) -> np.ndarray:
+    """Decode to an HxWxC uint8 array with ``channels`` 1 or 3, EXIF rotation applied.
+
+    ``min_size`` lets JPEG decode at a reduced scale (Pillow's draft mode) when the picture is at
+    least twice that size: a large photo then decodes several times faster with no visible loss
+    at the training resolution.
+    """
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with Image.open(path) as img:
+            if min_size and img.format == "JPEG":
+                img.draft(mode, (min_size * 2, min_size * 2))
+            img = ImageOps.exif_transpose(img)
+            if img.mode != mode:
+                img = img.convert("RGBA").convert(mode) if "transparency" in img.info else img.convert(mode)
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(
+            f"cannot decode image {path}: {exc}. Remove it or run `modelcycle prepare` again to list "
+            "unreadable files in rejected.txt"
+        ) from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return array

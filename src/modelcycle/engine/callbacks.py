@@ -1,0 +1,69 @@
+"""Hooks into the training loop. The progress display is one; users may add their own."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.progress import TextColumn
+
+from modelcycle.progress import console, make_progress
+
+if TYPE_CHECKING:
+    from modelcycle.engine.trainer import Trainer
+
+
+class Callback:
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer) -> None: ...
+
+    def on_log(self, trainer: Trainer, metrics: dict) -> None: ...
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+class ProgressDisplay(Callback):
+    """A live bar on a terminal (loss, accuracy, throughput, ETA); one line per epoch always."""
+
+    def __init__(self):
+        self.progress = make_progress(TextColumn("{task.fields[stats]}"))
+        self.task = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.progress.start()
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        total = trainer.batches_per_epoch
+        self.task = self.progress.add_task(
+            f"epoch {trainer.state.epoch + 1}/{trainer.cfg.epochs}", total=total,
+            completed=trainer.state.batch_in_epoch, stats="",
+        )
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.progress.advance(self.task, trainer.cfg.accumulate)
+
+    def on_log(self, trainer: Trainer, metrics: dict) -> None:
+        stats = "  ".join(_fmt(k, v) for k, v in metrics.items() if k.startswith("train_") or k == "samples_per_s")
+        self.progress.update(self.task, stats=stats)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
+        shown = {k: v for k, v in metrics.items() if k not in ("step", "epoch", "lr")}
+        console.print(
+            f"epoch {metrics['epoch']}/{trainer.cfg.epochs}  " + "  ".join(_fmt(k, v) for k, v in shown.items()),
+            highlight=False,
+        )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.progress.stop()
+
+
+def _fmt(key: str, value) -> str:
+    if isinstance(value, float):
+        return f"{key}={value:.4g}" if abs(value) < 1000 else f"{key}={value:,.0f}"
+    return f"{key}={value}"

@@ -1,0 +1,136 @@
+"""Crash-safe checkpoint files: write to a temporary file, fsync, rename into place.
+
+A crash, SIGKILL or full disk at any moment leaves either the old checkpoint or the new one,
+never a torn file. Loading uses ``weights_only=True``: a checkpoint can hold tensors and plain
+data, never code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modelcycle.errors import CheckpointError
+
+TMP_MARK = ".tmp-"
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CheckpointError(_explain_write_error(exc, path)) from None
+    _fsync_dir(path.parent)
+
+
+def atomic_link(src: Path, dst: Path) -> None:
+    """Make ``dst`` the same file as ``src`` (hard link, or a copy where links are not allowed)."""
+    tmp = dst.with_name(f"{dst.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise CheckpointError(_explain_write_error(exc, dst)) from None
+
+
+def _explain_write_error(exc: OSError, path: Path) -> str:
+    kept = f"the previous {path.name} is intact" if path.exists() else "no earlier checkpoint was there"
+    if exc.errno == errno.ENOSPC:
+        cause, todo = "the disk is full", "free some space"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        cause, todo = "the run folder is not writable", "make the folder writable"
+    else:
+        cause, todo = exc.strerror or str(exc), "fix the cause"
+    return f"could not write checkpoint {path}: {cause}; {kept}. {todo.capitalize()}, then continue with --resume"
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} not found") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a modelcycle checkpoint ({type(exc).__name__}: {exc}); "
+            "delete it to resume from the previous one, or start the run again"
+        ) from None
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files left by a process killed mid-write."""
+    if folder.is_dir():
+        for tmp in folder.glob(f"*{TMP_MARK}*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def prune_numbered(folder: Path, keep: int) -> None:
+    numbered = sorted(folder.glob("step-*.pt"))
+    for old in numbered[:-keep] if keep > 0 else numbered:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def rng_state() -> dict:
+    """Every random stream the process uses, as tensors and plain data (loadable weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"])
+    )
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value

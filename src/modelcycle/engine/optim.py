@@ -1,0 +1,55 @@
+"""Optimizers and learning-rate schedules from the ``train`` config section."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from modelcycle.config import TrainSection
+
+
+def build_optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainSection, steps_per_epoch: int):
+    """A function of the optimizer step giving the LR multiplier.
+
+    Everything is expressed as one LambdaLR so that the schedule's whole state is a step
+    counter, which makes resume exact.
+    """
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if cfg.schedule == "onecycle":
+            # LR goes 1/25 -> 1 over the first 30 %, then cosine down to 1/1e4 (Smith & Topin)
+            peak = max(1, int(0.3 * total))
+            if step < peak:
+                return 1 / 25 + (1 - 1 / 25) * (1 - math.cos(math.pi * step / peak)) / 2
+            progress = min(1.0, (step - peak) / max(1, total - peak))
+            return 1e-4 + (1 - 1e-4) * (1 + math.cos(math.pi * progress)) / 2
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "step":
+            return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+        return 1.0
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSection, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))

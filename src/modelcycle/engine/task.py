@@ -1,0 +1,30 @@
+"""What the engine asks of a task: the computation of one step, nothing about the loop."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+Sums = dict[str, torch.Tensor]
+
+
+class Task(Protocol):
+    """A task turns a batch into a loss and into *sums* (tensors the engine adds up without a
+    host sync); :meth:`summarize` turns the added sums into metrics at log and epoch time."""
+
+    def training_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Sums]: ...
+
+    def validation_step(self, model: nn.Module, batch: Any) -> Sums: ...
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+
+def add_sums(total: Sums, new: Sums) -> None:
+    for key, value in new.items():
+        value = value.detach()
+        if key in total:
+            total[key] += value
+        else:
+            total[key] = value.clone()

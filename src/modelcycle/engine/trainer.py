@@ -1,0 +1,377 @@
+"""The training loop. It knows nothing about images or text: a task computes each step.
+
+What makes resume exact: checkpoints are taken only at optimizer-step boundaries and hold the
+model, optimizer, schedule, scaler, EMA, every RNG stream, the sampler position and the
+counters; the loader draws from its own generator, never the global one; augmentation seeds come
+from the sampler. An interrupted CPU run therefore ends with the same bits as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from modelcycle.config import TrainSection
+from modelcycle.engine import checkpoint
+from modelcycle.engine.callbacks import Callback, ProgressDisplay
+from modelcycle.engine.ema import EMA
+from modelcycle.engine.loggers import EventLog, MetricsLog
+from modelcycle.engine.optim import build_optimizer, build_scheduler
+from modelcycle.engine.task import Sums, Task, add_sums
+from modelcycle.errors import ConfigError, NonFiniteLossError, UserError
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved and ``--resume`` continues."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    batch_in_epoch: int = 0  # batches of the current epoch consumed by completed steps
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if isinstance(batch, torch.Tensor):
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch.to(device, non_blocking=True) if batch.device != device else batch
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(b, device, channels_last) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    return batch
+
+
+class Trainer:
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        train_loader: DataLoader,
+        val_loader: DataLoader | None,
+        cfg: TrainSection,
+        run_dir: Path | None = None,
+        callbacks: list[Callback] | None = None,
+        meta: dict | None = None,
+        progress: bool = True,
+    ):
+        self.task, self.cfg, self.run_dir, self.meta = task, cfg, run_dir, meta or {}
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.device = resolve_device(cfg.device)
+        if cfg.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.precision=fp16 needs a CUDA device; on CPU use train.precision=bf16")
+        self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accumulate)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
+        self.state = TrainState()
+        self.callbacks = ([ProgressDisplay()] if progress else []) + list(callbacks or [])
+        ckpt_dir = run_dir / "checkpoints" if run_dir else None
+        self.ckpt_dir = ckpt_dir
+        self.metrics_log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
+        self.event = EventLog(run_dir / "events.log" if run_dir else None)
+        self.monitor_mode = cfg.monitor_mode if cfg.monitor_mode != "auto" else (
+            "min" if "loss" in cfg.monitor else "max"
+        )
+        self._stop_signal: str | None = None
+        self._bad_step = torch.tensor(-1, device=self.device)
+
+    # ------------------------------------------------------------------ sizes and helpers
+
+    @property
+    def batches_per_epoch(self) -> int:
+        loader = self.train_loader
+        size = getattr(loader.sampler, "size", None) or len(loader.dataset)
+        return size // loader.batch_size if loader.drop_last else math.ceil(size / loader.batch_size)
+
+    def _autocast(self):
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _check_monitor(self) -> None:
+        names = getattr(self.task, "metric_names", None)
+        if names is None:
+            return
+        prefixes = ("train_", "val_") if self.val_loader is not None else ("train_",)
+        valid = [p + n for p in prefixes for n in names]
+        if self.cfg.monitor not in valid:
+            raise ConfigError(f"train.monitor: '{self.cfg.monitor}' is not a metric of this run; choose one of {', '.join(valid)}")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "format": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "rng": checkpoint.rng_state(),
+            "state": asdict(self.state),
+            "meta": self.meta,
+        }
+
+    def save(self, best: bool = False) -> None:
+        if self.ckpt_dir is None:
+            return
+        self._check_finite()
+        last = self.ckpt_dir / "last.pt"
+        checkpoint.atomic_save(self.checkpoint_state(), last)
+        checkpoint.atomic_link(last, self.ckpt_dir / f"step-{self.state.step:09d}.pt")
+        checkpoint.prune_numbered(self.ckpt_dir, self.cfg.keep_checkpoints)
+        if best:
+            checkpoint.atomic_link(last, self.ckpt_dir / "best.pt")
+        self.event(f"checkpoint step={self.state.step} epoch={self.state.epoch}{' (best)' if best else ''}")
+
+    def restore(self) -> bool:
+        """Load ``last.pt`` if there is one; False means there was nothing to resume."""
+        if self.ckpt_dir is None:
+            return False
+        checkpoint.remove_stale_temporaries(self.ckpt_dir)
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            return False
+        ck = checkpoint.load(path, self.device)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        if self.ema and ck.get("ema"):
+            self.ema.load_state_dict(ck["ema"])
+        self.state = TrainState(**ck["state"])
+        checkpoint.set_rng_state(ck["rng"])
+        if self.metrics_log:
+            self.metrics_log.truncate_after(self.state.step)
+        self.event(f"resumed from step={self.state.step} epoch={self.state.epoch}")
+        return True
+
+    def _check_finite(self) -> None:
+        bad = int(self._bad_step)
+        if bad < 0:
+            return
+        last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
+        kept = (
+            f"the last good checkpoint {last} is kept"
+            if last and last.exists() else "no checkpoint had been written yet"
+        )
+        self.event(f"non-finite loss at step {bad}")
+        raise NonFiniteLossError(
+            f"the loss became NaN or infinite at step {bad} (epoch {self.state.epoch + 1}); training stopped "
+            f"and {kept}. Lower train.lr, set train.clip_grad, or check the data; then --resume or start again"
+        )
+
+    # ------------------------------------------------------------------ signals
+
+    @contextlib.contextmanager
+    def _graceful_signals(self):
+        """First Ctrl-C/SIGTERM: finish the step, save, stop. Second Ctrl-C: stop at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, _frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _stop_now(self) -> None:
+        self.save()
+        where = self.ckpt_dir / "last.pt" if self.ckpt_dir else "nowhere (no run folder)"
+        self.event(f"stopped by {self._stop_signal} at step {self.state.step}")
+        raise TrainingInterrupted(
+            f"stopped by {self._stop_signal} at step {self.state.step}; checkpoint saved to {where}. "
+            "Run the same command with --resume to continue"
+        )
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> TrainState:
+        self._check_monitor()
+        if resume and not self.restore():
+            self.event("--resume given but no checkpoint found; starting from the beginning")
+        self.event(f"fit start step={self.state.step} epoch={self.state.epoch}")
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        try:
+            with self._graceful_signals():
+                while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
+                    self._run_epoch()
+        finally:
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+        self.event(f"fit end step={self.state.step} epoch={self.state.epoch}")
+        return self.state
+
+    def _epoch_batches(self):
+        sampler = self.train_loader.sampler
+        start = self.state.batch_in_epoch * self.train_loader.batch_size
+        if hasattr(sampler, "set_epoch"):
+            try:
+                sampler.set_epoch(self.state.epoch, start=start)
+                return iter(self.train_loader)
+            except TypeError:  # a sampler that cannot start mid-epoch: skip batches instead
+                sampler.set_epoch(self.state.epoch)
+        return itertools.islice(iter(self.train_loader), self.state.batch_in_epoch, None)
+
+    def _run_epoch(self) -> None:
+        cfg, model, state = self.cfg, self.model, self.state
+        for cb in self.callbacks:
+            cb.on_epoch_start(self)
+        model.train()
+        window: Sums = {}
+        window_start = time.perf_counter()
+        epoch_start = window_start
+        total = self.batches_per_epoch
+        accumulate = cfg.accumulate
+        micro = 0
+        for index, batch in enumerate(self._epoch_batches(), start=state.batch_in_epoch):
+            batch = to_device(batch, self.device, cfg.channels_last)
+            with self._autocast():
+                loss, sums = self.task.training_step(self.step_model, batch)
+                if cfg.l1:
+                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
+            self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+            add_sums(window, sums)
+            self._bad_step = torch.where(
+                (self._bad_step < 0) & ~torch.isfinite(loss.detach()), state.step + 1, self._bad_step
+            )
+            micro += 1
+            if micro % accumulate and index + 1 < total:
+                continue
+            self._optimizer_step()
+            state.step += 1
+            state.batch_in_epoch = index + 1
+            for cb in self.callbacks:
+                cb.on_step_end(self)
+            if state.step % cfg.log_every == 0:
+                window_start = self._log_window(window, window_start)
+                window = {}
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                window_start = self._log_window(window, window_start, write=False)
+                window = {}
+                self.save()
+            if self._stop_signal:
+                self._log_window(window, window_start, write=False)
+                self._stop_now()
+        self._log_window(window, window_start, write=False)
+        self._end_epoch(time.perf_counter() - epoch_start)
+
+    def _optimizer_step(self) -> None:
+        cfg = self.cfg
+        if cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema:
+            self.ema.update(self.model)
+
+    def _log_window(self, window: Sums, started: float, write: bool = True) -> float:
+        """Move the window's sums to the host (the only sync) and, if asked, log them."""
+        if not window:
+            return started
+        floats = {k: float(v) for k, v in window.items()}
+        for key, value in floats.items():
+            self.state.epoch_sums[key] = self.state.epoch_sums.get(key, 0.0) + value
+        if write:
+            self._check_finite()
+            now = time.perf_counter()
+            metrics = {
+                "step": self.state.step, "epoch": self.state.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                **{f"train_{k}": v for k, v in self.task.summarize(floats).items()},
+            }
+            if "count" in floats:
+                metrics["samples_per_s"] = floats["count"] / max(now - started, 1e-9)
+            if self.metrics_log:
+                self.metrics_log.write(metrics)
+            for cb in self.callbacks:
+                cb.on_log(self, metrics)
+            return now
+        return started
+
+    def validate(self) -> dict[str, float]:
+        if self.val_loader is None:
+            return {}
+        model = self.ema.model if self.ema else self.step_model
+        was_training = model.training
+        model.eval()
+        sums: Sums = {}
+        with torch.no_grad(), self._autocast():
+            for batch in self.val_loader:
+                add_sums(sums, self.task.validation_step(model, to_device(batch, self.device, self.cfg.channels_last)))
+        model.train(was_training)
+        return {f"val_{k}": v for k, v in self.task.summarize({k: float(v) for k, v in sums.items()}).items()}
+
+    def _end_epoch(self, seconds: float) -> None:
+        state = self.state
+        self._check_finite()
+        train = {f"train_{k}": v for k, v in self.task.summarize(state.epoch_sums).items()} if state.epoch_sums else {}
+        metrics = {
+            "step": state.step, "epoch": state.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+            **train, **self.validate(), "epoch_time_s": seconds,
+        }
+        value = metrics.get(self.cfg.monitor)
+        improved = value is not None and (
+            state.best is None or (value > state.best if self.monitor_mode == "max" else value < state.best)
+        )
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs = value, state.epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        patience = self.cfg.early_stop_patience
+        if patience and state.bad_epochs >= patience:
+            state.stopped_early = True
+            self.event(f"early stop after epoch {state.epoch + 1}: {self.cfg.monitor} did not improve for {patience} epochs")
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        state.epoch_sums = {}
+        if self.metrics_log:
+            self.metrics_log.write(metrics)
+        self.save(best=improved)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, metrics)

@@ -1,0 +1,59 @@
+"""``modelcycle crossval``: k-fold cross-validation, each fold a normal run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from modelcycle.config import Config, load_config
+from modelcycle.data.manifest import PreparedData
+from modelcycle.errors import UserError
+from modelcycle.evaluate.inference import predict_items
+from modelcycle.evaluate.metrics import classification_metrics
+
+REPORTED = ("accuracy", "top5", "macro_f1", "weighted_f1")
+
+
+def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress: bool = True) -> dict:
+    """Train one run per fold over train (+ val) images; return mean and std of each metric.
+
+    Fold runs go to ``<run.dir>/<run.name>-crossval/fold-<i>``; the summary to ``crossval.json``
+    beside them.
+    """
+    from modelcycle.api import train
+    from modelcycle.runs import load_model
+
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    if folds < 2:
+        raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    data = PreparedData.open(config.data.root or "")
+    items = data.split("train") + (data.split("val") if data.has_split("val") else [])
+    labels = np.array([label for _, label in items])
+    smallest = np.bincount(labels).min()
+    if smallest < folds:
+        raise UserError(f"the smallest class has {smallest} images, fewer than --folds {folds}; use fewer folds")
+    base = Path(config.run.dir) / f"{config.run.name}-crossval"
+    per_fold = []
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=config.train.seed)
+    for fold, (train_idx, val_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        fold_config = load_config(None, [f"run.dir={base}", f"run.name=fold-{fold}"], base=config.model_dump())
+        val_items = [items[i] for i in val_idx]
+        run = train(fold_config, overwrite=True, progress=progress,
+                    train_items=[items[i] for i in train_idx], val_items=val_items)
+        model, manifest = load_model(run.path)
+        probs = predict_items(model, manifest, val_items)
+        metrics = classification_metrics(labels[val_idx], probs, data.classes)
+        per_fold.append({k: metrics[k] for k in REPORTED})
+    summary = {
+        "folds": folds,
+        "per_fold": per_fold,
+        "mean": {k: float(np.mean([f[k] for f in per_fold])) for k in REPORTED},
+        "std": {k: float(np.std([f[k] for f in per_fold])) for k in REPORTED},
+        "runs": str(base),
+    }
+    (base / "crossval.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,34 @@
+"""Running a packaged classifier over images, shared by evaluate, predict and crossval."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from modelcycle.config import DataSection
+from modelcycle.data.datasets import make_loader
+from modelcycle.data.manifest import PreparedData
+from modelcycle.engine.trainer import resolve_device
+
+
+def data_section(manifest: dict, workers: int | None = None) -> DataSection:
+    pre = manifest["preprocessing"]
+    return DataSection(image_size=pre["image_size"], channels=pre["channels"], mean=pre["mean"], std=pre["std"],
+                       cache=False, workers=workers)
+
+
+@torch.no_grad()
+def predict_items(
+    model: nn.Module, manifest: dict, items: list[tuple[Path, int]], batch_size: int = 256, workers: int | None = None
+) -> np.ndarray:
+    """Softmax probabilities, one row per item, in order."""
+    cfg = data_section(manifest, workers)
+    data = PreparedData(Path("."), manifest["classes"], {})
+    loader = make_loader(items, data, cfg, cfg.channels, batch_size, train=False)
+    device = resolve_device("auto")
+    model = model.to(device).eval()
+    out = [torch.softmax(model(images.to(device)).float(), dim=1).cpu() for images, _ in loader]
+    return torch.cat(out).numpy() if out else np.zeros((0, len(manifest["classes"])), np.float32)

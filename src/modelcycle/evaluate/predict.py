@@ -1,0 +1,36 @@
+"""``modelcycle predict``: top-k classes with probabilities for image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelcycle.data.images import probe_image
+from modelcycle.errors import DataError
+from modelcycle.evaluate.inference import predict_items
+from modelcycle.runs import load_model
+
+
+def predict(run: str | Path, images: list[str | Path], topk: int = 5) -> list[dict]:
+    """One dict per image: ``path``, ``label``, ``probability`` and ``topk`` (label, probability)."""
+    model, manifest = load_model(run)
+    classes = manifest["classes"]
+    paths = [Path(p) for p in images]
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"image {path} does not exist")
+        try:
+            probe_image(path)
+        except DataError as exc:
+            raise DataError(f"cannot predict {path}: {exc}") from None
+    probs = predict_items(model, manifest, [(p, 0) for p in paths], workers=0)
+    k = min(topk, len(classes))
+    results = []
+    for path, row in zip(paths, probs, strict=True):
+        order = row.argsort()[::-1][:k]
+        results.append({
+            "path": str(path),
+            "label": classes[order[0]],
+            "probability": float(row[order[0]]),
+            "topk": [{"label": classes[i], "probability": float(row[i])} for i in order],
+        })
+    return results

@@ -1,0 +1,169 @@
+"""Run folders and model packages.
+
+A run is a folder (``runs/<name>/``) holding everything the run made. A model package
+(``model/``) is ``model.safetensors`` + ``modelcycle.json``: architecture and its arguments,
+classes, preprocessing, metrics, source run and the weights' sha256, so it loads with no code
+from the file itself and is checked before use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from modelcycle.config import Config, load_config
+from modelcycle.engine.loggers import MetricsLog
+from modelcycle.errors import UserError
+
+PACKAGE_FORMAT = "modelcycle.package/1"
+MANIFEST = "modelcycle.json"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Run:
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        path = Path(path)
+        if not (path / "config.yaml").is_file():
+            raise UserError(
+                f"{path} is not a run folder (no config.yaml); pass runs/NAME as made by `modelcycle train`"
+            )
+        return cls(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.path / "config.yaml")
+
+    @property
+    def metrics(self) -> list[dict]:
+        return MetricsLog(self.path / "metrics.jsonl").read()
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def epoch_metrics(self) -> list[dict]:
+        return [m for m in self.metrics if "epoch_time_s" in m]
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
+def prepare_run_dir(config: Config, resume: bool, overwrite: bool) -> Path:
+    path = Path(config.run.dir) / config.run.name
+    if path.exists() and not resume:
+        if overwrite:
+            shutil.rmtree(path)
+        elif (path / "checkpoints").exists():
+            raise UserError(
+                f"run folder {path} already has checkpoints; add --resume to continue it, --overwrite to "
+                "start it again, or choose another run.name"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------- model package
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_package(out: Path, state_dict: dict[str, torch.Tensor], manifest: dict) -> Path:
+    """Write the package beside ``out`` and swap it in, so a crash leaves the old one or the new."""
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+        save_file(tensors, tmp / WEIGHTS)
+        manifest = {
+            "format": PACKAGE_FORMAT,
+            **manifest,
+            "weights": {"file": WEIGHTS, "sha256": sha256_file(tmp / WEIGHTS)},
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "torch_version": torch.__version__,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"could not write model package {out}: {exc.strerror or exc}; the previous package is intact") from None
+    return out
+
+
+def package_dir(path: str | Path) -> Path:
+    """A run folder or a package folder -> the package folder."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    if (path / "model" / MANIFEST).is_file():
+        return path / "model"
+    if (path / "config.yaml").is_file():
+        raise UserError(f"run {path} has no model package yet (model/{MANIFEST}); finish training or --resume it")
+    raise UserError(f"{path} is neither a run folder nor a model package (no {MANIFEST})")
+
+
+def read_manifest(path: str | Path) -> dict:
+    folder = package_dir(path)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{folder / MANIFEST} is not valid JSON ({exc}); the package is damaged") from None
+    if manifest.get("format") != PACKAGE_FORMAT:
+        raise UserError(f"{folder / MANIFEST}: unknown package format {manifest.get('format')!r}")
+    manifest["_dir"] = str(folder)
+    return manifest
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """Build the architecture named in the package and load its checked weights (eval mode)."""
+    from modelcycle.models.registry import build_model
+
+    manifest = read_manifest(path)
+    folder = Path(manifest["_dir"])
+    weights = folder / manifest["weights"]["file"]
+    if not weights.is_file():
+        raise UserError(f"{weights} is missing; the model package is incomplete")
+    if sha256_file(weights) != manifest["weights"]["sha256"]:
+        raise UserError(f"{weights} does not match the sha256 in {MANIFEST}; the file is damaged or was changed")
+    arch = manifest["architecture"]
+    model = build_model(arch["name"], arch["in_channels"], arch["num_classes"], arch["image_size"], arch.get("args"))
+    try:
+        model.load_state_dict(load_file(weights))
+    except RuntimeError as exc:
+        raise UserError(f"{weights} does not fit architecture {arch['name']}: {exc}") from None
+    return model.eval(), manifest
