@@ -7,8 +7,16 @@
     modelcycle.predict(run, ["photo.jpg"])
 """
 
-from modelcycle.api import Run, crossval, evaluate, load_config, predict, prepare, train, write_digits
 from modelcycle.errors import UserError
 
 __version__ = "0.1.0"
 __all__ = ["prepare", "train", "evaluate", "predict", "crossval", "write_digits", "load_config", "Run", "UserError"]
+
+
+def __getattr__(name: str):
+    # torch and friends load on first use, so `modelcycle --help` answers at once
+    if name in __all__:
+        from modelcycle import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'modelcycle' has no attribute {name!r}")
