@@ -1,10 +1,10 @@
 """modelcycle: a deep-learning model's whole life in one tool.
 
-    import modelcycle
-    modelcycle.prepare("flower_photos", "data/flowers")
-    run = modelcycle.train("configs/flowers.yaml", ["data.root=data/flowers", "run.name=flowers"])
-    modelcycle.evaluate(run)
-    modelcycle.predict(run, ["photo.jpg"])
+import modelcycle
+modelcycle.prepare("flower_photos", "data/flowers")
+run = modelcycle.train("configs/flowers.yaml", ["data.root=data/flowers", "run.name=flowers"])
+modelcycle.evaluate(run)
+modelcycle.predict(run, ["photo.jpg"])
 """
 
 from modelcycle.errors import UserError

@@ -14,6 +14,7 @@ from modelcycle.engine.trainer import Trainer
 from modelcycle.evaluate.crossval import crossval
 from modelcycle.evaluate.evaluate import evaluate
 from modelcycle.evaluate.predict import predict
+from modelcycle.progress import warn
 from modelcycle.runs import Run
 from modelcycle.tasks import classify
 
@@ -40,15 +41,31 @@ def train(
         config = load_config(config, overrides)
     elif overrides:
         config = load_config(None, overrides, base=config.model_dump())
-    run_dir = runs.prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    run_dir = runs.check_run_dir(config, resume=resume or overwrite)
     parts = classify.setup(config, train_items, val_items)
-    config.save(run_dir / "config.yaml")
-    meta = {"task": "classify", "architecture": _portable(parts.model_spec), "classes": parts.data.classes,
-            "preprocessing": parts.preprocessing}
+    meta = {
+        "task": "classify",
+        "architecture": _portable(parts.model_spec),
+        "classes": parts.data.classes,
+        "preprocessing": parts.preprocessing,
+    }
     trainer = Trainer(
-        parts.task, parts.model, parts.train_loader, parts.val_loader, config.train, run_dir,
-        callbacks=callbacks, meta=meta, progress=progress,
+        parts.task,
+        parts.model,
+        parts.train_loader,
+        parts.val_loader,
+        config.train,
+        run_dir,
+        callbacks=callbacks,
+        meta=meta,
+        progress=progress,
     )
+    # data, model and settings are all checked by now: only then does the run folder appear
+    if resume and (changes := runs.config_changes(run_dir, config)):
+        warn(
+            "resuming with changed settings, so the result will differ from an uninterrupted run: " + "; ".join(changes)
+        )
+    runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
     state = trainer.fit(resume=resume)
     run = Run(run_dir)
     _write_package(run, meta, state.best_epoch, config)
@@ -74,7 +91,11 @@ def _write_package(run: Run, meta: dict, best_epoch: int, config: Config) -> Non
     runs.write_package(
         run.model_dir,
         weights,
-        {**meta, "metrics": {k: v for k, v in chosen.items() if isinstance(v, float | int)},
-         "source_run": str(run.path.resolve()), "checkpoint": source.name, "monitor": config.train.monitor},
+        {
+            **meta,
+            "metrics": {k: v for k, v in chosen.items() if isinstance(v, float | int)},
+            "source_run": str(run.path.resolve()),
+            "checkpoint": source.name,
+            "monitor": config.train.monitor,
+        },
     )
-

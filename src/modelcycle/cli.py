@@ -127,8 +127,19 @@ def evaluate(
 
     metrics = run_evaluate(run, split=split, data=data)
     if as_json:
-        keys = ("accuracy", "top5", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
-                "weighted_precision", "weighted_recall", "num_samples", "split", "per_class")
+        keys = (
+            "accuracy",
+            "top5",
+            "macro_f1",
+            "weighted_f1",
+            "macro_precision",
+            "macro_recall",
+            "weighted_precision",
+            "weighted_recall",
+            "num_samples",
+            "split",
+            "per_class",
+        )
         stdout.print_json(json.dumps({k: metrics[k] for k in keys}))
         return
     table = Table(title=f"{run} on {metrics['split']} ({metrics['num_samples']} images)")
@@ -137,11 +148,18 @@ def evaluate(
     for name, m in metrics["per_class"].items():
         table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
     for avg in ("macro", "weighted"):
-        table.add_row(f"[bold]{avg} avg", f"{metrics[avg + '_precision']:.3f}", f"{metrics[avg + '_recall']:.3f}",
-                      f"{metrics[avg + '_f1']:.3f}", str(metrics["num_samples"]))
+        table.add_row(
+            f"[bold]{avg} avg",
+            f"{metrics[avg + '_precision']:.3f}",
+            f"{metrics[avg + '_recall']:.3f}",
+            f"{metrics[avg + '_f1']:.3f}",
+            str(metrics["num_samples"]),
+        )
     console.print(table)
-    info(f"accuracy {metrics['accuracy']:.4f}  top-{metrics['topk']} {metrics['top5']:.4f}  "
-         f"macro F1 {metrics['macro_f1']:.4f}\nreport: {metrics['report']}")
+    info(
+        f"accuracy {metrics['accuracy']:.4f}  top-{metrics['topk']} {metrics['top5']:.4f}  "
+        f"macro F1 {metrics['macro_f1']:.4f}\nreport: {metrics['report']}"
+    )
 
 
 @app.command()
@@ -159,8 +177,10 @@ def predict(
             print(json.dumps(result))
         else:
             ranked = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["topk"])
-            stdout.print(f"{result['path']}: [bold]{result['label']}[/bold] ({result['probability']:.3f})  top: {ranked}",
-                         highlight=False)
+            stdout.print(
+                f"{result['path']}: [bold]{result['label']}[/bold] ({result['probability']:.3f})  top: {ranked}",
+                highlight=False,
+            )
 
 
 @app.command()

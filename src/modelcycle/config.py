@@ -145,9 +145,7 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
 
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
-        raise ConfigError(
-            f"override '{text}' is not key=value; write for example train.epochs=10"
-        )
+        raise ConfigError(f"override '{text}' is not key=value; write for example train.epochs=10")
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
@@ -213,7 +211,7 @@ def _explain(exc: ValidationError, origin: dict[str, str], source: str) -> str:
     problems = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        where = origin.get(key, source)
+        where = origin.get(key) or next((o for k, o in origin.items() if k.startswith(key + ".")), source)
         if err["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}' ({where}){_did_you_mean(key)}")
         else:

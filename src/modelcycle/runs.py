@@ -69,22 +69,65 @@ class Run:
     def epoch_metrics(self) -> list[dict]:
         return [m for m in self.metrics if "epoch_time_s" in m]
 
+    def __fspath__(self) -> str:
+        return str(self.path)
+
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
 
-def prepare_run_dir(config: Config, resume: bool, overwrite: bool) -> Path:
+def check_run_dir(config: Config, resume: bool) -> Path:
+    """Refuse to train over an earlier run by accident; nothing is written here."""
     path = Path(config.run.dir) / config.run.name
-    if path.exists() and not resume:
-        if overwrite:
-            shutil.rmtree(path)
-        elif (path / "checkpoints").exists():
-            raise UserError(
-                f"run folder {path} already has checkpoints; add --resume to continue it, --overwrite to "
-                "start it again, or choose another run.name"
-            )
-    path.mkdir(parents=True, exist_ok=True)
+    if not resume and (path / "checkpoints").exists():
+        raise UserError(
+            f"run folder {path} already has checkpoints; add --resume to continue it, --overwrite to "
+            "start it again, or choose another run.name"
+        )
     return path
+
+
+def make_run_dir(path: Path, config: Config, overwrite: bool) -> None:
+    if overwrite and path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config.save(path / "config.yaml")
+
+
+# settings that may change on --resume without changing the trained weights
+_RESUME_SAFE = (
+    "run.",
+    "eval.",
+    "data.workers",
+    "train.epochs",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.early_stop_patience",
+)
+
+
+def config_changes(path: Path, config: Config) -> list[str]:
+    """Settings that differ from the run's saved config.yaml and would change the result."""
+    saved_file = path / "config.yaml"
+    if not saved_file.is_file():
+        return []
+    saved, now = _flatten(load_config(saved_file).model_dump(mode="json")), _flatten(config.model_dump(mode="json"))
+    return [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(saved) | set(now))
+        if saved.get(k) != now.get(k) and not k.startswith(_RESUME_SAFE)
+    ]
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "args":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 # ---------------------------------------------------------------- model package
@@ -121,7 +164,9 @@ def write_package(out: Path, state_dict: dict[str, torch.Tensor], manifest: dict
         shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"could not write model package {out}: {exc.strerror or exc}; the previous package is intact") from None
+        raise UserError(
+            f"could not write model package {out}: {exc.strerror or exc}; the previous package is intact"
+        ) from None
     return out
 
 

@@ -37,9 +37,10 @@ class ImageDataset(Dataset):
 
     def _decode_all(self) -> list[np.ndarray]:
         # decoded in the main process before workers fork, so they share the pages
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool, progress_bar(
-            "caching images", len(self.items)
-        ) as advance:
+        with (
+            ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool,
+            progress_bar("caching images", len(self.items)) as advance,
+        ):
             out = []
             for image in pool.map(self.decode, range(len(self.items))):
                 out.append(image)

@@ -24,8 +24,16 @@ def class_table(data: PreparedData) -> list[dict]:
 def batch_grid(data: PreparedData, cfg: DataSection, out: Path, count: int = 32, seed: int = 0) -> Path:
     channels = cfg.channels or data.channels
     items = data.split("train")
-    loader = make_loader(items, data, cfg.model_copy(update={"cache": False}), channels, min(count, len(items)),
-                         train=True, seed=seed, workers=0)
+    loader = make_loader(
+        items,
+        data,
+        cfg.model_copy(update={"cache": False}),
+        channels,
+        min(count, len(items)),
+        train=True,
+        seed=seed,
+        workers=0,
+    )
     images, labels = next(iter(loader))
     pixels = loader.collate_fn.denormalise(images)
     cols = min(8, len(pixels))

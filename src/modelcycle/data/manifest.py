@@ -65,9 +65,7 @@ class PreparedData:
     def open(cls, root: str | Path) -> PreparedData:
         root = Path(root)
         if not root.is_dir():
-            raise DataError(
-                f"data folder {root} not found; create it with `modelcycle prepare IMAGES --out {root}`"
-            )
+            raise DataError(f"data folder {root} not found; create it with `modelcycle prepare IMAGES --out {root}`")
         classes = read_classes(root / "classes.txt")
         stats_path = root / "stats.json"
         stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}

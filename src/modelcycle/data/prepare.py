@@ -37,8 +37,7 @@ def _scan_folder(src: Path) -> tuple[list[str], list[tuple[Path, int]], list[tup
     class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(
-            f"{src} has no class folders; lay images out as {src}/<class_name>/<image> "
-            "(like flower_photos/daisy/*.jpg)"
+            f"{src} has no class folders; lay images out as {src}/<class_name>/<image> (like flower_photos/daisy/*.jpg)"
         )
     files: list[tuple[Path, int]] = []
     rejected: list[tuple[str, str]] = []
@@ -140,9 +139,7 @@ def stratified_split(labels: list[int], fractions: dict[str, float], seed: int) 
     return {name: sorted(indices) for name, indices in out.items()}
 
 
-def prepare(
-    src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.0, seed: int = 0
-) -> PrepareResult:
+def prepare(src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.0, seed: int = 0) -> PrepareResult:
     """Scan ``src`` (class folders, or a manifest file), verify images, write the split to ``out``."""
     src, out = Path(src), Path(out)
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
@@ -188,7 +185,9 @@ def prepare(
     stats = _stats(good, classes, counts, image_root, rejected, seed, fractions)
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     if rejected:
-        warn(f"{len(rejected)} file(s) rejected; see {out / 'rejected.txt'} (first: {rejected[0][0]}: {rejected[0][1]})")
+        warn(
+            f"{len(rejected)} file(s) rejected; see {out / 'rejected.txt'} (first: {rejected[0][0]}: {rejected[0][1]})"
+        )
     return PrepareResult(out, classes, counts, rejected, stats)
 
 

@@ -41,8 +41,10 @@ class ProgressDisplay(Callback):
             self.progress.remove_task(self.task)
         total = trainer.batches_per_epoch
         self.task = self.progress.add_task(
-            f"epoch {trainer.state.epoch + 1}/{trainer.cfg.epochs}", total=total,
-            completed=trainer.state.batch_in_epoch, stats="",
+            f"epoch {trainer.state.epoch + 1}/{trainer.cfg.epochs}",
+            total=total,
+            completed=trainer.state.batch_in_epoch,
+            stats="",
         )
 
     def on_step_end(self, trainer: Trainer) -> None:

@@ -85,7 +85,8 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CheckpointError(
             f"checkpoint {path} is damaged or not a modelcycle checkpoint ({type(exc).__name__}: {exc}); "
-            "delete it to resume from the previous one, or start the run again"
+            "copy the newest checkpoints/step-*.pt over it to resume from there, "
+            "or start the run again with --overwrite"
         ) from None
 
 
@@ -109,7 +110,12 @@ def rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached": cached,
+        },
         "python": _to_lists(random.getstate()),
     }
     if torch.cuda.is_available():
@@ -121,7 +127,13 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
     np.random.set_state(
-        ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"], np_state["cached"])
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached"],
+        )
     )
     random.setstate(_to_tuples(state["python"]))
     if "cuda" in state and torch.cuda.is_available():

@@ -20,6 +20,9 @@ class Task(Protocol):
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
 
+    # optional: {"train": (...), "val": (...)} metric names, so a bad train.monitor fails at once
+    metric_names: dict[str, tuple[str, ...]]
+
 
 def add_sums(total: Sums, new: Sums) -> None:
     for key, value in new.items():

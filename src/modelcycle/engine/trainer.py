@@ -103,11 +103,12 @@ class Trainer:
         self.ckpt_dir = ckpt_dir
         self.metrics_log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
         self.event = EventLog(run_dir / "events.log" if run_dir else None)
-        self.monitor_mode = cfg.monitor_mode if cfg.monitor_mode != "auto" else (
-            "min" if "loss" in cfg.monitor else "max"
+        self.monitor_mode = (
+            cfg.monitor_mode if cfg.monitor_mode != "auto" else ("min" if "loss" in cfg.monitor else "max")
         )
         self._stop_signal: str | None = None
         self._bad_step = torch.tensor(-1, device=self.device)
+        self._check_monitor()
 
     # ------------------------------------------------------------------ sizes and helpers
 
@@ -127,10 +128,12 @@ class Trainer:
         names = getattr(self.task, "metric_names", None)
         if names is None:
             return
-        prefixes = ("train_", "val_") if self.val_loader is not None else ("train_",)
-        valid = [p + n for p in prefixes for n in names]
+        splits = ("train", "val") if self.val_loader is not None else ("train",)
+        valid = [f"{split}_{name}" for split in splits for name in names[split]]
         if self.cfg.monitor not in valid:
-            raise ConfigError(f"train.monitor: '{self.cfg.monitor}' is not a metric of this run; choose one of {', '.join(valid)}")
+            raise ConfigError(
+                f"train.monitor: '{self.cfg.monitor}' is not a metric of this run; choose one of {', '.join(valid)}"
+            )
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -188,7 +191,8 @@ class Trainer:
         last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
         kept = (
             f"the last good checkpoint {last} is kept"
-            if last and last.exists() else "no checkpoint had been written yet"
+            if last and last.exists()
+            else "no checkpoint had been written yet"
         )
         self.event(f"non-finite loss at step {bad}")
         raise NonFiniteLossError(
@@ -229,7 +233,6 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, resume: bool = False) -> TrainState:
-        self._check_monitor()
         if resume and not self.restore():
             self.event("--resume given but no checkpoint found; starting from the beginning")
         self.event(f"fit start step={self.state.step} epoch={self.state.epoch}")
@@ -322,7 +325,9 @@ class Trainer:
             self._check_finite()
             now = time.perf_counter()
             metrics = {
-                "step": self.state.step, "epoch": self.state.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                "step": self.state.step,
+                "epoch": self.state.epoch + 1,
+                "lr": self.optimizer.param_groups[0]["lr"],
                 **{f"train_{k}": v for k, v in self.task.summarize(floats).items()},
             }
             if "count" in floats:
@@ -352,8 +357,12 @@ class Trainer:
         self._check_finite()
         train = {f"train_{k}": v for k, v in self.task.summarize(state.epoch_sums).items()} if state.epoch_sums else {}
         metrics = {
-            "step": state.step, "epoch": state.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
-            **train, **self.validate(), "epoch_time_s": seconds,
+            "step": state.step,
+            "epoch": state.epoch + 1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **train,
+            **self.validate(),
+            "epoch_time_s": seconds,
         }
         value = metrics.get(self.cfg.monitor)
         improved = value is not None and (
@@ -366,7 +375,9 @@ class Trainer:
         patience = self.cfg.early_stop_patience
         if patience and state.bad_epochs >= patience:
             state.stopped_early = True
-            self.event(f"early stop after epoch {state.epoch + 1}: {self.cfg.monitor} did not improve for {patience} epochs")
+            self.event(
+                f"early stop after epoch {state.epoch + 1}: {self.cfg.monitor} did not improve for {patience} epochs"
+            )
         state.epoch += 1
         state.batch_in_epoch = 0
         state.epoch_sums = {}

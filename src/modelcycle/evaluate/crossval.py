@@ -42,8 +42,13 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
     for fold, (train_idx, val_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
         fold_config = load_config(None, [f"run.dir={base}", f"run.name=fold-{fold}"], base=config.model_dump())
         val_items = [items[i] for i in val_idx]
-        run = train(fold_config, overwrite=True, progress=progress,
-                    train_items=[items[i] for i in train_idx], val_items=val_items)
+        run = train(
+            fold_config,
+            overwrite=True,
+            progress=progress,
+            train_items=[items[i] for i in train_idx],
+            val_items=val_items,
+        )
         model, manifest = load_model(run.path)
         probs = predict_items(model, manifest, val_items)
         metrics = classification_metrics(labels[val_idx], probs, data.classes)

@@ -44,12 +44,24 @@ def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None 
     wrong = np.flatnonzero(probs.argmax(1) != labels)
     wrong = wrong[np.argsort(-probs[wrong].max(1))] if len(wrong) else wrong  # most confident first
     limit = cfg.eval.mistakes if cfg else 36
-    mistakes = [(items[i][0], classes[labels[i]], classes[int(probs[i].argmax())], float(probs[i].max()))
-                for i in wrong[:limit]]
-    out = (run_obj.report_dir if run_obj else Path(manifest["_dir"]) / "report")
-    context = {"model": manifest["architecture"]["name"], "data": metrics["split"],
-               "source run": manifest.get("source_run", "")}
-    write_report(out, f"Evaluation of {path.name}", metrics, classes,
-                 run_obj.epoch_metrics() if run_obj else [], mistakes, manifest["preprocessing"]["channels"], context)
+    mistakes = [
+        (items[i][0], classes[labels[i]], classes[int(probs[i].argmax())], float(probs[i].max())) for i in wrong[:limit]
+    ]
+    out = run_obj.report_dir if run_obj else Path(manifest["_dir"]) / "report"
+    context = {
+        "model": manifest["architecture"]["name"],
+        "data": metrics["split"],
+        "source run": manifest.get("source_run", ""),
+    }
+    write_report(
+        out,
+        f"Evaluation of {path.name}",
+        metrics,
+        classes,
+        run_obj.epoch_metrics() if run_obj else [],
+        mistakes,
+        manifest["preprocessing"]["channels"],
+        context,
+    )
     metrics["report"] = str(out / "report.html")
     return metrics

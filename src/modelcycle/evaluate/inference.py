@@ -16,8 +16,14 @@ from modelcycle.engine.trainer import resolve_device
 
 def data_section(manifest: dict, workers: int | None = None) -> DataSection:
     pre = manifest["preprocessing"]
-    return DataSection(image_size=pre["image_size"], channels=pre["channels"], mean=pre["mean"], std=pre["std"],
-                       cache=False, workers=workers)
+    return DataSection(
+        image_size=pre["image_size"],
+        channels=pre["channels"],
+        mean=pre["mean"],
+        std=pre["std"],
+        cache=False,
+        workers=workers,
+    )
 
 
 @torch.no_grad()

@@ -27,10 +27,12 @@ def predict(run: str | Path, images: list[str | Path], topk: int = 5) -> list[di
     results = []
     for path, row in zip(paths, probs, strict=True):
         order = row.argsort()[::-1][:k]
-        results.append({
-            "path": str(path),
-            "label": classes[order[0]],
-            "probability": float(row[order[0]]),
-            "topk": [{"label": classes[i], "probability": float(row[i])} for i in order],
-        })
+        results.append(
+            {
+                "path": str(path),
+                "label": classes[order[0]],
+                "probability": float(row[order[0]]),
+                "topk": [{"label": classes[i], "probability": float(row[i])} for i in order],
+            }
+        )
     return results

@@ -28,8 +28,9 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> N
     if len(classes) <= 30:
         threshold = m.max() / 2 if m.size else 0
         for (i, j), value in np.ndenumerate(m):
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                    color="white" if value > threshold else "black")
+            ax.text(
+                j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black"
+            )
     ax.set_title("Confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -80,8 +81,16 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
-def write_report(out: Path, title: str, metrics: dict, classes: list[str], epochs: list[dict],
-                 mistakes: list[tuple[Path, str, str, float]], channels: int, context: dict) -> Path:
+def write_report(
+    out: Path,
+    title: str,
+    metrics: dict,
+    classes: list[str],
+    epochs: list[dict],
+    mistakes: list[tuple[Path, str, str, float]],
+    channels: int,
+    context: dict,
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
     plot_mistakes(mistakes, channels, out / "mistakes.png")
@@ -93,13 +102,26 @@ def write_report(out: Path, title: str, metrics: dict, classes: list[str], epoch
 
     summary = _table(
         ["metric", "value"],
-        [[k, f"{metrics[k]:.4f}"] for k in ("accuracy", "top5", "macro_precision", "macro_recall", "macro_f1",
-                                              "weighted_precision", "weighted_recall", "weighted_f1")],
+        [
+            [k, f"{metrics[k]:.4f}"]
+            for k in (
+                "accuracy",
+                "top5",
+                "macro_precision",
+                "macro_recall",
+                "macro_f1",
+                "weighted_precision",
+                "weighted_recall",
+                "weighted_f1",
+            )
+        ],
     )
     per_class = _table(
         ["class", "precision", "recall", "f1", "support"],
-        [[name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
-         for name, m in metrics["per_class"].items()],
+        [
+            [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+            for name, m in metrics["per_class"].items()
+        ],
     )
     info = "\n".join(f"- **{k}**: {v}" for k, v in context.items())
     md = (
@@ -119,8 +141,12 @@ def _html(title: str, context: dict, metrics: dict, plots: list[str], folder: Pa
         return "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in items)
 
     summary = rows([[k, f"{metrics[k]:.4f}"] for k in ("accuracy", "top5", "macro_f1", "weighted_f1")])
-    per_class = rows([[n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
-                      for n, m in metrics["per_class"].items()])
+    per_class = rows(
+        [
+            [n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+            for n, m in metrics["per_class"].items()
+        ]
+    )
     images = "".join(
         f"<h2>{esc(p[:-4].replace('_', ' ').capitalize())}</h2><img alt='{p}' "
         f"src='data:image/png;base64,{base64.b64encode((folder / p).read_bytes()).decode()}'>"
@@ -131,7 +157,7 @@ def _html(title: str, context: dict, metrics: dict, plots: list[str], folder: Pa
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%;border:1px solid #eee}}</style></head>
-<body><h1>{esc(title)}</h1><ul>{ctx}<li><b>samples</b>: {metrics['num_samples']}</li></ul>
+<body><h1>{esc(title)}</h1><ul>{ctx}<li><b>samples</b>: {metrics["num_samples"]}</li></ul>
 <h2>Summary</h2><table><tr><th>metric</th><th>value</th></tr>{summary}</table>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>f1</th><th>support</th></tr>
 {per_class}</table>{images}</body></html>"""

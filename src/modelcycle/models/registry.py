@@ -61,7 +61,9 @@ def _load_user_builder(spec: str) -> Builder:
     return builder
 
 
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int, args: dict[str, Any] | None = None) -> nn.Module:
+def build_model(
+    name: str, in_channels: int, num_classes: int, image_size: int, args: dict[str, Any] | None = None
+) -> nn.Module:
     builder = resolve_builder(name)
     args = dict(args or {})
     params = inspect.signature(builder).parameters

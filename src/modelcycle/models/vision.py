@@ -123,9 +123,19 @@ class InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
-def mobilenet_v2(in_channels: int, num_classes: int, image_size: int, width_mult: float = 1.0, dropout: float = 0.2) -> nn.Module:
+def mobilenet_v2(
+    in_channels: int, num_classes: int, image_size: int, width_mult: float = 1.0, dropout: float = 0.2
+) -> nn.Module:
     """MobileNetV2 (Sandler et al. 2018); the first two strides are dropped for small inputs."""
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    settings = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     small = image_size <= 64
     cin = _round8(32 * width_mult)
     layers = [conv_bn(in_channels, cin, 3, 1 if small else 2, act=nn.ReLU6)]
@@ -147,7 +157,9 @@ def _round8(x: float) -> int:
 class ViT(nn.Module):
     """A small Vision Transformer: patch embedding, class token, pre-norm encoder blocks."""
 
-    def __init__(self, in_channels, num_classes, image_size, patch=None, dim=192, depth=12, heads=3, mlp=4.0, dropout=0.0):
+    def __init__(
+        self, in_channels, num_classes, image_size, patch=None, dim=192, depth=12, heads=3, mlp=4.0, dropout=0.0
+    ):
         super().__init__()
         patch = patch or max(2, image_size // 8)  # an 8x8 grid of patches by default
         if image_size % patch:
@@ -156,7 +168,9 @@ class ViT(nn.Module):
         tokens = (image_size // patch) ** 2
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, int(dim * mlp), dropout, activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, int(dim * mlp), dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)

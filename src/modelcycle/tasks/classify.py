@@ -17,7 +17,7 @@ from modelcycle.models.registry import build_model
 
 
 class ClassifyTask:
-    metric_names = ("loss", "accuracy", "top5")
+    metric_names = {"train": ("loss", "accuracy"), "val": ("loss", "accuracy", "top5")}
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.0):
         self.num_classes = num_classes
@@ -79,19 +79,35 @@ def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
     train_loader = make_loader(train_items, data, config.data, channels, t.batch_size, train=True, seed=t.seed)
     val_loader = (
         make_loader(val_items, data, config.data, channels, config.eval.batch_size, train=False, seed=t.seed)
-        if val_items else None
+        if val_items
+        else None
     )
     torch.manual_seed(t.seed)
     model = build_model(config.model.name, channels, len(data.classes), config.data.image_size, config.model.args)
     mean, std = normalisation(config.data, channels)
     preprocessing = {
-        "image_size": config.data.image_size, "channels": channels, "mean": mean, "std": std,
-        "resize": "shorter side to image_size, centre crop", "input_range": "0..255 -> (x/255 - mean)/std",
+        "image_size": config.data.image_size,
+        "channels": channels,
+        "mean": mean,
+        "std": std,
+        "resize": "shorter side to image_size, centre crop",
+        "input_range": "0..255 -> (x/255 - mean)/std",
         "layout": "NCHW float32",
     }
-    spec = {"name": config.model.name, "args": dict(config.model.args), "in_channels": channels,
-            "num_classes": len(data.classes), "image_size": config.data.image_size}
+    spec = {
+        "name": config.model.name,
+        "args": dict(config.model.args),
+        "in_channels": channels,
+        "num_classes": len(data.classes),
+        "image_size": config.data.image_size,
+    }
     return ClassifySetup(
-        data, channels, model, spec, ClassifyTask(len(data.classes), t.label_smoothing), train_loader, val_loader,
+        data,
+        channels,
+        model,
+        spec,
+        ClassifyTask(len(data.classes), t.label_smoothing),
+        train_loader,
+        val_loader,
         preprocessing,
     )
