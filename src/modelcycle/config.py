@@ -155,6 +155,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def _is_text_field(key: str) -> bool:
+    model: type[BaseModel] = Config
+    *sections, leaf = key.split(".")
+    for name in sections:
+        field = model.model_fields.get(name)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return False
+        model = field.annotation
+    field = model.model_fields.get(leaf)
+    return field is not None and field.annotation in (str, str | None)
+
+
 def _did_you_mean(key: str) -> str:
     close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.6)
     if not close:
@@ -189,6 +201,8 @@ def load_config(
         origin = {k: f"{path}:{line}" for k, line in _yaml_lines(text).items()}
     for item in overrides:
         key, value = parse_override(item)
+        if value is not None and _is_text_field(key):  # run.name=2024 is a name, not a number
+            value = item.split("=", 1)[1]
         _set_dotted(tree, key, value)
         origin[key] = "command line"
     try:

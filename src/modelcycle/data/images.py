@@ -54,7 +54,11 @@ def load_image(path: Path, channels: int, min_size: int | None = None) -> np.nda
         with Image.open(path) as img:
             if min_size and img.format == "JPEG":
                 img.draft(mode, (min_size * 2, min_size * 2))
-            img = ImageOps.exif_transpose(img)
+            if img.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when upright
+                img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I"):  # 16-bit greyscale: scale to 8 bit; convert() would clip
+                wide = np.asarray(img, dtype=np.float32)
+                img = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8))
             if img.mode != mode:
                 img = img.convert("RGBA").convert(mode) if "transparency" in img.info else img.convert(mode)
             array = np.asarray(img, dtype=np.uint8)

@@ -6,12 +6,14 @@ Unreadable files are never silently dropped and never crash the run: they go to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +34,42 @@ class PrepareResult:
 
 
 def _scan_folder(src: Path) -> tuple[list[str], list[tuple[Path, int]], list[tuple[str, str]]]:
-    """Class folders under ``src`` -> (classes, candidate files, early rejections)."""
+    """Class folders under ``src`` -> (classes, candidate files, early rejections).
+
+    Links are followed only while they stay inside ``src``; anything pointing outside is refused
+    and listed, never silently skipped.
+    """
     root = src.resolve()
-    class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    rejected: list[tuple[str, str]] = []
+    class_dirs = []
+    for folder in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.resolve().is_relative_to(root):
+            class_dirs.append(folder)
+        else:
+            rejected.append((folder.name, f"class folder links outside {src} ({folder.resolve()}); refused"))
     if not class_dirs:
         raise DataError(
             f"{src} has no class folders; lay images out as {src}/<class_name>/<image> (like flower_photos/daisy/*.jpg)"
         )
     files: list[tuple[Path, int]] = []
-    rejected: list[tuple[str, str]] = []
     for index, class_dir in enumerate(class_dirs):
-        if not class_dir.resolve().is_relative_to(root):
-            rejected.append((str(class_dir), f"class folder links outside {src}; refused"))
-            continue
-        for dirpath, dirnames, filenames in os.walk(class_dir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        seen: set[Path] = set()
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            here = Path(dirpath)
+            seen.add(here.resolve())
+            kept = []
+            for name in sorted(d for d in dirnames if not d.startswith(".")):
+                target = (here / name).resolve()
+                if not target.is_relative_to(root):
+                    rejected.append((str((here / name).relative_to(src)), f"links outside {src} ({target}); refused"))
+                elif target not in seen:  # a link back up the tree must not loop
+                    kept.append(name)
+            dirnames[:] = kept
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
-                path = Path(dirpath) / name
-                if not path.resolve().is_relative_to(root):
+                path = here / name
+                if os.path.islink(path) and not path.resolve().is_relative_to(root):
                     rejected.append((str(path.relative_to(src)), f"symlink points outside {src}; refused"))
                 elif path.suffix.lower() not in IMAGE_SUFFIXES:
                     rejected.append((str(path.relative_to(src)), f"not an image file ({path.suffix or 'no suffix'})"))
@@ -93,24 +111,39 @@ def _read_source_manifest(src: Path) -> tuple[list[str], list[tuple[Path, int]]]
 
 
 def _verify(files: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int, tuple]], list[tuple[Path, str]]]:
-    """Decode every file in parallel threads (Pillow releases the GIL while decoding)."""
+    """Decode every file, in one process per core with files handed out in chunks: small images
+    decode mostly under the GIL, so threads would queue behind each other."""
     good, bad = [], []
-    workers = min(32, 4 * (os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool, progress_bar("verifying images", len(files)) as advance:
-        for (path, label), result in zip(files, pool.map(_probe_or_reason, (p for p, _ in files)), strict=True):
-            if isinstance(result, str):
-                bad.append((path, result))
-            else:
-                good.append((path, label, result))
-            advance(1)
+    processes = min(os.cpu_count() or 1, max(1, len(files) // 500))
+    chunk = 256
+    chunks = [[p for p, _ in files[i : i + chunk]] for i in range(0, len(files), chunk)]
+    with contextlib.ExitStack() as stack:
+        advance = stack.enter_context(progress_bar("verifying images", len(files)))
+        if processes > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(processes, mp_context=get_context("fork")))
+            results = pool.map(_probe_chunk, chunks)
+        else:
+            results = map(_probe_chunk, chunks)
+        offset = 0
+        for outcome in results:
+            for (path, label), result in zip(files[offset : offset + len(outcome)], outcome, strict=True):
+                if isinstance(result, str):
+                    bad.append((path, result))
+                else:
+                    good.append((path, label, result))
+            offset += len(outcome)
+            advance(len(outcome))
     return good, bad
 
 
-def _probe_or_reason(path: Path) -> tuple[int, int, str] | str:
-    try:
-        return probe_image(path)
-    except DataError as exc:
-        return str(exc)
+def _probe_chunk(paths: list[Path]) -> list[tuple[int, int, str] | str]:
+    out: list[tuple[int, int, str] | str] = []
+    for path in paths:
+        try:
+            out.append(probe_image(path))
+        except DataError as exc:
+            out.append(str(exc))
+    return out
 
 
 def stratified_split(labels: list[int], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:

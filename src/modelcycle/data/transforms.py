@@ -14,6 +14,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.data import get_worker_info  # noqa: E402
 
 from modelcycle.config import DataSection  # noqa: E402
 
@@ -49,6 +50,15 @@ def build_transform(cfg: DataSection, train: bool) -> A.Compose:
     return A.Compose(steps)
 
 
+def _batch_buffer(shape: torch.Size) -> torch.Tensor:
+    """Inside a loader worker, allocate the batch in shared memory, as default_collate does:
+    otherwise the finished batch is copied once more on its way to the main process."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    storage = torch.UntypedStorage._new_shared(shape.numel() * 4)
+    return torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
+
+
 class Collate:
     """Stack uint8 images and normalise the whole batch at once (runs inside loader workers)."""
 
@@ -57,10 +67,11 @@ class Collate:
         self.inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
 
     def __call__(self, batch: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(np.stack([image for image, _ in batch]))
+        pixels = torch.from_numpy(np.stack([image for image, _ in batch])).permute(0, 3, 1, 2)
         labels = torch.tensor([label for _, label in batch], dtype=torch.int64)
-        images = images.permute(0, 3, 1, 2).float()
-        return images.sub_(self.mean).mul_(self.inv_std).contiguous(), labels
+        out = _batch_buffer(pixels.shape)
+        torch.sub(pixels, self.mean, out=out)
+        return out.mul_(self.inv_std), labels
 
     def denormalise(self, images: torch.Tensor) -> np.ndarray:
         """Back to uint8 HxWxC for pictures of what the model sees."""

@@ -233,8 +233,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self, resume: bool = False) -> TrainState:
-        if resume and not self.restore():
-            self.event("--resume given but no checkpoint found; starting from the beginning")
+        if not (resume and self.restore()):
+            if resume:
+                self.event("--resume given but no checkpoint found; starting from the beginning")
+            if self.metrics_log:  # lines from an earlier attempt that never checkpointed
+                self.metrics_log.truncate_after(0)
         self.event(f"fit start step={self.state.step} epoch={self.state.epoch}")
         for cb in self.callbacks:
             cb.on_fit_start(self)

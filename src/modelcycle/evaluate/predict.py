@@ -12,6 +12,8 @@ from modelcycle.runs import load_model
 
 def predict(run: str | Path, images: list[str | Path], topk: int = 5) -> list[dict]:
     """One dict per image: ``path``, ``label``, ``probability`` and ``topk`` (label, probability)."""
+    if topk < 1:
+        raise DataError(f"--topk {topk}: ask for at least 1 class per image")
     model, manifest = load_model(run)
     classes = manifest["classes"]
     paths = [Path(p) for p in images]

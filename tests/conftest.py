@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny, learnable image folders generated with Pillow, a prepared data folder
+and a small config factory, so every test runs in seconds on two CPU cores."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from helpers import LINEAR_MODEL, make_image_folder, tiny_overrides  # noqa: E402
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """3 classes x 12 RGB PNGs of 16x16 (class = position and colour of a bright square)."""
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, image_folder: Path) -> Path:
+    """``image_folder`` after ``prepare`` with a 20 % validation split (30 train, 6 val images)."""
+    from modelcycle.data.prepare import prepare
+
+    out = tmp_path / "data"
+    prepare(image_folder, out, val=0.2, seed=0)
+    return out
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, prepared: Path):
+    """A factory: ``tiny_config(train__epochs=3)`` -> a validated Config over ``prepared`` with
+    ``run.dir`` = tmp_path/"runs"."""
+    from modelcycle.config import load_config
+
+    def make(*more: str, **extra):
+        return load_config(None, tiny_overrides(prepared, tmp_path / "runs", **extra) + list(more))
+
+    return make
+
+
+@pytest.fixture
+def linear_model_file(tmp_path: Path) -> str:
+    """A user model file with no BatchNorm, as ``model.name`` = ``path/to/file.py:build``."""
+    path = tmp_path / "linear_model.py"
+    path.write_text(LINEAR_MODEL)
+    return f"{path}:build"
