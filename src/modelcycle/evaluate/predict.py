@@ -19,11 +19,11 @@ def predict(run: str | Path, images: list[str | Path], topk: int = 5) -> list[di
     paths = [Path(p) for p in images]
     for path in paths:
         if not path.is_file():
-            raise DataError(f"image {path} does not exist")
+            raise DataError(f"image {path} does not exist; check the path (relative paths start from {Path.cwd()})")
         try:
             probe_image(path)
         except DataError as exc:
-            raise DataError(f"cannot predict {path}: {exc}") from None
+            raise DataError(f"cannot predict {path}: {exc}; pass a readable image file (JPEG, PNG, ...)") from None
     probs = predict_items(model, manifest, [(p, 0) for p in paths], workers=0)
     k = min(topk, len(classes))
     results = []
