@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +57,6 @@ def atomic_link(src: Path, dst: Path) -> None:
         try:
             os.link(src, tmp)
         except OSError:
-            import shutil
-
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     except OSError as exc:
