@@ -170,6 +170,19 @@ def write_package(out: Path, state_dict: dict[str, torch.Tensor], manifest: dict
     return out
 
 
+def update_manifest(folder: Path, keys: list[str], value: object) -> dict:
+    """Set ``manifest[keys[0]][keys[1]]... = value`` and rewrite modelcycle.json atomically."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    node = manifest
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    tmp = folder / f"{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, folder / MANIFEST)
+    return manifest
+
+
 def package_dir(path: str | Path) -> Path:
     """A run folder or a package folder -> the package folder."""
     path = Path(path)

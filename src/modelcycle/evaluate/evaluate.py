@@ -14,7 +14,7 @@ from modelcycle.evaluate.report import write_report
 from modelcycle.runs import Run, load_model
 
 
-def _items(run: Run | None, manifest: dict, split: str, data: str | Path | None) -> list[tuple[Path, int]]:
+def items_for(run: Run | None, manifest: dict, split: str, data: str | Path | None) -> list[tuple[Path, int]]:
     if data is not None:
         path = Path(data)
         stats_file = path.parent / "stats.json"
@@ -33,7 +33,7 @@ def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None 
     path = run.path if isinstance(run, Run) else Path(run)
     run_obj = Run.open(path) if (path / "config.yaml").is_file() else None
     model, manifest = load_model(path)
-    items = _items(run_obj, manifest, split, data)
+    items = items_for(run_obj, manifest, split, data)
     cfg = run_obj.config if run_obj else None
     probs = predict_items(model, manifest, items, batch_size=cfg.eval.batch_size if cfg else 256)
     labels = np.array([label for _, label in items])

@@ -26,6 +26,13 @@ def data_section(manifest: dict, workers: int | None = None) -> DataSection:
     )
 
 
+def preprocess(manifest: dict, items: list[tuple[Path, int]]) -> torch.Tensor:
+    """Images as the model sees them at inference: one float batch."""
+    cfg = data_section(manifest, workers=0)
+    loader = make_loader(items, PreparedData(Path("."), manifest["classes"], {}), cfg, cfg.channels, len(items), False)
+    return next(iter(loader))[0]
+
+
 @torch.no_grad()
 def predict_items(
     model: nn.Module, manifest: dict, items: list[tuple[Path, int]], batch_size: int = 256, workers: int | None = None
