@@ -10,7 +10,18 @@ modelcycle.predict(run, ["photo.jpg"])
 from modelcycle.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["prepare", "train", "evaluate", "predict", "crossval", "write_digits", "load_config", "Run", "UserError"]
+__all__ = [
+    "prepare",
+    "train",
+    "evaluate",
+    "predict",
+    "crossval",
+    "export_model",
+    "write_digits",
+    "load_config",
+    "Run",
+    "UserError",
+]
 
 
 def __getattr__(name: str):

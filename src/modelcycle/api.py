@@ -14,11 +14,12 @@ from modelcycle.engine.trainer import Trainer
 from modelcycle.evaluate.crossval import crossval
 from modelcycle.evaluate.evaluate import evaluate
 from modelcycle.evaluate.predict import predict
+from modelcycle.export.export import export as export_model
 from modelcycle.progress import warn
 from modelcycle.runs import Run
 from modelcycle.tasks import classify
 
-__all__ = ["prepare", "train", "evaluate", "predict", "crossval", "write_digits", "load_config", "Run"]
+__all__ = ["prepare", "train", "evaluate", "predict", "crossval", "export_model", "write_digits", "load_config", "Run"]
 
 
 def prepare(src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.0, seed: int = 0) -> PrepareResult:

@@ -15,7 +15,7 @@ from modelcycle.progress import console, info, stdout
 
 app = typer.Typer(
     help="modelcycle: take a model from a raw image folder to an evaluated, resumable, packaged model.\n\n"
-    "Typical flow: datasets/prepare -> inspect -> train -> evaluate -> predict.",
+    "Typical flow: datasets/prepare -> inspect -> train -> evaluate -> predict -> export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -181,6 +181,25 @@ def predict(
                 f"{result['path']}: [bold]{result['label']}[/bold] ({result['probability']:.3f})  top: {ranked}",
                 highlight=False,
             )
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="A run folder or a model package."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime, any language) or torchscript (C++)."),
+    opset: int = typer.Option(18, help="ONNX opset (recorded in modelcycle.json)."),
+    data: Path | None = typer.Option(None, help="Manifest of images for the parity check (default: the val split)."),
+    images: int = typer.Option(64, help="How many validation images the parity check uses."),
+):
+    """Add an ONNX or TorchScript file to the model package, checked against PyTorch on real images."""
+    from modelcycle.export.export import export as run_export
+
+    record = run_export(run, fmt, opset=opset, data=data, count=images)
+    parity = record["parity"]
+    info(
+        f"{fmt}: {record['file']} ({record['bytes'] / 1e6:.1f} MB) matches PyTorch on {parity['images']} images: "
+        f"max probability difference {parity['max_abs_diff']:.1e}, top-1 agreement {parity['top1_agreement']:.1%}"
+    )
 
 
 @app.command()

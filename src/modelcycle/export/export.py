@@ -1,0 +1,64 @@
+"""``modelcycle export``: add an ONNX or TorchScript file to a model package, checked for parity."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from modelcycle.errors import UserError
+from modelcycle.evaluate.inference import preprocess
+from modelcycle.export import formats
+from modelcycle.export.parity import check_parity
+from modelcycle.runs import Run, load_model, sha256_file, update_manifest
+
+FORMATS = {
+    "onnx": ("model.onnx", formats.export_onnx, formats.onnx_runner),
+    "torchscript": ("model.torchscript.pt", formats.export_torchscript, formats.torchscript_runner),
+}
+
+
+def parity_images(path: Path, manifest: dict, data: str | Path | None, count: int) -> torch.Tensor:
+    """Real images for the parity check: the run's validation split, or a manifest given."""
+    from modelcycle.evaluate.evaluate import items_for
+
+    run = Run.open(path) if (path / "config.yaml").is_file() else None
+    items = items_for(run, manifest, "val", data)
+    if not items:
+        raise UserError("no validation images to check the export against; pass --data MANIFEST")
+    return preprocess(manifest, items[:count])
+
+
+def export(
+    run: str | Path,
+    fmt: str = "onnx",
+    opset: int = formats.DEFAULT_OPSET,
+    data: str | Path | None = None,
+    count: int = 64,
+) -> dict:
+    """Export into the package folder; the file is recorded in modelcycle.json only if it matches."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    path = Path(run)
+    model, manifest = load_model(path)
+    folder = Path(manifest["_dir"])
+    images = parity_images(path, manifest, data, count)
+    filename, write, runner = FORMATS[fmt]
+    out = folder / filename
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        details = write(model, images[:2], tmp, opset) if fmt == "onnx" else write(model, images[:2], tmp)
+        parity = check_parity(model, runner(tmp), images, f"the {fmt} export")
+        os.replace(tmp, out)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an exporter failure is reported, not a crash
+        raise UserError(
+            f"{fmt} export of {manifest['architecture']['name']} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = {"file": filename, "sha256": sha256_file(out), "bytes": out.stat().st_size, **details, "parity": parity}
+    update_manifest(folder, ["exports", fmt], record)
+    return record
