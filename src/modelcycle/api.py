@@ -11,9 +11,9 @@ from modelcycle.data.prepare import PrepareResult
 from modelcycle.data.prepare import prepare as _prepare
 from modelcycle.engine import checkpoint
 from modelcycle.engine.trainer import Trainer
-from modelcycle.evaluate.crossval import crossval
-from modelcycle.evaluate.evaluate import evaluate
-from modelcycle.evaluate.predict import predict
+from modelcycle.evaluation.crossval import crossval
+from modelcycle.evaluation.evaluate import evaluate
+from modelcycle.evaluation.predict import predict
 from modelcycle.export.export import export as export_model
 from modelcycle.progress import warn
 from modelcycle.runs import Run
@@ -46,9 +46,11 @@ def train(
     parts = classify.setup(config, train_items, val_items)
     meta = {
         "task": "classify",
+        "backend": "torch",
         "architecture": _portable(parts.model_spec),
         "classes": parts.data.classes,
         "preprocessing": parts.preprocessing,
+        "data_root": str(parts.data.root.resolve()),
     }
     trainer = Trainer(
         parts.task,

@@ -21,6 +21,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+BACKEND_HELP = "auto (what the package holds), torch, onnx or torchscript (an export made by `modelcycle export`)."
 OVERRIDES_HELP = "Config overrides as key=value, e.g. train.epochs=10 data.root=data/flowers run.name=flowers"
 
 
@@ -120,12 +121,13 @@ def evaluate(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME) or a model package."),
     split: str = typer.Option("val", help="Split of the run's data: val or test (or train)."),
     data: Path | None = typer.Option(None, help="A manifest to evaluate on instead of a split."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ):
     """Accuracy, top-5, per-class precision/recall/F1 and a report with plots in RUN/report/."""
     from modelcycle.api import evaluate as run_evaluate
 
-    metrics = run_evaluate(run, split=split, data=data)
+    metrics = run_evaluate(run, split=split, data=data, backend=backend)
     if as_json:
         keys = (
             "accuracy",
@@ -138,6 +140,7 @@ def evaluate(
             "weighted_recall",
             "num_samples",
             "split",
+            "backend",
             "per_class",
         )
         stdout.print_json(json.dumps({k: metrics[k] for k in keys}))
@@ -167,12 +170,13 @@ def predict(
     run: Path = typer.Argument(..., help="A run folder or a model package."),
     images: list[Path] = typer.Argument(..., help="Image files."),
     topk: int = typer.Option(5, help="How many classes to show per image."),
+    backend: str = typer.Option("auto", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
 ):
     """Top-k classes with probabilities for each image."""
     from modelcycle.api import predict as run_predict
 
-    for result in run_predict(run, images, topk=topk):
+    for result in run_predict(run, images, topk=topk, backend=backend):
         if as_json:
             print(json.dumps(result))
         else:
@@ -199,6 +203,26 @@ def export(
     info(
         f"{fmt}: {record['file']} ({record['bytes'] / 1e6:.1f} MB) matches PyTorch on {parity['images']} images: "
         f"max probability difference {parity['max_abs_diff']:.1e}, top-1 agreement {parity['top1_agreement']:.1%}"
+    )
+
+
+@app.command()
+def compress(
+    run: Path = typer.Argument(..., help="A run folder or a model package (PyTorch weights)."),
+    quantize: str = typer.Option("int8", help="int8: static post-training quantization in ONNX Runtime (QDQ)."),
+    calib: int = typer.Option(256, help="Training images to calibrate activation ranges on."),
+    out: Path = typer.Option(..., "--out", help="Folder for the new package (written to OUT/model/)."),
+):
+    """Make a smaller, faster copy of a model as a new package that evaluate/predict accept."""
+    from modelcycle.compress.quantize import quantize_int8
+
+    if quantize != "int8":
+        raise UserError(f"--quantize {quantize!r}: only int8 is supported")
+    manifest = quantize_int8(run, out, calib=calib)
+    q = manifest["quantization"]
+    info(
+        f"int8 package: {manifest['_dir']} (calibrated on {q['calibration_images']} images); top-1 agreement with "
+        f"fp32 {q['agreement_with_fp32']['top1_agreement']:.1%} on {q['agreement_with_fp32']['images']} images"
     )
 
 

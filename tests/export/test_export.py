@@ -14,7 +14,7 @@ import torch
 import modelcycle
 from helpers import assert_user_error, run_cli
 from modelcycle.errors import UserError
-from modelcycle.evaluate.inference import preprocess
+from modelcycle.evaluation.inference import preprocess
 from modelcycle.export.formats import onnx_runner, torchscript_runner
 from modelcycle.runs import read_manifest, sha256_file
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from modelcycle.errors import UserError
-from modelcycle.evaluate.inference import preprocess
+from modelcycle.evaluation.inference import preprocess
 from modelcycle.export import formats
 from modelcycle.export.parity import check_parity
 from modelcycle.runs import Run, load_model, sha256_file, update_manifest
@@ -21,13 +22,15 @@ FORMATS = {
 
 def parity_images(path: Path, manifest: dict, data: str | Path | None, count: int) -> torch.Tensor:
     """Real images for the parity check: the run's validation split, or a manifest given."""
-    from modelcycle.evaluate.evaluate import items_for
+    from modelcycle.evaluation.evaluate import items_for
 
     run = Run.open(path) if (path / "config.yaml").is_file() else None
     items = items_for(run, manifest, "val", data)
     if not items:
         raise UserError("no validation images to check the export against; pass --data MANIFEST")
-    return preprocess(manifest, items[:count])
+    # manifests are ordered by class: a seeded sample covers every class, the first N would not
+    chosen = np.random.default_rng(0).permutation(len(items))[:count]
+    return preprocess(manifest, [items[i] for i in sorted(chosen)])
 
 
 def export(

@@ -6,15 +6,16 @@ from pathlib import Path
 
 from modelcycle.data.images import probe_image
 from modelcycle.errors import DataError
-from modelcycle.evaluate.inference import predict_items
-from modelcycle.runs import load_model
+from modelcycle.evaluation.inference import predict_items
+from modelcycle.export.runtime import load_predictor
 
 
-def predict(run: str | Path, images: list[str | Path], topk: int = 5) -> list[dict]:
+def predict(run: str | Path, images: list[str | Path], topk: int = 5, backend: str = "auto") -> list[dict]:
     """One dict per image: ``path``, ``label``, ``probability`` and ``topk`` (label, probability)."""
     if topk < 1:
         raise DataError(f"--topk {topk}: ask for at least 1 class per image")
-    model, manifest = load_model(run)
+    predictor = load_predictor(run, backend)
+    manifest = predictor.manifest
     classes = manifest["classes"]
     paths = [Path(p) for p in images]
     for path in paths:
@@ -24,7 +25,7 @@ def predict(run: str | Path, images: list[str | Path], topk: int = 5) -> list[di
             probe_image(path)
         except DataError as exc:
             raise DataError(f"cannot predict {path}: {exc}; pass a readable image file (JPEG, PNG, ...)") from None
-    probs = predict_items(model, manifest, [(p, 0) for p in paths], workers=0)
+    probs = predict_items(predictor, [(p, 0) for p in paths], workers=0)
     k = min(topk, len(classes))
     results = []
     for path, row in zip(paths, probs, strict=True):

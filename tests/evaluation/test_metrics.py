@@ -12,7 +12,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from modelcycle.evaluate.metrics import classification_metrics
+from modelcycle.evaluation.metrics import classification_metrics
 
 CLASSES = ["a", "b", "c", "d", "e", "f", "g"]
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from helpers import make_image_folder
-from modelcycle.evaluate.metrics import classification_metrics
-from modelcycle.evaluate.report import write_report
+from modelcycle.evaluation.metrics import classification_metrics
+from modelcycle.evaluation.report import write_report
 
 CLASSES = ["cat", "dog", "owl"]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from modelcycle.data.manifest import PreparedData, read_manifest
-from modelcycle.evaluate.inference import predict_items
-from modelcycle.evaluate.metrics import classification_metrics
-from modelcycle.evaluate.report import write_report
-from modelcycle.runs import Run, load_model
+from modelcycle.errors import UserError
+from modelcycle.evaluation.inference import predict_items
+from modelcycle.evaluation.metrics import classification_metrics
+from modelcycle.evaluation.report import write_report
+from modelcycle.export.runtime import load_predictor
+from modelcycle.runs import Run
 
 
 def items_for(run: Run | None, manifest: dict, split: str, data: str | Path | None) -> list[tuple[Path, int]]:
@@ -21,21 +23,22 @@ def items_for(run: Run | None, manifest: dict, split: str, data: str | Path | No
         stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
         root = Path(stats.get("image_root", path.parent))
         return read_manifest(path, root, len(manifest["classes"]))
-    if run is None:
-        from modelcycle.errors import UserError
+    # a bare package (an int8 copy, say) falls back to the data folder it was trained on
+    root = run.config.data.root if run is not None else manifest.get("data_root")
+    if root is None:
+        raise UserError("this model package does not name its data folder; pass --data MANIFEST")
+    return PreparedData.open(root).split(split)
 
-        raise UserError("a model package alone has no data split; pass --data MANIFEST")
-    return PreparedData.open(run.config.data.root).split(split)
 
-
-def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None = None) -> dict:
+def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None = None, backend: str = "auto") -> dict:
     """Evaluate, write ``RUN/report/`` (report.md, report.html, PNGs, metrics.json), return metrics."""
     path = run.path if isinstance(run, Run) else Path(run)
     run_obj = Run.open(path) if (path / "config.yaml").is_file() else None
-    model, manifest = load_model(path)
+    predictor = load_predictor(path, backend)
+    manifest = predictor.manifest
     items = items_for(run_obj, manifest, split, data)
     cfg = run_obj.config if run_obj else None
-    probs = predict_items(model, manifest, items, batch_size=cfg.eval.batch_size if cfg else 256)
+    probs = predict_items(predictor, items, batch_size=cfg.eval.batch_size if cfg else 256)
     labels = np.array([label for _, label in items])
     classes = manifest["classes"]
     metrics = classification_metrics(labels, probs, classes, k=cfg.eval.topk if cfg else 5)
@@ -48,8 +51,10 @@ def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None 
         (items[i][0], classes[labels[i]], classes[int(probs[i].argmax())], float(probs[i].max())) for i in wrong[:limit]
     ]
     out = run_obj.report_dir if run_obj else Path(manifest["_dir"]) / "report"
+    metrics["backend"] = predictor.backend
     context = {
         "model": manifest["architecture"]["name"],
+        "backend": predictor.backend,
         "data": metrics["split"],
         "source run": manifest.get("source_run", ""),
     }

@@ -11,8 +11,8 @@ from sklearn.model_selection import StratifiedKFold
 from modelcycle.config import Config, load_config
 from modelcycle.data.manifest import PreparedData
 from modelcycle.errors import UserError
-from modelcycle.evaluate.inference import predict_items
-from modelcycle.evaluate.metrics import classification_metrics
+from modelcycle.evaluation.inference import predict_items
+from modelcycle.evaluation.metrics import classification_metrics
 
 REPORTED = ("accuracy", "top5", "macro_f1", "weighted_f1")
 
@@ -24,7 +24,7 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
     beside them.
     """
     from modelcycle.api import train
-    from modelcycle.runs import load_model
+    from modelcycle.export.runtime import load_predictor
 
     if not isinstance(config, Config):
         config = load_config(config, overrides)
@@ -49,8 +49,7 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
             train_items=[items[i] for i in train_idx],
             val_items=val_items,
         )
-        model, manifest = load_model(run.path)
-        probs = predict_items(model, manifest, val_items)
+        probs = predict_items(load_predictor(run.path), val_items)
         metrics = classification_metrics(labels[val_idx], probs, data.classes)
         per_fold.append({k: metrics[k] for k in REPORTED})
     summary = {

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from modelcycle.config import DataSection
 from modelcycle.data.datasets import make_loader
 from modelcycle.data.manifest import PreparedData
-from modelcycle.engine.trainer import resolve_device
 
 
 def data_section(manifest: dict, workers: int | None = None) -> DataSection:
@@ -33,15 +31,13 @@ def preprocess(manifest: dict, items: list[tuple[Path, int]]) -> torch.Tensor:
     return next(iter(loader))[0]
 
 
-@torch.no_grad()
 def predict_items(
-    model: nn.Module, manifest: dict, items: list[tuple[Path, int]], batch_size: int = 256, workers: int | None = None
+    predictor, items: list[tuple[Path, int]], batch_size: int = 256, workers: int | None = None
 ) -> np.ndarray:
-    """Softmax probabilities, one row per item, in order."""
+    """Softmax probabilities, one row per item, in order, from any backend's predictor."""
+    manifest = predictor.manifest
     cfg = data_section(manifest, workers)
     data = PreparedData(Path("."), manifest["classes"], {})
     loader = make_loader(items, data, cfg, cfg.channels, batch_size, train=False)
-    device = resolve_device("auto")
-    model = model.to(device).eval()
-    out = [torch.softmax(model(images.to(device)).float(), dim=1).cpu() for images, _ in loader]
+    out = [torch.softmax(torch.from_numpy(predictor(images.numpy())), dim=1) for images, _ in loader]
     return torch.cat(out).numpy() if out else np.zeros((0, len(manifest["classes"])), np.float32)

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import class_image, make_image_folder, tiny_overrides
 from modelcycle import api
 from modelcycle.config import load_config
 from modelcycle.data.manifest import PreparedData
 from modelcycle.errors import DataError, UserError
-from modelcycle.evaluate.crossval import crossval
-from modelcycle.evaluate.inference import predict_items
+from modelcycle.evaluation.crossval import crossval
+from modelcycle.evaluation.inference import preprocess
 from modelcycle.runs import load_model
 
 REPORT_KEYS = {"accuracy", "top5", "macro_f1", "weighted_f1", "per_class"}
@@ -58,7 +59,8 @@ def test_evaluate_metrics_match_the_model(trained):
     metrics = api.evaluate(run_dir, split="test")
     model, manifest = load_model(run_dir)
     items = PreparedData.open(data_dir).split("test")
-    probs = predict_items(model, manifest, items, workers=0)
+    with torch.no_grad():  # computed here from the PyTorch model, not through evaluate's own path
+        probs = torch.softmax(model(preprocess(manifest, items)), dim=1).numpy()
     labels = np.array([label for _, label in items])
     assert metrics["split"] == "test" and metrics["num_samples"] == len(items) == 12
     assert metrics["accuracy"] == pytest.approx(float((probs.argmax(1) == labels).mean()))
@@ -77,6 +79,12 @@ def test_evaluate_a_package_alone(trained, tmp_path: Path):
     run_dir, data_dir = trained
     package = tmp_path / "package"
     shutil.copytree(run_dir / "model", package)
+    # a package names the data folder it was trained on, so its val split is found
+    assert api.evaluate(package)["num_samples"] == len(PreparedData.open(data_dir).split("val"))
+    manifest_file = package / "modelcycle.json"
+    manifest = json.loads(manifest_file.read_text())
+    del manifest["data_root"]  # a package from elsewhere: the data must be named
+    manifest_file.write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="--data"):
         api.evaluate(package)
     metrics = api.evaluate(package, data=data_dir / "val.txt")
