@@ -12,44 +12,20 @@ and measures, in this one process with the same thread count for both runtimes:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-
-import numpy as np
 
 import common
 from modelcycle import evaluate, load_config, prepare, train, write_digits
 from modelcycle.compress.quantize import quantize_int8
 from modelcycle.data.manifest import PreparedData
 from modelcycle.evaluation.inference import preprocess
+from modelcycle.evaluation.speed import latency_ms, throughput
 from modelcycle.export.export import export
 from modelcycle.export.runtime import load_predictor
 
 INT8_SPEEDUP = 2.0
 ACCURACY_POINTS = 0.5
 ONNX_LATENCY_SPEEDUP = 1.5
-
-
-def rate(predictor, batch: np.ndarray, seconds: float) -> float:
-    """Images per second calling ``predictor`` on ``batch`` for about ``seconds``."""
-    predictor(batch)  # warm-up: first calls allocate
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        predictor(batch)
-        done += len(batch)
-    return done / (time.perf_counter() - start)
-
-
-def latency_ms(predictor, images: np.ndarray, calls: int) -> tuple[float, float]:
-    """p50 and p99 milliseconds of single-image calls."""
-    predictor(images[:1])
-    times = []
-    for i in range(calls):
-        one = images[i % len(images)][None]
-        start = time.perf_counter()
-        predictor(one)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
 def build_models(root: Path, epochs: int, resnet_epochs: int) -> dict[str, Path]:
@@ -79,9 +55,9 @@ def bench_model(name: str, run: Path, root: Path, args) -> dict:
     batch = images[:32]
     rates = common.alternate(
         {
-            "torch": lambda: rate(torch_p, batch, args.seconds),
-            "int8": lambda: rate(int8_p, batch, args.seconds),
-            "onnx": lambda: rate(onnx_p, batch, args.seconds),
+            "torch": lambda: throughput(torch_p, batch, args.seconds),
+            "int8": lambda: throughput(int8_p, batch, args.seconds),
+            "onnx": lambda: throughput(onnx_p, batch, args.seconds),
         },
         args.rounds,
     )
@@ -149,7 +125,8 @@ def main() -> None:
             "MB torch -> int8",
         ],
         rows,
-        note=f"{threads} threads for both runtimes; throughput medians of {args.rounds} alternating rounds of "
+        note="b32: images/s at batch 32; b1 ms: p50 / p99 latency of single images; x: speed-up over torch. "
+        f"{threads} threads for both runtimes; throughput medians of {args.rounds} alternating rounds of "
         f"{args.seconds:g} s; latency over {args.calls} single-image calls.",
     )
     for r in results:

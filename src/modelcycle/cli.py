@@ -227,6 +227,58 @@ def compress(
 
 
 @app.command()
+def bench(
+    runs: list[Path] = typer.Argument(..., help="Run folders or model packages (an int8 package too)."),
+    min_accuracy: float | None = typer.Option(None, help="Exit 1 if any validated backend scores below this."),
+    data: Path | None = typer.Option(None, help="Manifest to measure on (default: each package's val split)."),
+    seconds: float = typer.Option(2.0, help="Seconds of batch-32 calls per throughput figure."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+):
+    """Accuracy, size, latency (batch 1) and throughput (batch 32) per package and backend."""
+    from modelcycle.evaluation.bench import MEASURED
+    from modelcycle.evaluation.bench import bench as run_bench
+
+    rows = run_bench(runs, data=data, seconds=seconds)
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        table = Table(title="modelcycle bench")
+        for column in ("package", "backend", "status", "MB", "accuracy", "p50 ms b1", "p99 ms b1", "img/s b32"):
+            table.add_column(column, justify="left" if column in ("package", "backend", "status") else "right")
+        for r in rows:
+            ok = r["status"] in MEASURED
+            table.add_row(
+                r["package"],
+                r["backend"],
+                r["status"],
+                *(
+                    [
+                        f"{r['bytes'] / 1e6:.2f}",
+                        f"{r['accuracy']:.2%}",
+                        f"{r['latency_p50_ms']:.2f}",
+                        f"{r['latency_p99_ms']:.2f}",
+                        f"{r['throughput_b32']:,.0f}",
+                    ]
+                    if ok
+                    else ["-"] * 5
+                ),
+            )
+        console.print(table)
+        for r in rows:
+            if "error" in r:
+                info(f"{r['package']} {r['backend']}: {r['error']}")
+    below = [r for r in rows if min_accuracy is not None and r["status"] in MEASURED and r["accuracy"] < min_accuracy]
+    if below:
+        console.print(
+            Text.assemble(
+                ("below --min-accuracy: ", "bold red"),
+                ", ".join(f"{r['package']} {r['backend']} {r['accuracy']:.2%}" for r in below),
+            )
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
 def crossval(
     config: str = typer.Argument(..., help="YAML recipe."),
     overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),

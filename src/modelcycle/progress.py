@@ -17,6 +17,8 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, soft_wrap=True)  # log lines stay whole in CI logs
+if not console.is_terminal:
+    console.width = 160  # tables in logs and pipes: rich would squeeze them into 80 columns
 stdout = Console(soft_wrap=True)
 
 
