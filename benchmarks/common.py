@@ -32,7 +32,7 @@ if str(REPO / "src") not in sys.path:  # run from a checkout without `pip instal
     sys.path.insert(1, str(REPO / "src"))
 
 # a wide fixed width when piped (CI logs, `| tee`), so tables do not wrap
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 240)
 
 
 # ---------------------------------------------------------------- command line
