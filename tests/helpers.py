@@ -136,3 +136,10 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str | Pat
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def b64_file(path: Path) -> str:
+    """A file as the base64 text the HTTP API takes."""
+    import base64
+
+    return base64.b64encode(Path(path).read_bytes()).decode()

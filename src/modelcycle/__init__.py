@@ -13,10 +13,12 @@ __version__ = "0.1.0"
 __all__ = [
     "prepare",
     "train",
+    "distill",
     "evaluate",
     "predict",
     "crossval",
     "export_model",
+    "prune_model",
     "write_digits",
     "load_config",
     "Run",

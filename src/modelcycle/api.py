@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelcycle import runs
+from modelcycle.compress.prune import prune_model, refuse_plain_resume
 from modelcycle.config import Config, load_config
 from modelcycle.data.demo import write_digits
 from modelcycle.data.prepare import PrepareResult
@@ -18,8 +19,21 @@ from modelcycle.export.export import export as export_model
 from modelcycle.progress import warn
 from modelcycle.runs import Run
 from modelcycle.tasks import classify
+from modelcycle.tasks import distill as distillation
 
-__all__ = ["prepare", "train", "evaluate", "predict", "crossval", "export_model", "write_digits", "load_config", "Run"]
+__all__ = [
+    "prepare",
+    "train",
+    "distill",
+    "evaluate",
+    "predict",
+    "crossval",
+    "export_model",
+    "prune_model",
+    "write_digits",
+    "load_config",
+    "Run",
+]
 
 
 def prepare(src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.0, seed: int = 0) -> PrepareResult:
@@ -43,6 +57,8 @@ def train(
     elif overrides:
         config = load_config(None, overrides, base=config.model_dump())
     run_dir = runs.check_run_dir(config, resume=resume or overwrite)
+    if resume:
+        refuse_plain_resume(run_dir, callbacks)  # a pruned fine-tune resumes through `compress --resume`
     parts = classify.setup(config, train_items, val_items)
     meta = {
         "task": "classify",
@@ -52,6 +68,8 @@ def train(
         "preprocessing": parts.preprocessing,
         "data_root": str(parts.data.root.resolve()),
     }
+    if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
+        parts, meta["distillation"] = distillation.attach(config, parts)
     trainer = Trainer(
         parts.task,
         parts.model,
@@ -73,6 +91,23 @@ def train(
     run = Run(run_dir)
     _write_package(run, meta, state.best_epoch, config)
     return run
+
+
+def distill(
+    teacher: str | Path,
+    student: str,
+    out: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> Run:
+    """Train the architecture ``student`` from the ``teacher`` run (a run folder or its package)
+    into the run folder ``out``, on the teacher's recipe; returns an ordinary classify run whose
+    package also records the distillation (``distill.temperature=2`` and the like as overrides)."""
+    config = distillation.student_config(teacher, student, out, overrides)
+    return train(config, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks)
 
 
 def _portable(spec: dict) -> dict:

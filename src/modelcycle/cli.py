@@ -117,6 +117,42 @@ def train(
 
 
 @app.command()
+def distill(
+    teacher: Path = typer.Argument(..., help="The teacher: a run folder (runs/flowers) or its model package."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    student: str = typer.Option(..., "--student", help="Student model: a registry name or file.py:build."),
+    out: Path = typer.Option(..., "--out", help="The student's run folder (runs/flowers-small)."),
+    temperature: float | None = typer.Option(None, help="Softening temperature T (distill.temperature, default 4)."),
+    alpha: float | None = typer.Option(None, help="Weight of the teacher's soft targets (distill.alpha, default 0.9)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted distillation in OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run folder OUT first."),
+):
+    """Train a smaller student from a teacher run (KL on softened logits + label loss), on its recipe."""
+    from modelcycle.api import distill as run_distill
+    from modelcycle.runs import read_manifest
+
+    flags = [f"distill.{k}={v}" for k, v in (("temperature", temperature), ("alpha", alpha)) if v is not None]
+    run = run_distill(teacher, student, out, [*flags, *(overrides or [])], resume=resume, overwrite=overwrite)
+    manifest = read_manifest(run.model_dir)
+    record, metrics = manifest["distillation"], manifest.get("metrics", {})
+    teacher_acc = metrics.get("val_teacher_accuracy", record.get("teacher_val_accuracy"))
+    table = Table(title=f"distilled at T={record['temperature']:g}, alpha={record['alpha']:g}")
+    for column in ("", "model", "parameters", "val_accuracy"):
+        table.add_column(column, justify="left" if column in ("", "model") else "right")
+    for role, name, params, acc in (
+        ("teacher", record["teacher_architecture"]["name"], record["teacher_parameters"], teacher_acc),
+        ("student", manifest["architecture"]["name"], record["student_parameters"], metrics.get("val_accuracy")),
+    ):
+        table.add_row(role, name, f"{params:,}", "-" if acc is None else f"{acc:.4f}")
+    console.print(table)
+    agreement = metrics.get("val_agreement")
+    info(
+        f"run {run.path}: model package in {run.model_dir}"
+        + (f"  top-1 agreement with the teacher {agreement:.4f}" if agreement is not None else "")
+    )
+
+
+@app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME) or a model package."),
     split: str = typer.Option("val", help="Split of the run's data: val or test (or train)."),
@@ -209,11 +245,46 @@ def export(
 @app.command()
 def compress(
     run: Path = typer.Argument(..., help="A run folder or a model package (PyTorch weights)."),
-    quantize: str = typer.Option("int8", help="int8: static post-training quantization in ONNX Runtime (QDQ)."),
-    calib: int = typer.Option(256, help="Training images to calibrate activation ranges on."),
-    out: Path = typer.Option(..., "--out", help="Folder for the new package (written to OUT/model/)."),
+    quantize: str | None = typer.Option(
+        None, help="int8: static post-training quantization in ONNX Runtime (QDQ). Give this or --prune."
+    ),
+    calib: int = typer.Option(256, help="With --quantize: training images to calibrate activation ranges on."),
+    prune: float | None = typer.Option(
+        None, help="Fraction of weights to zero, between 0 and 1 (e.g. 0.5); the first and last layer stay dense."
+    ),
+    prune_method: str = typer.Option(
+        "unstructured",
+        help="unstructured: the smallest weights over the whole net (global L1); "
+        "structured: whole conv filters with the smallest L2 norm x |BatchNorm gamma|, the same fraction per layer.",
+    ),
+    recalibrate: int | None = typer.Option(
+        None, help="With --prune: training images to re-estimate BatchNorm statistics on (default 512; 0: off)."
+    ),
+    finetune_epochs: int = typer.Option(
+        0, help="With --prune: epochs of training with the pruned weights held at zero; OUT becomes a run folder."
+    ),
+    lr: float | None = typer.Option(
+        None, help="Fine-tuning learning rate (default: the source run's, times 0.1 unstructured or 1 structured)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="With --prune --finetune-epochs: continue an interrupted fine-tune in OUT, same masks."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for the new package (written to OUT/model/); a run folder with --finetune-epochs."
+    ),
 ):
-    """Make a smaller, faster copy of a model as a new package that evaluate/predict accept."""
+    """Make a smaller, faster copy of a model (--quantize) or a sparse one (--prune) as a new package."""
+    if calib < 1:
+        raise UserError(f"--calib {calib}: calibrate on at least one image (256 is a good default)")
+    if (quantize is None) == (prune is None):
+        raise UserError("compress needs exactly one of --quantize int8 or --prune SPARSITY (e.g. --prune 0.5)")
+    if prune is not None:
+        _compress_prune(run, out, prune, prune_method, finetune_epochs, lr, recalibrate, resume)
+        return
+    if finetune_epochs or lr is not None or recalibrate is not None or resume:
+        raise UserError(
+            "--finetune-epochs, --lr, --recalibrate and --resume go with --prune; int8 quantization does not train"
+        )
     from modelcycle.compress.quantize import quantize_int8
 
     if quantize != "int8":
@@ -224,6 +295,66 @@ def compress(
         f"int8 package: {manifest['_dir']} (calibrated on {q['calibration_images']} images); top-1 agreement with "
         f"fp32 {q['agreement_with_fp32']['top1_agreement']:.1%} on {q['agreement_with_fp32']['images']} images"
     )
+
+
+def _compress_prune(
+    run: Path, out: Path, sparsity: float, method: str, epochs: int, lr: float | None, recal: int | None, resume: bool
+) -> None:
+    from modelcycle.compress.prune import RECALIBRATE, prune_model
+
+    recal = RECALIBRATE if recal is None else recal
+    manifest = prune_model(
+        run, out, sparsity, method=method, finetune_epochs=epochs, lr=lr, recalibrate=recal, resume=resume
+    )
+    p = manifest["pruning"]
+    acc, reached = p["accuracy"], p["sparsity"]
+    table = Table(title=f"{p['method']} pruning to {p['target']:.0%}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row(f"val accuracy, source ({acc['images']} images)", f"{acc['source']:.2%}")
+    table.add_row("val accuracy, pruned", f"{acc['pruned']:.2%}")
+    if acc["recalibrated"] is not None:
+        table.add_row(
+            f"val accuracy, pruned + BatchNorm re-estimated ({p['recalibrate']} images)", f"{acc['recalibrated']:.2%}"
+        )
+    if epochs:
+        stage = f"val accuracy, fine-tuned ({epochs} epoch{'s' * (epochs > 1)}, lr {p['finetune_lr']:.3g})"
+        table.add_row(stage, f"{acc['finetuned']:.2%}")
+    table.add_row("sparsity, prunable weights", f"{reached['prunable']:.2%}")
+    table.add_row("sparsity, all parameters", f"{reached['overall']:.2%}")
+    console.print(table)
+    info(
+        f"pruned package: {manifest['_dir']} (dense layout: same file size and speed; kept dense: "
+        f"{', '.join(p['kept_dense'])})" + (f"\nrun folder: {out} (modelcycle evaluate {out})" if epochs else "")
+    )
+
+
+@app.command()
+def serve(
+    models: list[str] = typer.Argument(
+        ...,
+        help="Run folders or model packages, each served under its folder name or as NAME=PATH; "
+        "serve.KEY=VALUE settings may follow (serve.max_batch_size=16).",
+    ),
+    host: str | None = typer.Option(None, help="Address to listen on (default 127.0.0.1: this machine only)."),
+    port: int | None = typer.Option(None, help="Port (default 8000; 0 picks a free one and prints it)."),
+    backend: str | None = typer.Option(None, help=BACKEND_HELP),
+    api_key_env: str | None = typer.Option(
+        None, help="Environment variable holding an API key; requests then need 'Authorization: Bearer KEY'."
+    ),
+    config: Path | None = typer.Option(None, help="YAML file whose serve: section to use."),
+):
+    """Serve models over HTTP: /v1/predict, KServe v2 (/v2/...), /metrics, playground at /, /docs."""
+    from modelcycle.config import load_config
+    from modelcycle.serve.server import serve as run_server
+
+    settings = [m for m in models if m.split("=", 1)[0].startswith("serve.")]
+    specs = [m for m in models if m not in settings]
+    if not specs:
+        raise UserError("no model to serve; pass a run folder such as runs/digits-demo")
+    options = {"host": host, "port": port, "backend": backend, "api_key_env": api_key_env}
+    settings += [f"serve.{k}={v}" for k, v in options.items() if v is not None]
+    run_server(specs, load_config(config, settings).serve)
 
 
 @app.command()

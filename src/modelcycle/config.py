@@ -83,12 +83,46 @@ class EvalSection(Section):
     mistakes: int = Field(36, ge=0)  # images in mistakes.png
 
 
+class DistillSection(Section):
+    """Knowledge distillation (``modelcycle distill``): the run's model learns from a teacher's
+    logits as well as from the labels. T=4 and alpha=0.9 are the usual starting point (Hinton et
+    al. 2015 and most reproductions): soft enough to show which wrong classes look alike, with
+    some weight left on the labels in case the teacher is wrong."""
+
+    teacher: str | None = None  # a run folder or model package (PyTorch weights); None: no distillation
+    temperature: float = Field(4.0, gt=0)  # softens both distributions; 1 = the plain softmax
+    alpha: float = Field(0.9, ge=0, le=1)  # weight of the teacher's soft targets; 1 - alpha on the labels
+
+
+class ServeSection(Section):
+    """``modelcycle serve``: batching, limits and auth. Every limit exists so that one bad or
+    greedy client gets a clear 4xx (or a 503 to retry) instead of slowing everyone down."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (printed at start)
+    backend: Literal["auto", "torch", "onnx", "torchscript"] = "auto"
+    max_batch_size: int = Field(32, ge=1)  # images run as one batch; 1 turns batching off
+    max_batch_delay_ms: float = Field(5.0, ge=0)  # how long a batch waits to fill once it has one image
+    max_queue: int = Field(256, ge=1)  # images waiting per model; beyond it requests get 503 + Retry-After
+    max_images: int = Field(64, ge=1)  # images in one request
+    max_body_mb: float = Field(16.0, gt=0)  # request body; larger gets 413
+    max_pixels: int = Field(40_000_000, ge=1)  # per image, checked before decoding (decompression bombs)
+    body_timeout_s: float = Field(10.0, gt=0)  # to receive the request body; slower gets 408
+    request_timeout_s: float = Field(30.0, gt=0)  # to answer once the body is in; longer gets 504
+    graceful_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, how long in-flight requests may finish
+    topk: int = Field(5, ge=1)
+    api_key_env: str | None = None  # name of the environment variable holding the Bearer key
+    preprocess_threads: int | None = None  # None: one per CPU core
+
+
 class Config(Section):
     run: RunSection = Field(default_factory=RunSection)
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -49,24 +50,50 @@ def load_image(path: Path, channels: int, min_size: int | None = None) -> np.nda
     least twice that size: a large photo then decodes several times faster with no visible loss
     at the training resolution.
     """
-    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as img:
-            if min_size and img.format == "JPEG":
-                img.draft(mode, (min_size * 2, min_size * 2))
-            if img.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when upright
-                img = ImageOps.exif_transpose(img)
-            if img.mode.startswith("I"):  # 16-bit greyscale: scale to 8 bit; convert() would clip
-                wide = np.asarray(img, dtype=np.float32)
-                img = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8))
-            if img.mode != mode:
-                img = img.convert("RGBA").convert(mode) if "transparency" in img.info else img.convert(mode)
-            array = np.asarray(img, dtype=np.uint8)
+            return _to_array(img, channels, min_size)
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"cannot decode image {path}: {exc}. Remove it or run `modelcycle prepare` again to list "
             "unreadable files in rejected.txt"
         ) from None
+
+
+def decode_bytes(data: bytes, channels: int, min_size: int | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """:func:`load_image` for an uploaded file. ``max_pixels`` is checked on the header, before
+    any pixel is decoded, so a decompression bomb costs nothing."""
+    if not data:
+        raise DataError("empty image (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max_pixels and width * height > max_pixels:
+                raise DataError(
+                    f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
+                    "send a smaller image"
+                )
+            return _to_array(img, channels, min_size)
+    except UnidentifiedImageError:
+        raise DataError("not an image Pillow can read (send PNG, JPEG, WebP, BMP, GIF or TIFF)") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image refused as a decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"damaged image: {exc}") from None
+
+
+def _to_array(img: Image.Image, channels: int, min_size: int | None) -> np.ndarray:
+    mode = "L" if channels == 1 else "RGB"
+    if min_size and img.format == "JPEG":
+        img.draft(mode, (min_size * 2, min_size * 2))
+    if img.getexif().get(0x0112, 1) != 1:  # exif_transpose copies even when upright
+        img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):  # 16-bit greyscale: scale to 8 bit; convert() would clip
+        wide = np.asarray(img, dtype=np.float32)
+        img = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8))
+    if img.mode != mode:
+        img = img.convert("RGBA").convert(mode) if "transparency" in img.info else img.convert(mode)
+    array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     return array

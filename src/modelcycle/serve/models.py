@@ -1,0 +1,90 @@
+"""What the server holds per model: the predictor, its preprocessing and the names it answers to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from modelcycle.data.images import decode_bytes
+from modelcycle.data.transforms import build_transform
+from modelcycle.errors import UserError
+from modelcycle.evaluation.inference import data_section
+from modelcycle.export.runtime import Predictor, load_predictor
+
+PLATFORMS = {"torch": "pytorch_safetensors", "onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    predictor: Predictor
+    max_pixels: int
+    path: str
+    transform: object = field(init=False, repr=False)
+
+    def __post_init__(self):
+        manifest = self.predictor.manifest
+        pre = manifest["preprocessing"]
+        self.classes: list[str] = list(manifest["classes"])
+        self.channels: int = pre["channels"]
+        self.size: int = pre["image_size"]
+        self.transform = build_transform(data_section(manifest), train=False)
+        self.mean = np.asarray(pre["mean"], np.float32).reshape(-1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (np.asarray(pre["std"], np.float32).reshape(-1, 1, 1) * 255.0)
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [self.channels, self.size, self.size]
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """Encoded image file -> (C, H, W) float32, exactly as `evaluate` feeds the model."""
+        image = decode_bytes(data, self.channels, min_size=self.size, max_pixels=self.max_pixels)
+        image = self.transform(image=image)["image"]
+        if image.ndim == 2:
+            image = image[:, :, None]
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+        return (chw - self.mean) * self.inv_std
+
+    def metadata(self) -> dict:
+        """The Open Inference Protocol's model metadata."""
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORMS[self.predictor.backend],
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [-1, *self.input_shape]},
+                {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.classes)]},
+                {"name": "logits", "datatype": "FP32", "shape": [-1, len(self.classes)]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "parameters": {"classes": self.classes, "preprocessing": self.predictor.manifest["preprocessing"]},
+        }
+
+
+def model_name(path: Path) -> str:
+    """runs/flowers and runs/flowers/model are both served as "flowers"."""
+    path = path.resolve()
+    return path.parent.name if path.name == "model" else path.name
+
+
+def load_models(specs: list[str], backend: str, max_pixels: int, threads: int | None = None) -> list[ServedModel]:
+    """``runs/a`` or ``name=runs/a`` per model; names must be unique (they are URL paths)."""
+    models: list[ServedModel] = []
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        path = Path(path)
+        name = name or model_name(path)
+        if any(m.name == name for m in models):
+            raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
+        predictor = load_predictor(path, backend, threads=threads)
+        if predictor.manifest.get("task", "classify") != "classify":
+            raise UserError(f"{path} is a {predictor.manifest['task']} model; the image server serves classifiers")
+        version = predictor.manifest["weights"]["sha256"][:12]
+        models.append(ServedModel(name, version, predictor, max_pixels, str(path)))
+    return models

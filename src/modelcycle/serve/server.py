@@ -1,0 +1,68 @@
+"""Starting the server: load and warm the models, bind, run uvicorn until SIGTERM or Ctrl-C.
+
+On SIGTERM uvicorn stops accepting connections and lets in-flight requests finish (up to
+``serve.graceful_timeout_s``) before the batchers stop, so a rolling restart drops nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+
+from modelcycle.config import ServeSection
+from modelcycle.errors import UserError
+from modelcycle.progress import info
+from modelcycle.serve.auth import read_api_key
+from modelcycle.serve.models import ServedModel, load_models
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port (0: any free one)"
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
+def warm_up(models: list[ServedModel], batch: int) -> None:
+    """One call per batch size the batcher will use first, so no client pays for lazy set-up."""
+    for served in models:
+        for size in sorted({1, batch}):
+            served.predictor(np.zeros((size, *served.input_shape), np.float32))
+
+
+def serve(specs: list[str], cfg: ServeSection) -> None:
+    import uvicorn
+
+    from modelcycle.serve.app import create_app
+
+    api_key = read_api_key(cfg.api_key_env)
+    models = load_models(specs, cfg.backend, cfg.max_pixels)
+    warm_up(models, cfg.max_batch_size)
+    app = create_app(models, cfg, api_key)
+    sock = bind(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    for m in models:
+        info(f"serving {m.name} (version {m.version}, {m.predictor.backend}, {len(m.classes)} classes)")
+    auth = f"Bearer key from ${cfg.api_key_env}" if api_key else "no API key"
+    info(f"listening on {url}  (playground {url}/  docs {url}/docs  metrics {url}/metrics; {auth})")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=cfg.graceful_timeout_s,
+            timeout_keep_alive=30,
+        )
+    )
+    # uvicorn re-raises SIGTERM/SIGINT once shut down, so the exit status says what stopped it
+    server.run(sockets=[sock])
