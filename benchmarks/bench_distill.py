@@ -6,7 +6,7 @@ with a much smaller width (8 by default), built by ``modelcycle.distill`` from t
 recipe, so they share everything (split, augmentation, epochs, schedule, batch size, seed)
 except the loss: the scratch student is the very same config with ``distill.teacher`` unset,
 trained by ``modelcycle.train``. Each student is trained once per seed (``train.seed``: the
-initial weights and the batch order); accuracies on 360 validation images move by 0.28 % per
+initial weights and the batch order); accuracies on 359 validation images move by 0.28 % per
 image, so one seed says little and the table gives each seed and the mean.
 
 Target: the distilled student's mean validation accuracy >= the scratch student's.

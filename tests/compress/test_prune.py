@@ -1,4 +1,5 @@
-"""Pruning: sparsity reached, whole filters silenced, zeros held through fine-tuning, figures recorded."""
+"""Pruning: sparsity reached, whole filters silenced, BatchNorm re-estimated, zeros held through
+fine-tuning and its resumption, figures recorded."""
 
 from __future__ import annotations
 
@@ -16,19 +17,23 @@ import modelcycle
 from helpers import assert_mentions, assert_user_error, make_image_folder, run_cli, tiny_overrides
 from modelcycle.compress.prune import prune_model
 from modelcycle.data.manifest import PreparedData
+from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import preprocess
-from modelcycle.runs import load_model
+from modelcycle.runs import Run, load_model
 
 SOURCE_LR = 0.01  # tiny_overrides' train.lr
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A tiny run with EMA on, so fine-tuning also has the EMA copy to keep pruned."""
+    """A tiny run with EMA on, so fine-tuning also has the EMA copy to keep pruned, and a
+    checkpoint every 2 steps, so a fine-tune on its recipe can be interrupted mid-epoch."""
     root = tmp_path_factory.mktemp("prune")
     modelcycle.prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
-    overrides = tiny_overrides(root / "data", root / "runs", train__epochs=4, train__ema="true")
+    overrides = tiny_overrides(
+        root / "data", root / "runs", train__epochs=4, train__ema="true", train__checkpoint_every=2
+    )
     return modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
 
 
@@ -48,7 +53,13 @@ def pruned(trained: Path, tmp_path_factory) -> dict[str, Path]:
         "--out", root / "structured-1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert_mentions(result.stderr, "val accuracy, source", "val accuracy, fine-tuned", "sparsity, prunable weights")
+    assert_mentions(
+        result.stderr,
+        "val accuracy, source",
+        "val accuracy, pruned + BatchNorm re-estimated",
+        "val accuracy, fine-tuned",
+        "sparsity, prunable weights",
+    )
     out["structured-1"] = root / "structured-1"
     return out
 
@@ -138,7 +149,8 @@ def test_fine_tuning_keeps_every_pruned_weight_exactly_zero(trained: Path, prune
 def test_fine_tuned_run_is_a_normal_run_that_evaluates(trained: Path, pruned: dict):
     run = pruned["structured-1"]
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["train"]["epochs"] == 1 and config["train"]["lr"] == pytest.approx(SOURCE_LR / 10)
+    # structured: the source run's lr by default (a tenth, as for unstructured, is too timid)
+    assert config["train"]["epochs"] == 1 and config["train"]["lr"] == pytest.approx(SOURCE_LR)
     assert (run / "metrics.jsonl").is_file() and (run / "checkpoints" / "last.pt").is_file()
     metrics = modelcycle.evaluate(run)
     assert metrics["accuracy"] == pytest.approx(record(run)["pruning"]["accuracy"]["finetuned"])
@@ -154,9 +166,84 @@ def test_the_manifest_records_the_figures(trained: Path, pruned: dict):
         assert Path(manifest["source_package"]) == (trained / "model").resolve()
         assert manifest["classes"] == record(trained)["classes"]
         assert (p["accuracy"]["finetuned"] is None) == (p["finetune_epochs"] == 0)
-    # the 'pruned' figure is the package's own accuracy before any fine-tuning
+    # without fine-tuning the package is the pruned net with its BatchNorm re-estimated
     package = pruned["unstructured-0"]
-    assert modelcycle.evaluate(package)["accuracy"] == pytest.approx(record(package)["pruning"]["accuracy"]["pruned"])
+    figures = record(package)["pruning"]["accuracy"]
+    assert modelcycle.evaluate(package)["accuracy"] == pytest.approx(figures["recalibrated"])
+
+
+def test_batchnorm_statistics_are_re_estimated_on_the_training_images(trained: Path, pruned: dict, tmp_path: Path):
+    stale_package = tmp_path / "off" / "model"
+    off = prune_model(trained, tmp_path / "off", 0.5, method="structured", recalibrate=0, progress=False)
+    assert off["pruning"]["recalibrate"] == 0 and off["pruning"]["accuracy"]["recalibrated"] is None
+    # with --recalibrate 0 the package is the pruned net as it is, with the dense net's statistics
+    assert modelcycle.evaluate(stale_package)["accuracy"] == pytest.approx(off["pruning"]["accuracy"]["pruned"])
+    source, stale, fresh = weights(trained), weights(stale_package), weights(pruned["structured-0"])
+    stats = [n for n in source if n.endswith(("running_mean", "running_var"))]
+    assert all(torch.equal(stale[n], source[n]) for n in stats)
+    assert not all(torch.equal(fresh[n], source[n]) for n in stats)
+
+    # the default: each BatchNorm's statistics are those of its input in the pruned net, over the
+    # training images (fewer than 512 here, so all of them)
+    model, manifest = load_model(pruned["structured-0"])
+    train = PreparedData.open(manifest["data_root"]).split("train")
+    assert record(pruned["structured-0"])["pruning"]["recalibrate"] == len(train)
+    inputs = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_hook(lambda _m, x, _out, name=name: inputs.__setitem__(name, x[0]))
+    with torch.no_grad():
+        model(preprocess(manifest, train))
+    silenced = 0
+    for name, x in inputs.items():
+        per_channel = x.transpose(0, 1).flatten(1)
+        dead = fresh[f"{name}.weight"] == 0  # gamma zeroed: a pruned filter's channel
+        mean, var = fresh[f"{name}.running_mean"], fresh[f"{name}.running_var"]
+        assert torch.allclose(mean[~dead], per_channel.mean(1)[~dead], rtol=1e-3, atol=1e-4), name
+        assert torch.allclose(var[~dead], per_channel.var(1)[~dead], rtol=1e-3, atol=1e-4), name
+        # a silenced channel's input is all zeros: reset statistics, and it still outputs 0
+        assert (per_channel[dead] == 0).all() and (mean[dead] == 0).all() and (var[dead] == 1).all()
+        silenced += int(dead.sum())
+    assert silenced > 0
+
+
+class Killed(Exception):
+    """What the process dying looks like from inside: no checkpoint of its own, no clean-up."""
+
+
+class KillAt(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.state.step == self.step:
+            raise Killed
+
+
+def test_an_interrupted_fine_tune_resumes_with_the_same_zeros(trained: Path, pruned: dict, tmp_path: Path):
+    # unstructured: its zeros regrow at the first step when the masks are not applied again
+    out, straight = tmp_path / "killed", pruned["unstructured-1"]
+    with pytest.raises(Killed):
+        prune_model(trained, out, 0.5, finetune_epochs=1, progress=False, callbacks=[KillAt(3)])
+    checkpoint = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert checkpoint["state"]["step"] == 2  # the recipe checkpoints every 2 steps; step 3 is lost
+    zeros = {n: w == 0 for n, w in weights(pruned["unstructured-0"]).items() if n.endswith(".weight")}
+    assert all((checkpoint["model"][n][z] == 0).all() for n, z in zeros.items())
+
+    # `train --resume` would continue without the masks: refused, with the command that keeps them
+    with pytest.raises(UserError, match=r"compress .* --resume") as refused:
+        modelcycle.train(Run(out).config, resume=True, progress=False)
+    assert str(trained) in str(refused.value) and "--prune-method unstructured" in str(refused.value)
+    with pytest.raises(UserError, match="other settings"):  # other masks would mix two runs
+        prune_model(trained, out, 0.6, finetune_epochs=1, resume=True, progress=False)
+
+    manifest = prune_model(trained, out, 0.5, finetune_epochs=1, resume=True, progress=False)
+    assert "resumed from step=2" in (out / "events.log").read_text()
+    resumed, reference = weights(out), weights(straight)  # the uninterrupted fine-tune
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[n], reference[n]) for n in reference)  # bit for bit
+    assert all((resumed[n][z] == 0).all() for n, z in zeros.items())
+    assert manifest["pruning"] == record(straight)["pruning"]
 
 
 def test_a_bare_package_is_fine_tuned_from_a_config_built_from_its_manifest(pruned: dict, tmp_path: Path):
@@ -178,10 +265,16 @@ def test_bad_inputs_are_user_errors(trained: Path, pruned: dict, tmp_path: Path)
         prune_model(trained, tmp_path / "x", 0)
     with pytest.raises(UserError, match="--prune-method 'random'"):
         prune_model(trained, tmp_path / "x", 0.5, method="random")
-    with pytest.raises(UserError, match="already holds a run with checkpoints"):
+    with pytest.raises(UserError, match="already holds a run with checkpoints; add --resume to continue it"):
         prune_model(trained, pruned["unstructured-1"], 0.5, finetune_epochs=1)
     with pytest.raises(UserError, match="--finetune-epochs"):
         prune_model(trained, tmp_path / "x", 0.5, lr=0.1)
+    with pytest.raises(UserError, match="--recalibrate -1"):
+        prune_model(trained, tmp_path / "x", 0.5, recalibrate=-1)
+    with pytest.raises(UserError, match="--resume continues an interrupted fine-tune"):
+        prune_model(trained, tmp_path / "x", 0.5, resume=True)
+    result = run_cli("compress", trained, "--quantize", "int8", "--resume", "--out", tmp_path / "x")
+    assert_user_error(result, "--resume go with --prune")
     onnx_package = tmp_path / "int8"  # what `compress --quantize int8` writes: backend onnx
     shutil.copytree(trained / "model", onnx_package)
     manifest = record(onnx_package)

@@ -212,7 +212,7 @@ def save_state(out: Path, masks: dict[str, torch.Tensor], settings: dict, record
     the fp32 weights' size. It also marks the folder as a pruned run for ``train --resume``."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f"{STATE_FILE}.tmp-{os.getpid()}"
-    metadata = {"settings": json.dumps(settings), "record": json.dumps(record), "source": str(source)}
+    metadata = {"settings": json.dumps(settings), "record": json.dumps(record), "source": str(source.resolve())}
     save_file({k: v.contiguous().clone() for k, v in masks.items()}, tmp, metadata=metadata)  # some share memory
     os.replace(tmp, out / STATE_FILE)
 

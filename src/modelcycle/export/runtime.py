@@ -27,7 +27,7 @@ class Predictor:
         return self.run(np.ascontiguousarray(images, dtype=np.float32))
 
 
-def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None) -> Predictor:
+def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None, spin: bool = True) -> Predictor:
     from modelcycle.export.formats import onnx_runner, torchscript_runner
 
     if backend not in BACKENDS:
@@ -41,7 +41,7 @@ def load_predictor(path: str | Path, backend: str = "auto", threads: int | None 
         model, _ = load_model(path)
         return Predictor("torch", manifest, _torch_runner(model))
     file = _checked_file(manifest, backend, primary)
-    runner = onnx_runner(file, threads) if backend == "onnx" else torchscript_runner(file)
+    runner = onnx_runner(file, threads, spin) if backend == "onnx" else torchscript_runner(file)
     return Predictor(backend, manifest, runner)
 
 

@@ -142,7 +142,7 @@ def b64decode(text: str, what: str) -> bytes:
 def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None) -> FastAPI:
     metrics = ServeMetrics()
     state = ServeState(models, cfg, metrics)
-    auth = [Depends(require_key(api_key))]
+    auth = [Depends(require_key(api_key))] if api_key else []  # no per-request dependency when open
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -227,8 +227,9 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
         return {"live": True}
 
     @app.get("/v2/health/ready", tags=["v2"], response_model=schemas.Ready)
-    async def ready() -> dict:
-        return {"ready": all(b.task is not None and not b.task.done() for b in state.batchers.values())}
+    async def ready() -> JSONResponse:
+        ok = all(b.task is not None and not b.task.done() for b in state.batchers.values())
+        return JSONResponse({"ready": ok}, 200 if ok else 503)  # probes read the status code
 
     def latest(name: str) -> ServedModel:
         return state.model(name)

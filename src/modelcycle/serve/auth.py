@@ -23,12 +23,10 @@ def read_api_key(env: str | None) -> str | None:
     return key.strip()
 
 
-def require_key(key: str | None):
-    """A FastAPI dependency: a no-op without a key; otherwise 401 unless the header matches."""
+def require_key(key: str):
+    """A FastAPI dependency: 401 unless the Bearer header matches ``key``."""
 
     async def check(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-        if key is None:
-            return
         given = credentials.credentials if credentials else ""
         if not hmac.compare_digest(given.encode(), key.encode()):  # constant time: no timing oracle
             raise HTTPException(

@@ -82,7 +82,7 @@ def load_models(specs: list[str], backend: str, max_pixels: int, threads: int | 
         name = name or model_name(path)
         if any(m.name == name for m in models):
             raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
-        predictor = load_predictor(path, backend, threads=threads)
+        predictor = load_predictor(path, backend, threads=threads, spin=False)
         if predictor.manifest.get("task", "classify") != "classify":
             raise UserError(f"{path} is a {predictor.manifest['task']} model; the image server serves classifiers")
         version = predictor.manifest["weights"]["sha256"][:12]
