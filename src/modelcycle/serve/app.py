@@ -12,7 +12,6 @@ import base64
 import binascii
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -36,6 +35,7 @@ from modelcycle.serve.batching import DynamicBatcher, QueueFull
 from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
 from modelcycle.serve.models import ServedModel
+from modelcycle.serve.pool import DecodePool
 
 log = logging.getLogger("modelcycle.serve")
 STATIC = Path(__file__).parent / "static"
@@ -94,7 +94,7 @@ class ServeState:
         self.models = {m.name: m for m in models}
         self.default = models[0].name
         self.metrics = metrics
-        self.decode_pool = ThreadPoolExecutor(cfg.preprocess_threads or os.cpu_count() or 1, "decode")
+        self.decode_pool = DecodePool(cfg.preprocess_threads or os.cpu_count() or 1)
         self.batchers = {
             m.name: DynamicBatcher(
                 m.predictor,
@@ -118,8 +118,7 @@ class ServeState:
 
     async def decode(self, served: ServedModel, blobs: list[bytes]) -> np.ndarray:
         """Decode and preprocess in the pool, all images of a request in parallel."""
-        loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self.decode_pool, served.preprocess, blob) for blob in blobs]
+        jobs = [self.decode_pool.submit(served.preprocess, blob) for blob in blobs]
         results = await asyncio.gather(*jobs, return_exceptions=True)
         for i, result in enumerate(results):
             if isinstance(result, DataError):
@@ -168,7 +167,7 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
         # uvicorn has let in-flight requests finish by now (graceful shutdown)
         for batcher in state.batchers.values():
             await batcher.stop()
-        state.decode_pool.shutdown(wait=False, cancel_futures=True)
+        state.decode_pool.shutdown()
         info("server stopped: in-flight requests answered")
 
     app = FastAPI(
