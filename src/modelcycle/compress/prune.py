@@ -25,7 +25,7 @@ from modelcycle.data.manifest import PreparedData
 from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import predict_items
-from modelcycle.export.runtime import Predictor
+from modelcycle.export.runtime import Predictor, torch_runner
 from modelcycle.runs import Run, load_model, read_manifest, update_manifest, write_package
 
 METHODS = ("unstructured", "structured")
@@ -242,13 +242,8 @@ def refuse_plain_resume(run_dir: Path, callbacks: list | None) -> None:
 
 
 def accuracy(model: nn.Module, manifest: dict, items: list) -> float:
-    model = model.eval()
-
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(images)).float().numpy()
-
-    probs = predict_items(Predictor("torch", manifest, run), items, workers=0 if len(items) < 1024 else None)
+    predictor = Predictor("torch", manifest, torch_runner(model))
+    probs = predict_items(predictor, items, workers=0 if len(items) < 1024 else None)
     return float((probs.argmax(1) == np.array([label for _, label in items])).mean())
 
 

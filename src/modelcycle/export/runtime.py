@@ -39,7 +39,7 @@ def load_predictor(path: str | Path, backend: str = "auto", threads: int | None 
         if primary != "torch":
             raise UserError(f"{manifest['_dir']} holds a {primary} model only; use backend {primary}")
         model, _ = load_model(path)
-        return Predictor("torch", manifest, _torch_runner(model))
+        return Predictor("torch", manifest, torch_runner(model))
     file = _checked_file(manifest, backend, primary)
     runner = onnx_runner(file, threads, spin) if backend == "onnx" else torchscript_runner(file)
     return Predictor(backend, manifest, runner)
@@ -58,7 +58,7 @@ def _checked_file(manifest: dict, backend: str, primary: str) -> Path:
     return file
 
 
-def _torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     model = model.eval()
 
     def run(images: np.ndarray) -> np.ndarray:

@@ -128,8 +128,6 @@ class ServeState:
         return np.stack(results)
 
     async def logits(self, served: ServedModel, images: np.ndarray) -> np.ndarray:
-        if len(images) > self.cfg.max_images:
-            raise HTTPException(413, f"{len(images)} images in one request; the limit is {self.cfg.max_images}")
         try:
             out = await asyncio.wait_for(self.batchers[served.name].submit(images), self.cfg.request_timeout_s)
         except QueueFull as exc:
@@ -138,6 +136,12 @@ class ServeState:
             raise HTTPException(504, f"no answer within {self.cfg.request_timeout_s:g} s; retry later") from None
         self.metrics.images.labels(served.name).inc(len(images))
         return out
+
+
+def check_count(count: int, cfg: ServeSection) -> None:
+    """Before any decoding: a request over the limit costs nothing."""
+    if count > cfg.max_images:
+        raise HTTPException(413, f"{count} images in one request; the limit is {cfg.max_images}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -292,8 +296,7 @@ async def _v2_images(state: ServeState, served: ServedModel, tensor: schemas.Inf
     count = tensor.shape[0]
     if count < 1 or any(d < 1 for d in tensor.shape):
         raise HTTPException(400, f"input {tensor.name!r}: shape {tensor.shape} has an empty or negative dimension")
-    if count > state.cfg.max_images:
-        raise HTTPException(413, f"{count} images in one request; the limit is {state.cfg.max_images}")
+    check_count(count, state.cfg)
     if tensor.name == "image_bytes" and tensor.datatype == "BYTES":
         if tensor.shape != [count] or len(tensor.data) != count or not all(isinstance(v, str) for v in tensor.data):
             raise HTTPException(400, f"input 'image_bytes': send shape [N] and N base64 strings, not {tensor.shape}")
@@ -338,8 +341,7 @@ async def _read_images(request: Request, cfg: ServeSection) -> tuple[list[bytes]
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
         if not files:
             raise HTTPException(400, "the multipart body has no file; send images as 'files' file fields")
-        if len(files) > cfg.max_images:
-            raise HTTPException(413, f"{len(files)} images in one request; the limit is {cfg.max_images}")
+        check_count(len(files), cfg)
         return [await f.read() for f in files], None
     if kind != "application/json":
         raise HTTPException(415, f"content type {kind!r}: send application/json or multipart/form-data")
@@ -348,8 +350,7 @@ async def _read_images(request: Request, cfg: ServeSection) -> tuple[list[bytes]
         body = schemas.PredictRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
-    if len(body.images) > cfg.max_images:
-        raise HTTPException(413, f"{len(body.images)} images in one request; the limit is {cfg.max_images}")
+    check_count(len(body.images), cfg)
     return [b64decode(text, f"images[{i}]") for i, text in enumerate(body.images)], body.topk
 
 
