@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import common
-from modelcycle import evaluate, load_config, prepare, train, write_digits
+from modelcycle import evaluate
 from modelcycle.compress.quantize import quantize_int8
 from modelcycle.data.manifest import PreparedData
 from modelcycle.evaluation.inference import preprocess
@@ -29,18 +29,13 @@ ONNX_LATENCY_SPEEDUP = 1.5
 
 
 def build_models(root: Path, epochs: int, resnet_epochs: int) -> dict[str, Path]:
-    write_digits(root / "raw")
-    prepare(root / "raw", root / "data", val=0.2, seed=0)
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
-    runs = {}
-    for name, extra in (
-        ("simple_cnn", [f"train.epochs={epochs}"]),
-        ("resnet18", ["model.name=resnet18", "model.args={}", f"train.epochs={resnet_epochs}", "train.lr=0.002"]),
-    ):
-        overrides = [f"data.root={root / 'data'}", f"run.dir={root / 'runs'}", f"run.name={name}", *extra]
-        common.console.print(f"training {name} on digits 16 px ...", style="dim")
-        runs[name] = train(load_config(recipe, overrides), progress=False).path
-    return runs
+    common.digits_data(root)
+    return {
+        "simple_cnn": common.train_on_digits(root, "simple_cnn", [f"train.epochs={epochs}"]),
+        "resnet18": common.train_on_digits(
+            root, "resnet18", [*common.RESNET18_ON_DIGITS, f"train.epochs={resnet_epochs}"]
+        ),
+    }
 
 
 def bench_model(name: str, run: Path, root: Path, args) -> dict:

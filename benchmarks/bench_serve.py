@@ -26,7 +26,6 @@ from urllib.parse import urlparse
 import numpy as np
 
 import common
-from modelcycle import load_config, prepare, train, write_digits
 from modelcycle.data.manifest import PreparedData
 from modelcycle.evaluation.inference import preprocess
 from modelcycle.evaluation.speed import throughput
@@ -38,20 +37,8 @@ TARGET = 0.8
 
 
 def build_model(root: Path, epochs: int) -> Path:
-    write_digits(root / "raw")
-    prepare(root / "raw", root / "data", val=0.2, seed=0)
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
-    overrides = [
-        f"data.root={root / 'data'}",
-        f"run.dir={root / 'runs'}",
-        "run.name=resnet18",
-        "model.name=resnet18",
-        "model.args={}",
-        f"train.epochs={epochs}",
-        "train.lr=0.002",
-    ]
-    common.console.print("training resnet18 on digits 16 px ...", style="dim")
-    run = train(load_config(recipe, overrides), progress=False).path
+    common.digits_data(root)
+    run = common.train_on_digits(root, "resnet18", [*common.RESNET18_ON_DIGITS, f"train.epochs={epochs}"])
     export(run, "onnx")
     return run
 

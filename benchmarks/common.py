@@ -232,3 +232,26 @@ def write_image_folder(
 
 def folder_size_mb(paths: Sequence[Path]) -> float:
     return sum(p.stat().st_size for p in paths) / 2**20
+
+
+# ---------------------------------------------------------------- models on the bundled digits
+
+RESNET18_ON_DIGITS = ["model.name=resnet18", "model.args={}", "train.lr=0.002"]
+
+
+def digits_data(root: Path) -> Path:
+    """The bundled digits as a prepared folder, ``root/data`` (the same split every time)."""
+    from modelcycle import prepare, write_digits
+
+    write_digits(root / "raw")
+    prepare(root / "raw", root / "data", val=0.2, seed=0)
+    return root / "data"
+
+
+def train_on_digits(root: Path, name: str, overrides: Sequence[str]) -> Path:
+    """``configs/digits.yaml`` plus ``overrides`` on ``digits_data(root)``; returns the run folder."""
+    from modelcycle import load_config, train
+
+    paths = [f"data.root={root / 'data'}", f"run.dir={root / 'runs'}", f"run.name={name}"]
+    console.print(f"training {name} on digits 16 px ...", style="dim")
+    return train(load_config(REPO / "configs" / "digits.yaml", [*paths, *overrides]), progress=False).path
