@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelcycle.errors import ConfigError
 
@@ -44,6 +44,18 @@ class DataSection(Section):
 class ModelSection(Section):
     name: str = "simple_cnn"  # a registry name or path/to/file.py:build
     args: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the builder
+    init_from: str | None = None  # a run folder or model package whose weights start this run (fine-tuning)
+    freeze: str = "none"  # none | backbone | all_but_last:N (see models/freeze.py)
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_mode(cls, value: str) -> str:
+        from modelcycle.models.freeze import parse_freeze
+
+        try:
+            return str(parse_freeze(value))
+        except ConfigError as exc:  # a ValueError lets the loader say where the bad value was
+            raise ValueError(str(exc).removeprefix("model.freeze: ")) from None
 
 
 class TrainSection(Section):
@@ -75,6 +87,8 @@ class TrainSection(Section):
     checkpoint_every: int = Field(0, ge=0)  # optimizer steps between last.pt saves; 0 = epochs only
     keep_checkpoints: int = Field(1, ge=1)  # step-numbered checkpoints kept besides last.pt
     log_every: int = Field(20, ge=1)
+    unfreeze_at_epoch: int = Field(0, ge=0)  # with model.freeze: from this epoch (1-based) on all train; 0 = never
+    head_lr_mult: float = Field(1.0, gt=0)  # the head's learning rate is train.lr times this
 
 
 class EvalSection(Section):

@@ -1,0 +1,168 @@
+"""Which parameters train when fine-tuning: the freeze modes every task shares.
+
+- ``none``: everything trains.
+- ``backbone``: only the classification head trains (a linear probe on the pretrained features).
+- ``all_but_last:N``: the head, the last N blocks of the model's trunk and whatever runs after
+  the trunk (a final norm, a pooler) train; the stem/embeddings and earlier blocks are frozen.
+
+The *trunk* is found, not declared: it is the ``nn.Sequential`` / ``nn.ModuleList`` with the
+most parameter-holding children (our ResNets' ``features``, a Hugging Face encoder's
+``encoder.layer``), so users' own models work too as long as their blocks sit in one container.
+
+BatchNorm layers whose parameters are all frozen also keep their running statistics: updating
+the statistics of a frozen backbone on a small new dataset shifts its features under the head
+and undoes much of what pretraining gave.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from modelcycle.errors import ConfigError
+
+HEAD_NAMES = ("head", "classifier", "score", "fc")  # ours, then the usual Hugging Face / torchvision names
+_PATTERN = re.compile(r"^(none|backbone|all_but_last:(\d+))$")
+_HOOKS = "_modelcycle_frozen_norm_hooks"
+
+
+@dataclass(frozen=True)
+class FreezeMode:
+    kind: str  # none | backbone | all_but_last
+    last: int = 0
+
+    def __str__(self) -> str:
+        return f"all_but_last:{self.last}" if self.kind == "all_but_last" else self.kind
+
+
+@dataclass
+class FreezeReport:
+    mode: str
+    trainable: int  # parameters (elements) that train
+    total: int
+    frozen_modules: list[str] = field(default_factory=list)  # top-most frozen module names, for the log
+
+    def line(self) -> str:
+        share = self.trainable / max(self.total, 1)
+        return f"freeze={self.mode}: {self.trainable:,} of {self.total:,} parameters train ({share:.1%})"
+
+
+def parse_freeze(text: str) -> FreezeMode:
+    match = _PATTERN.match(str(text).strip())
+    if not match:
+        raise ConfigError(f"model.freeze: '{text}' is not a freeze mode; use none, backbone or all_but_last:N (N >= 1)")
+    if match.group(2) is not None:
+        last = int(match.group(2))
+        if last < 1:
+            raise ConfigError(
+                "model.freeze: all_but_last:0 freezes as much as backbone does; use none, backbone or "
+                "all_but_last:N (N >= 1)"
+            )
+        return FreezeMode("all_but_last", last)
+    return FreezeMode(match.group(1))
+
+
+def head_name(model: nn.Module, names: tuple[str, ...] = HEAD_NAMES) -> str:
+    """The qualified name of the classification head (the first of ``names`` the model has)."""
+    modules = dict(model.named_modules())
+    for name in names:
+        if name in modules and any(True for _ in modules[name].parameters()):
+            return name
+    raise ConfigError(
+        f"cannot find the model's classification head: it has no module named {' / '.join(names)}. "
+        "Name your final layer `head` to fine-tune it, or use model.freeze=none"
+    )
+
+
+def trunk(model: nn.Module) -> tuple[str, list[str]]:
+    """The container of the model's repeated blocks and the names of its parameter-holding blocks."""
+    best, best_blocks = "", []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential | nn.ModuleList):
+            blocks = [f"{name}.{child}" if name else child for child, m in module.named_children() if _has_params(m)]
+            if len(blocks) > len(best_blocks):
+                best, best_blocks = name, blocks
+    if len(best_blocks) < 2:
+        raise ConfigError(
+            "model.freeze=all_but_last:N needs a model whose blocks sit in one nn.Sequential or nn.ModuleList; "
+            "this one has none, so use model.freeze=backbone or none"
+        )
+    return best, best_blocks
+
+
+def apply_freeze(model: nn.Module, mode: FreezeMode | str, head: str | None = None) -> FreezeReport:
+    """Set ``requires_grad`` for ``mode``; returns what trains. Idempotent: a new mode replaces the old."""
+    mode = parse_freeze(mode) if isinstance(mode, str) else mode
+    _release_norms(model)
+    params = list(model.named_parameters())
+    if mode.kind == "none":
+        trainable = {name for name, _ in params}
+    else:
+        head = head or head_name(model)
+        trainable = {name for name, _ in params if _under(name, head)}
+        if mode.kind == "all_but_last":
+            _, blocks = trunk(model)
+            if mode.last > len(blocks):
+                raise ConfigError(
+                    f"model.freeze=all_but_last:{mode.last}, but the model's trunk has only {len(blocks)} blocks"
+                )
+            kept = blocks[-mode.last :]
+            last_trunk = max(i for i, (name, _) in enumerate(params) if any(_under(name, b) for b in blocks))
+            for i, (name, _) in enumerate(params):
+                if i > last_trunk or any(_under(name, b) for b in kept):
+                    trainable.add(name)
+    for name, p in params:
+        p.requires_grad_(name in trainable)
+    frozen = _frozen_roots(model)
+    _hold_norms(model)
+    total = sum(p.numel() for _, p in params)
+    return FreezeReport(str(mode), sum(p.numel() for n, p in params if n in trainable), total, frozen)
+
+
+def unfreeze(model: nn.Module) -> FreezeReport:
+    """Everything trains again (``train.unfreeze_at_epoch``)."""
+    return apply_freeze(model, FreezeMode("none"))
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def _fully_frozen(module: nn.Module) -> bool:
+    params = list(module.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def _frozen_roots(model: nn.Module) -> list[str]:
+    roots: list[str] = []
+    for name, module in model.named_modules():
+        if name and _fully_frozen(module) and not any(_under(name, r) for r in roots):
+            roots.append(name)
+    return roots
+
+
+def _hold_norms(model: nn.Module) -> None:
+    """Frozen BatchNorms run in eval mode even while the model trains (see the module docstring)."""
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and _fully_frozen(module):
+            hooks.append(module.register_forward_pre_hook(_to_eval))
+    if hooks:
+        setattr(model, _HOOKS, hooks)
+
+
+def _release_norms(model: nn.Module) -> None:
+    for hook in getattr(model, _HOOKS, []):
+        hook.remove()
+    if hasattr(model, _HOOKS):
+        delattr(model, _HOOKS)
+
+
+def _to_eval(module: nn.Module, _inputs) -> None:
+    module.training = False
