@@ -69,3 +69,38 @@ def test_the_page_shows_the_servers_error(browser, server, tmp_path):
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text)
     assert browser.find_element(By.ID, "error").text.startswith("400")
     assert not browser.find_elements(By.CSS_SELECTOR, "#results .row")
+
+
+DROP_FILE = """
+const [b64, name] = arguments;
+const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], name, {type: "image/png"}));
+const zone = document.getElementById("drop");
+zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: data, bubbles: true, cancelable: true}));
+const highlighted = zone.classList.contains("over");
+zone.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true}));
+return highlighted;
+"""
+
+
+def test_dropping_an_image_on_the_page_shows_the_top5_bars(browser, server, trained, images):
+    """Drag and drop goes through the page's own dragover/drop handlers with a real File in a
+    DataTransfer (WebDriver cannot drag a file from the desktop, so the events are dispatched)."""
+    import base64
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    image = images[0]
+    expected = modelcycle.predict(trained, [image], topk=5)[0]
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+    highlighted = browser.execute_script(DROP_FILE, base64.b64encode(image.read_bytes()).decode(), image.name)
+    assert highlighted  # the drop zone showed it would take the file
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .row"))
+    labels = [
+        row.find_element(By.CLASS_NAME, "label").text for row in browser.find_elements(By.CSS_SELECTOR, "#results .row")
+    ]
+    assert labels == [t["label"] for t in expected["topk"]]
+    assert "over" not in browser.find_element(By.ID, "drop").get_attribute("class")
