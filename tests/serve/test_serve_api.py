@@ -150,3 +150,21 @@ def test_several_models_under_their_own_names(trained, sample):
         b = httpx.post(server.url + "/v1/predict", json=body).json()
         assert a["model"] == "copy" and b["model"] == "shapes"
         assert a["predictions"] == b["predictions"]
+
+
+def test_ready_is_a_4xx_until_the_model_threads_run(trained):
+    """The Open Inference Protocol reads readiness from the status code: 200 ready, 4xx not.
+    Before the app's start-up has run, its batchers have no thread yet."""
+    from starlette.testclient import TestClient
+
+    from modelcycle.config import ServeSection
+    from modelcycle.serve.app import create_app
+    from modelcycle.serve.models import load_models
+
+    app = create_app(load_models([str(trained)], "torch", 1_000_000), ServeSection())
+    client = TestClient(app)  # outside `with`: the lifespan (start-up) has not run
+    answer = client.get("/v2/health/ready")
+    assert answer.status_code == 400 and answer.json() == {"ready": False}
+    assert client.get("/v2/health/live").status_code == 200
+    with TestClient(app) as started:
+        assert started.get("/v2/health/ready").status_code == 200

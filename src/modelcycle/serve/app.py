@@ -247,7 +247,8 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
     @app.get("/v2/health/ready", tags=["v2"], response_model=schemas.Ready)
     async def ready() -> JSONResponse:
         ok = all(b.task is not None and not b.task.done() for b in state.batchers.values())
-        return JSONResponse({"ready": ok}, 200 if ok else 503)  # probes read the status code
+        # the Open Inference Protocol: 200 means ready, a 4xx not ready (probes read only the code)
+        return JSONResponse({"ready": ok}, 200 if ok else 400)
 
     def latest(name: str) -> ServedModel:
         return state.model(name)
