@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import modelcycle
+from helpers import tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +152,18 @@ def test_ctrl_c_saves_and_resume_continues(digits_data, tmp_path):
     finish = _train(digits_data, runs, "stopped", extra, resume=True)
     assert finish.returncode == 0, finish.stderr
     _assert_identical(_weights(runs / "straight"), _weights(runs / "stopped"))
+
+
+def test_a_crash_before_best_pt_is_linked_still_packages_the_best_epoch(prepared, tmp_path):
+    """The kill window between writing last.pt and linking best.pt: resume must relink best.pt,
+    or the package is an older epoch than the one its metrics describe."""
+    overrides = tiny_overrides(prepared, tmp_path, name="crash", train__monitor="train_loss", train__keep_checkpoints=3)
+    run = modelcycle.train(modelcycle.load_config(None, overrides), progress=False)
+    state = torch.load(run.checkpoints / "last.pt", weights_only=True)["state"]
+    assert state["best_epoch"] == 2, "the second epoch's train loss must be the lower for this test to mean anything"
+    first_epoch = sorted(run.checkpoints.glob("step-*.pt"))[0]
+    (run.checkpoints / "best.pt").unlink()  # a hard link to last.pt: unlink, never write through it
+    shutil.copyfile(first_epoch, run.checkpoints / "best.pt")  # as if killed before the epoch-2 link
+    shutil.rmtree(run.model_dir)
+    modelcycle.train(modelcycle.load_config(None, overrides), resume=True, progress=False)
+    _assert_identical(_weights(run.path), _last_checkpoint_model(run.path))

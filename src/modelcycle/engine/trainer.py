@@ -178,6 +178,10 @@ class Trainer:
         if self.ema and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
         self.state = TrainState(**ck["state"])
+        if self.state.best_epoch == self.state.epoch and self.state.batch_in_epoch == 0 and self.state.epoch:
+            # last.pt is the end-of-epoch save of the best epoch; a crash between writing it and
+            # linking best.pt would otherwise leave best.pt an epoch behind the recorded best
+            checkpoint.atomic_link(path, self.ckpt_dir / "best.pt")
         checkpoint.set_rng_state(ck["rng"])
         if self.metrics_log:
             self.metrics_log.truncate_after(self.state.step)
