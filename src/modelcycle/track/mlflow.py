@@ -9,17 +9,17 @@ optional dependency and slow to import.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import os
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest.mock import patch  # patch.dict: environment variables set for one block, then restored
 
+from modelcycle import __version__
 from modelcycle.config import flatten
+from modelcycle.engine.loggers import MetricsLog
 from modelcycle.errors import UserError
 from modelcycle.progress import info, warn
 from modelcycle.track import Tracker
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 RECORD = "mlflow.json"  # in the run folder: where its MLflow run is, so --resume continues that one
 EXTRA = "pip install 'modelcycle[mlflow]'"
 MAX_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values
-PARAMS_PER_CALL = 100  # MLflow's limit per log_batch
+PARAMS_PER_CALL, METRICS_PER_CALL = 100, 1000  # MLflow's limits per log_batch
 
 
 def import_mlflow() -> Any:
@@ -59,7 +59,7 @@ def connect(mlflow: Any, uri: str, registry: bool) -> Any:
         "Check the URI (a local store is sqlite:///mlflow.db; a server http://HOST:5000 must be running), "
         "or remove track.mlflow_uri"
     )
-    with _env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+    with patch.dict(os.environ, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
         try:
             client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             client.search_experiments(max_results=1)
@@ -94,20 +94,26 @@ class MlflowTracker(Tracker):
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.run_dir is None:
             return
+        from mlflow.exceptions import MlflowException
+
         self.run_dir = trainer.run_dir
-        self.run_id = self._continued() if self.resume else None
-        if self.run_id is None:
-            tags = {
-                "modelcycle.version": _version(),
-                "modelcycle.run_dir": str(self.run_dir.resolve()),
-                "modelcycle.model": self.config.model.name,
-                "modelcycle.task": str(trainer.meta.get("task", "")),
-            }
-            name = self.settings.run_name or self.config.run.name
-            self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        else:
-            self.client.update_run(self.run_id, status="RUNNING")
-        self._log_params()
+        try:
+            self.run_id = self._continued() if self.resume else None
+            if self.run_id is None:
+                tags = {
+                    "modelcycle.version": __version__,
+                    "modelcycle.run_dir": str(self.run_dir.resolve()),
+                    "modelcycle.model": self.config.model.name,
+                    "modelcycle.task": str(trainer.meta.get("task", "")),
+                }
+                name = self.settings.run_name or self.config.run.name
+                self.run_id = self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+            else:
+                self.client.update_run(self.run_id, status="RUNNING")
+            self._log_params()
+            self._sync(self.run_dir)
+        except (MlflowException, OSError) as exc:
+            raise UserError(f"could not start the MLflow run at {self.uri}: {_first_line(exc)}") from None
         self._write_record()
         info(f"MLflow: run {self.run_id} in experiment '{self.settings.experiment}' at {self.uri}")
 
@@ -115,8 +121,7 @@ class MlflowTracker(Tracker):
         self._log_metrics(metrics)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
-        # the epoch's train_* averages get their own names: the log windows already use train_* at these steps
-        self._log_metrics({(f"epoch_{k}" if k.startswith("train_") else k): v for k, v in metrics.items()})
+        self._log_metrics(metrics)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         state, _ = outcome()
@@ -132,28 +137,29 @@ class MlflowTracker(Tracker):
         if self.run_id is None:
             return
         from mlflow.exceptions import MlflowException
+        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
         try:
+            self._sync(run.path)
             self._log_files(run.path)
             if run.report_dir.is_dir():
                 self.client.log_artifacts(self.run_id, str(run.report_dir), "report")
             self.client.log_artifacts(self.run_id, str(run.model_dir), "model")
-            logged = self._log_pytorch(run)
-            record = {"model_uri": logged.model_uri}
-            if self.settings.register:
-                version = logged.registered_model_version
-                record["registered_model"] = {"name": self.settings.register, "version": version}
-                self.client.set_tag(self.run_id, "modelcycle.registered", f"{self.settings.register}/{version}")
-                info(f"MLflow: registered model '{self.settings.register}' version {version}")
+            with _use_tracking_uri(self.uri):  # log_model and a version's models:/ source read MLflow's global URI
+                logged = self._log_pytorch(run)
+                record: dict[str, Any] = {"model_uri": logged.model_uri}
+                if self.settings.register:
+                    version = self._register(logged)
+                    record["registered_model"] = {"name": self.settings.register, "version": version}
+                    info(f"MLflow: registered model '{self.settings.register}' version {version}")
             self._write_record(**record)
             self.client.set_terminated(self.run_id, "FINISHED")
         except (MlflowException, OSError) as exc:
             raise UserError(
                 f"training finished (model package in {run.model_dir}) but logging it to MLflow at {self.uri} "
-                f"failed: {_first_line(exc)}; the run folder is complete, fix the store and train again to log it"
+                f"failed: {_first_line(exc)}. The run folder is complete; once the store works, the same train command "
+                "with --resume logs it (a finished run is not trained again)"
             ) from None
-        if self.lost:
-            warn(f"MLflow has metrics only up to where logging failed ({self.lost}); metrics.jsonl has them all")
 
     def _log_pytorch(self, run: Run) -> Any:
         """The package's model as an MLflow PyTorch model. torch.export (pt2: no pickle to load)
@@ -167,15 +173,30 @@ class MlflowTracker(Tracker):
         arch = manifest["architecture"]
         shape = (2, arch["in_channels"], arch["image_size"], arch["image_size"])
         example = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        with _tracking_uri(self.mlflow, self.uri), _registry_chatter(), self.mlflow.start_run(run_id=self.run_id):
+        with self.mlflow.start_run(run_id=self.run_id):
             return self.mlflow.pytorch.log_model(
                 model,
                 name="pytorch",  # beside model/ (the package) in the run's artifacts
                 input_example=example,
                 serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skips a slow inference subprocess
-                registered_model_name=self.settings.register,
             )
+
+    def _register(self, logged: Any) -> int:
+        """A new version of ``track.register`` (created on first use) from the logged model."""
+        from mlflow.exceptions import MlflowException
+
+        name = self.settings.register
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        version = self.client.create_model_version(
+            name, source=logged.model_uri, run_id=self.run_id, model_id=logged.model_id
+        ).version
+        self.client.set_tag(self.run_id, "modelcycle.registered", f"{name}/{version}")
+        return int(version)
 
     # ------------------------------------------------------------------ helpers
 
@@ -212,9 +233,11 @@ class MlflowTracker(Tracker):
                 f"this run was tracked at {record.get('tracking_uri')}; its resumed part starts a new run at {self.uri}"
             )
             return None
+        from mlflow.exceptions import MlflowException
+
         try:
             run = self.client.get_run(record["run_id"])
-        except Exception:
+        except MlflowException:
             warn(f"MLflow run {record.get('run_id')} is gone from {self.uri}; the resumed part starts a new run")
             return None
         if run.info.lifecycle_stage == "deleted":
@@ -238,25 +261,39 @@ class MlflowTracker(Tracker):
             self.client.set_tag(self.run_id, "modelcycle.changed_on_resume", "; ".join(changed)[:MAX_PARAM_LENGTH])
 
     def _log_metrics(self, metrics: dict) -> None:
+        """During training: a tracking hiccup must not stop the training it only observes. What is
+        missed is sent at the end, from metrics.jsonl."""
         if self.run_id is None or self.lost:
             return
+        try:
+            self._send([metrics])
+        except Exception as exc:
+            self.lost = f"step {metrics.get('step')}: {_first_line(exc)}"
+            warn(f"MLflow logging failed at {self.lost}; training goes on, and the end of the run tries again")
+
+    def _sync(self, folder: Path) -> None:
+        """Send what metrics.jsonl has and MLflow has not: the part of a resumed run trained
+        without tracking, or what a failed request missed."""
+        self._send(MetricsLog(folder / "metrics.jsonl").read())
+        self.lost = None
+
+    def _send(self, rows: list[dict]) -> None:
         from mlflow.entities import Metric
 
-        step, stamp = int(metrics.get("step", 0)), int(time.time() * 1000)
-        fresh = [
-            Metric(k, float(v), stamp, step)
-            for k, v in metrics.items()
-            if k != "step" and isinstance(v, int | float) and not isinstance(v, bool) and step > self.logged.get(k, -1)
-        ]
-        if not fresh:
-            return
-        try:
-            self.client.log_batch(self.run_id, metrics=fresh)
-        except Exception as exc:  # a tracking hiccup must not stop the training it only observes
-            self.lost = f"step {step}: {_first_line(exc)}"
-            warn(f"MLflow logging failed at {self.lost}; training goes on without it")
-            return
-        self.logged.update({m.key: step for m in fresh})
+        stamp, fresh, queued = int(time.time() * 1000), [], dict(self.logged)
+        for row in rows:
+            step = int(row.get("step", 0))
+            epoch_row = "epoch_time_s" in row  # its train_* are epoch averages: the log windows own train_* names
+            for key, value in row.items():
+                name = f"epoch_{key}" if epoch_row and key.startswith("train_") else key
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                if key != "step" and number and step > queued.get(name, -1):
+                    fresh.append(Metric(name, float(value), stamp, step))
+                    queued[name] = step
+        for i in range(0, len(fresh), METRICS_PER_CALL):
+            chunk = fresh[i : i + METRICS_PER_CALL]
+            self.client.log_batch(self.run_id, metrics=chunk)
+            self.logged.update({m.key: max(m.step, self.logged.get(m.key, -1)) for m in chunk})
 
     def _log_files(self, folder: Path) -> None:
         for name in ("config.yaml", "metrics.jsonl", "events.log"):
@@ -279,54 +316,6 @@ class MlflowTracker(Tracker):
         write_json(path, record)
 
 
-@contextlib.contextmanager
-def _tracking_uri(mlflow: Any, uri: str) -> Iterator[None]:
-    """log_model and the registry use MLflow's process-wide URIs; set them only while needed."""
-    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(tracking)
-        mlflow.set_registry_uri(registry)
-
-
-@contextlib.contextmanager
-def _registry_chatter() -> Iterator[None]:
-    """The registry prints its own two lines to stderr, which ours replaces; anything else it
-    says (warnings) still shows."""
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            yield
-    finally:
-        noise = ("Successfully registered model", "Created version")
-        kept = [line for line in captured.getvalue().splitlines() if line.strip() and not line.startswith(noise)]
-        if kept:
-            print("\n".join(kept), file=sys.stderr)
-
-
-@contextlib.contextmanager
-def _env(**values: str) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
-
-
-def _version() -> str:
-    from modelcycle import __version__
-
-    return __version__
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return text if len(text) <= 400 else text[:400] + "..."
