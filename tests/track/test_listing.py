@@ -70,6 +70,8 @@ def test_damaged_and_foreign_folders_are_noted_not_fatal(runs_dir: Path):
     assert [p.name for p in listing.others] == ["notes"]
     with pytest.raises(UserError, match="not a folder"):
         list_runs(runs_dir / "missing")
+    with pytest.raises(UserError, match="'val_acc': no run has it; choose one of .*val_accuracy"):
+        list_runs(runs_dir, sort="val_acc")
 
 
 def test_duration_and_start_come_from_the_events(runs_dir: Path):

@@ -3,6 +3,7 @@ a copy of the run in MLflow. Imports nothing heavy: ``api.train`` calls :func:`c
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from modelcycle.engine.callbacks import Callback
@@ -23,8 +24,10 @@ class Tracker(Callback):
 def callbacks(config: Config, resume: bool) -> list[Callback]:
     """The callbacks a run's config asks for. Called before any data is read, so a tracking
     set-up that cannot work (extra missing, store unreachable) fails before training, not after."""
+    if not _is_main_process():
+        return []  # in a distributed run only rank 0 writes the run folder and reports
     out: list[Callback] = [StatusFile()]
-    if config.track.mlflow_uri and _is_main_process():
+    if config.track.mlflow_uri:
         from modelcycle.track.mlflow import MlflowTracker
 
         out.append(MlflowTracker(config, resume=resume))
@@ -38,7 +41,9 @@ def finish(tracking: list[Callback], run: Run) -> None:
 
 
 def _is_main_process() -> bool:
-    """In a distributed run only rank 0 reports, as only it writes the run folder."""
+    """torchrun sets RANK before any process group exists; once one does, it decides."""
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"

@@ -195,6 +195,9 @@ def sort_metric(summaries: list[RunSummary], metric: str | None) -> tuple[str, s
     """The metric to rank by (given, or the one most runs monitor) and its direction (the runs'
     train.monitor_mode when they agree, else the trainer's rule)."""
     monitors = Counter(s.monitor for s in summaries if s.config)
+    known = {k for s in summaries for r in s.epochs for k, v in r.items() if isinstance(v, int | float)} - {"step"}
+    if metric and known and metric not in known:  # a typo would otherwise rank every run "without the metric"
+        raise UserError(f"metric '{metric}': no run has it; choose one of {', '.join(sorted(known))}")
     metric = metric or (monitors.most_common(1)[0][0] if monitors else "val_accuracy")
     modes = {s.mode for s in summaries if s.config and s.monitor == metric}
     return metric, modes.pop() if len(modes) == 1 else default_mode(metric)

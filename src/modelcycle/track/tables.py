@@ -55,7 +55,9 @@ def others_table(others: list[Path], root: Path) -> Table:
     table.add_column("folder")
     table.add_column("why")
     for path in others:
-        table.add_row(path.relative_to(root).as_posix(), "no config.yaml, metrics.jsonl or checkpoints/ in it or below")
+        package = (path / "modelcycle.json").is_file() or (path / "model" / "modelcycle.json").is_file()
+        why = "a model package without a run (compress, export)" if package else "no run in it or below"
+        table.add_row(path.relative_to(root).as_posix(), why)
     return table
 
 
