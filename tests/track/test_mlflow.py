@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
 import pytest
@@ -113,13 +112,6 @@ def test_the_registered_pytorch_model_loads_and_takes_any_batch(tracked: dict, s
     images = torch.randn(3, 3, 16, 16)  # the example logged had 2: a frozen batch size would refuse 3
     with torch.no_grad():
         assert torch.allclose(loaded(images), ours(images), atol=1e-5)
-
-
-def test_without_the_extra_the_error_says_how_to_install_it(store, shapes_data: Path, tmp_path: Path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # what `import mlflow` does when it is not installed
-    with pytest.raises(UserError, match=r"pip install 'modelcycle\[mlflow\]'"):
-        modelcycle.train(_config(shapes_data, tmp_path / "runs", store), progress=False)
-    assert not (tmp_path / "runs").exists()
 
 
 def _closed_port() -> int:
