@@ -43,18 +43,29 @@ def _config(data: Path, runs: Path, store: dict, *more: str):
 
 @pytest.fixture(scope="module")
 def tracked(store: dict, shapes_data: Path) -> dict:
-    """Train with tracking, Ctrl-C after step 3, resume to the end with registration on."""
-    runs = store["root"] / "runs"
-    with pytest.raises(TrainingInterrupted):
-        modelcycle.train(_config(shapes_data, runs, store), progress=False, callbacks=[InterruptAt(3)])
-    first = json.loads((runs / "tracked" / "mlflow.json").read_text())
-    client = mlflow.MlflowClient(store["uri"])
-    status_after_stop = client.get_run(first["run_id"]).info.status
-    run = modelcycle.train(
-        _config(shapes_data, runs, store, f"track.register={MODEL_NAME}"), resume=True, progress=False
-    )
+    """Train with tracking, Ctrl-C after step 3, resume to the end with registration on; from an
+    empty working folder, to see that nothing lands in MLflow's default store there."""
+    runs, cwd = store["root"] / "runs", store["root"] / "cwd"
+    cwd.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        with pytest.raises(TrainingInterrupted):
+            modelcycle.train(_config(shapes_data, runs, store), progress=False, callbacks=[InterruptAt(3)])
+        first = json.loads((runs / "tracked" / "mlflow.json").read_text())
+        client = mlflow.MlflowClient(store["uri"])
+        status_after_stop = client.get_run(first["run_id"]).info.status
+        run = modelcycle.train(
+            _config(shapes_data, runs, store, f"track.register={MODEL_NAME}"), resume=True, progress=False
+        )
     record = json.loads((run.path / "mlflow.json").read_text())
-    return {"run": run, "first": first, "record": record, "client": client, "status_after_stop": status_after_stop}
+    return {
+        "run": run,
+        "first": first,
+        "record": record,
+        "client": client,
+        "status_after_stop": status_after_stop,
+        "cwd": cwd,
+    }
 
 
 def test_a_resumed_run_continues_the_same_mlflow_run(tracked: dict):
@@ -63,6 +74,7 @@ def test_a_resumed_run_continues_the_same_mlflow_run(tracked: dict):
     assert record["run_id"] == tracked["first"]["run_id"]
     assert client.get_run(record["run_id"]).info.status == "FINISHED"
     assert len(client.search_runs([record["experiment_id"]])) == 1
+    assert list(tracked["cwd"].iterdir()) == []  # no mlflow.db or mlruns/ from MLflow's process-wide defaults
 
 
 def test_params_and_tags_are_the_resolved_config(tracked: dict):
