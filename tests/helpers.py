@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from modelcycle.engine.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_CLI = REPO / ".venv" / "bin" / "modelcycle"
@@ -143,3 +146,15 @@ def b64_file(path: Path) -> str:
     import base64
 
     return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+class InterruptAt(Callback):
+    """Sends this process a real SIGINT after optimizer step ``step``, like a user's Ctrl-C
+    (the trainer saves a checkpoint and raises TrainingInterrupted)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.state.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelcycle import runs
+from modelcycle import runs, track
 from modelcycle.compress.prune import prune_model, refuse_plain_resume
 from modelcycle.config import Config, load_config
 from modelcycle.data.demo import write_digits
@@ -59,6 +59,7 @@ def train(
     run_dir = runs.check_run_dir(config, resume=resume or overwrite)
     if resume:
         refuse_plain_resume(run_dir, callbacks)  # a pruned fine-tune resumes through `compress --resume`
+    tracking = track.callbacks(config, resume)  # status.json, MLflow: a bad tracking set-up fails here, before work
     parts = classify.setup(config, train_items, val_items)
     meta = {
         "task": "classify",
@@ -77,7 +78,7 @@ def train(
         parts.val_loader,
         config.train,
         run_dir,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *tracking],
         meta=meta,
         progress=progress,
     )
@@ -90,6 +91,7 @@ def train(
     state = trainer.fit(resume=resume)
     run = Run(run_dir)
     _write_package(run, meta, state.best_epoch, config)
+    track.finish(tracking, run)
     return run
 
 

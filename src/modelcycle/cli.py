@@ -409,6 +409,69 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command("runs")
+def list_runs(
+    folder: Path = typer.Argument(
+        Path("runs"),
+        help="Folder of run folders (run.dir). Runs nested below (study trials, crossval folds) count too.",
+    ),
+    sort: str | None = typer.Option(
+        None,
+        help="Rank by this metric (val_loss, train_loss, val_top5...; a loss lowest first), or by 'date' (newest "
+        "first) or 'name'. Default: the metric the runs monitor (train.monitor), in its train.monitor_mode.",
+    ),
+    show_all: bool = typer.Option(False, "--all", help="Also list the folders that hold no run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the runs as one JSON list (for scripts)."),
+):
+    """Table of the runs under FOLDER, best first: best metric and its epoch, status (finished, interrupted,
+    failed, running), epochs, start, duration, and the settings that differ between the runs."""
+    from modelcycle.track.listing import list_runs as find
+    from modelcycle.track.tables import others_table, runs_table
+
+    listing = find(folder, sort=sort)
+    if as_json:
+        rows = [s.to_json(listing.metric, listing.mode) for s in listing.runs]
+        rows += [{"run": p.relative_to(folder).as_posix(), "status": "not a run"} for p in listing.others if show_all]
+        print(json.dumps(rows))
+        return
+    if not listing.runs:
+        info(f"no runs in {folder}/; `modelcycle train CONFIG` writes one (run.dir={folder})")
+    else:
+        order = "newest first" if sort == "date" else "by name" if sort == "name" else "best first"
+        console.print(
+            runs_table(listing.runs, listing.metric, listing.mode, f"{folder}: {len(listing.runs)} runs, {order}")
+        )
+    if listing.others and show_all:
+        console.print(others_table(listing.others, folder))
+    elif listing.others:
+        names = ", ".join(p.relative_to(folder).as_posix() for p in listing.others)
+        info(f"{len(listing.others)} folder(s) hold no run and are not listed (--all lists them): {names}")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(
+        ..., help="Run folders (runs/a runs/b ...); a folder of runs stands for all of them."
+    ),
+    metric: str | None = typer.Option(
+        None, help="Metric for the third plot and the 'best' column (default: the metric the runs monitor)."
+    ),
+    out: Path = typer.Option(Path("compare.png"), "--out", help="PNG to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print the runs' figures as JSON instead of a table."),
+):
+    """Plot the runs' train loss, val loss, val accuracy (or --metric) and learning rate against the epoch
+    in one PNG, and print their best and last figures with the settings that differ."""
+    from modelcycle.track.compare import compare as run_compare
+    from modelcycle.track.tables import runs_table
+
+    result = run_compare(runs, out=out, metric=metric)
+    if as_json:
+        print(json.dumps([s.to_json(result.metric, result.mode) for s in result.runs]))
+    else:
+        console.print(runs_table(result.runs, result.metric, result.mode, f"{len(result.runs)} runs", final=True))
+    info(f"curves: {result.png}")
+
+
 @app.command()
 def crossval(
     config: str = typer.Argument(..., help="YAML recipe."),

@@ -8,6 +8,7 @@ wastes a whole training run.
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -129,6 +130,23 @@ class ServeSection(Section):
     preprocess_threads: int | None = None  # None: one per CPU core
 
 
+with warnings.catch_warnings():
+    # pydantic warns that `register` shadows ABCMeta.register, a method of the class, never of an instance:
+    # as a field it reads and validates like any other, and `track.register` is the name users write
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class TrackSection(Section):
+        """Optional experiment tracking in MLflow (``pip install 'modelcycle[mlflow]'``). The run
+        folder stays the source of truth; MLflow gets a copy so runs from many machines can be
+        searched, compared and promoted through its model registry in one place."""
+
+        mlflow_uri: str | None = None  # e.g. sqlite:///mlflow.db or http://mlflow.internal:5000; None: no MLflow
+        experiment: str = "modelcycle"  # created on first use
+        run_name: str | None = None  # the MLflow run's name; None: run.name
+        register: str | None = None  # registered model name: each finished run adds a version; None: no registry
+        artifact_location: str | None = None  # where a NEW experiment keeps artifacts; None: MLflow's (./mlruns)
+
+
 class Config(Section):
     run: RunSection = Field(default_factory=RunSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -137,6 +155,7 @@ class Config(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     distill: DistillSection = Field(default_factory=DistillSection)
     serve: ServeSection = Field(default_factory=ServeSection)
+    track: TrackSection = Field(default_factory=TrackSection)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -178,6 +197,17 @@ def _yaml_lines(text: str) -> dict[str, int]:
     if root is not None:
         walk(root, "")
     return lines
+
+
+def flatten(tree: dict, prefix: str = "", whole: tuple[str, ...] = ("args",)) -> dict:
+    """Nested sections -> dotted keys (``train.lr``); mappings named in ``whole`` stay one value."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in whole:
+            out.update(flatten(value, f"{prefix}{key}.", whole))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

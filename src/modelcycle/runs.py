@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from modelcycle.config import Config, load_config
+from modelcycle.config import Config, flatten, load_config
 from modelcycle.engine.loggers import MetricsLog
 from modelcycle.errors import UserError
 
@@ -98,6 +98,7 @@ def make_run_dir(path: Path, config: Config, overwrite: bool) -> None:
 _RESUME_SAFE = (
     "run.",
     "eval.",
+    "track.",
     "data.workers",
     "train.epochs",
     "train.log_every",
@@ -112,22 +113,12 @@ def config_changes(path: Path, config: Config) -> list[str]:
     saved_file = path / "config.yaml"
     if not saved_file.is_file():
         return []
-    saved, now = _flatten(load_config(saved_file).model_dump(mode="json")), _flatten(config.model_dump(mode="json"))
+    saved, now = flatten(load_config(saved_file).model_dump(mode="json")), flatten(config.model_dump(mode="json"))
     return [
         f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
         for k in sorted(set(saved) | set(now))
         if saved.get(k) != now.get(k) and not k.startswith(_RESUME_SAFE)
     ]
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key != "args":
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 # ---------------------------------------------------------------- model package

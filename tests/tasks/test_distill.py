@@ -5,8 +5,6 @@ interrupted distillation resumes to the same weights, and bad teachers or settin
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import modelcycle
-from helpers import assert_mentions, assert_user_error, make_image_folder, run_cli, tiny_overrides
-from modelcycle.engine.callbacks import Callback
+from helpers import InterruptAt, assert_mentions, assert_user_error, make_image_folder, run_cli, tiny_overrides
 from modelcycle.engine.trainer import TrainingInterrupted
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.tasks.distill import DistillTask
@@ -151,17 +148,6 @@ def test_distill_through_the_cli_then_evaluate_the_student(teacher: Path):
     metrics = modelcycle.evaluate(out / "model")
     assert metrics["num_samples"] == 6 and metrics["backend"] == "torch"
     assert metrics["accuracy"] == pytest.approx(manifest["metrics"]["val_accuracy"])
-
-
-class InterruptAt(Callback):
-    """Sends this process a real SIGINT after optimizer step ``step``, like a user's Ctrl-C."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer) -> None:
-        if trainer.state.step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_an_interrupted_distillation_resumes_to_the_same_weights(teacher: Path):

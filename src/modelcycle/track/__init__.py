@@ -1,0 +1,49 @@
+"""Tracking: what a run's folder says about it (status, listing, comparison) and, optionally,
+a copy of the run in MLflow. Imports nothing heavy: ``api.train`` calls :func:`callbacks` on every run."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from modelcycle.engine.callbacks import Callback
+from modelcycle.track.status import StatusFile
+
+if TYPE_CHECKING:
+    from modelcycle.config import Config
+    from modelcycle.runs import Run
+
+
+class Tracker(Callback):
+    """A callback that also sees the finished run, after ``api.train`` wrote the model package
+    (the trainer's ``on_fit_end`` comes before it)."""
+
+    def finish(self, run: Run) -> None: ...
+
+
+def callbacks(config: Config, resume: bool) -> list[Callback]:
+    """The callbacks a run's config asks for. Called before any data is read, so a tracking
+    set-up that cannot work (extra missing, store unreachable) fails before training, not after."""
+    if not _is_main_process():
+        return []  # in a distributed run only rank 0 writes the run folder and reports
+    out: list[Callback] = [StatusFile()]
+    if config.track.mlflow_uri:
+        from modelcycle.track.mlflow import MlflowTracker
+
+        out.append(MlflowTracker(config, resume=resume))
+    return out
+
+
+def finish(tracking: list[Callback], run: Run) -> None:
+    for callback in tracking:
+        if isinstance(callback, Tracker):
+            callback.finish(run)
+
+
+def _is_main_process() -> bool:
+    """torchrun sets RANK before any process group exists; once one does, it decides."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,145 @@
+"""Whether a run finished, stopped, failed or is still going, from its folder alone.
+
+``status.json`` is written when training starts (pid and host, so a reader can tell a live run
+from one killed with SIGKILL) and when it ends (how it ended). Runs made before it existed are
+judged from ``events.log``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelcycle.engine.callbacks import Callback
+from modelcycle.errors import UserError
+
+if TYPE_CHECKING:
+    from modelcycle.engine.trainer import Trainer
+
+STATUS_FILE = "status.json"
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Write beside and rename, so a reader never sees half a file."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+
+
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class StatusFile(Callback):
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.run_dir is not None:
+            write_json(
+                trainer.run_dir / STATUS_FILE,
+                {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()},
+            )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if trainer.run_dir is None:
+            return
+        state, exc = outcome()
+        record = {"state": state, "since": now_iso()}
+        if state == "failed":
+            record["error"] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+        write_json(trainer.run_dir / STATUS_FILE, record)
+
+
+def outcome() -> tuple[str, BaseException | None]:
+    """How the fit ended: finished, interrupted or failed. The trainer calls ``on_fit_end`` from a
+    ``finally``, so the exception on its way out (if any) is visible here."""
+    exc = sys.exc_info()[1]
+    if exc is None:
+        return "finished", None
+    # TrainingInterrupted carries the shell's Ctrl-C code; importing it here would load torch for readers
+    interrupted = isinstance(exc, KeyboardInterrupt) or getattr(exc, "exit_code", None) == 130
+    return ("interrupted" if interrupted else "failed"), exc
+
+
+@dataclass
+class Status:
+    state: str  # finished | interrupted | failed | running | unknown
+    detail: str = ""  # resumable, early stop, the error, the host
+
+    def __str__(self) -> str:
+        return f"{self.state} ({self.detail})" if self.detail else self.state
+
+
+def run_status(path: Path, events: list[tuple[dt.datetime | None, str]]) -> Status:
+    """The run's state; ``events`` are its parsed ``events.log`` lines (see :func:`read_events`)."""
+    resumable = (path / "checkpoints" / "last.pt").exists()
+    early = any(message.startswith("early stop") for _, message in events)
+    record = _read(path / STATUS_FILE)
+    state = record.get("state") if record else _state_from_events(events)
+    if state == "running" and record and not _alive(record):
+        state = "interrupted"  # killed without a chance to say so (SIGKILL, power loss, OOM killer)
+    if state == "running" and record and record.get("host") != socket.gethostname():
+        return Status("running", f"on {record.get('host')}")
+    if state == "interrupted":
+        return Status("interrupted", "resumable" if resumable else "no checkpoint")
+    if state == "failed":
+        return Status("failed", str(record.get("error", "")) if record else "non-finite loss")
+    if state == "finished":
+        return Status("finished", "early stop" if early else "")
+    return Status(state or "unknown")
+
+
+def read_events(path: Path) -> list[tuple[dt.datetime | None, str]]:
+    """``events.log`` as (time, message) pairs; a line without a readable time keeps None."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            when = dt.datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
+            out.append((when, line[20:]))
+        except ValueError:
+            out.append((None, line))
+    return out
+
+
+def _state_from_events(events: list[tuple[dt.datetime | None, str]]) -> str | None:
+    for _, message in reversed(events):
+        if message.startswith("fit end"):
+            return "finished"
+        if message.startswith("stopped by"):
+            return "interrupted"
+        if message.startswith("non-finite loss"):
+            return "failed"
+        if message.startswith("fit start"):
+            return "interrupted"  # it started and never said how it ended
+    return None
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _alive(record: dict) -> bool:
+    if record.get("host") != socket.gethostname():
+        return True  # cannot look at another machine's processes: trust the file
+    try:
+        pid = int(record.get("pid", 0))
+        if pid <= 0:
+            return False
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
