@@ -12,13 +12,15 @@ from modelcycle.data.prepare import PrepareResult
 from modelcycle.data.prepare import prepare as _prepare
 from modelcycle.engine import checkpoint
 from modelcycle.engine.trainer import Trainer
+from modelcycle.errors import UserError
 from modelcycle.evaluation.crossval import crossval
-from modelcycle.evaluation.evaluate import evaluate
-from modelcycle.evaluation.predict import predict
+from modelcycle.evaluation.evaluate import evaluate as evaluate_images
+from modelcycle.evaluation.predict import predict as predict_images
+from modelcycle.evaluation.text import evaluate_text, predict_text
 from modelcycle.export.export import export as export_model
 from modelcycle.progress import warn
 from modelcycle.runs import Run
-from modelcycle.tasks import classify
+from modelcycle.tasks import classify, text_classify
 from modelcycle.tasks import distill as distillation
 
 __all__ = [
@@ -51,7 +53,8 @@ def train(
     train_items=None,
     val_items=None,
 ) -> Run:
-    """Train a classifier; returns the run folder with checkpoints, metrics and model package."""
+    """Train a classifier (images, or texts with ``run.task=text_classify``); returns the run folder
+    with checkpoints, metrics and model package."""
     if not isinstance(config, Config):
         config = load_config(config, overrides)
     elif overrides:
@@ -60,17 +63,24 @@ def train(
     if resume:
         refuse_plain_resume(run_dir, callbacks)  # a pruned fine-tune resumes through `compress --resume`
     tracking = track.callbacks(config, resume)  # status.json, MLflow: a bad tracking set-up fails here, before work
-    parts = classify.setup(config, train_items, val_items)
-    meta = {
-        "task": "classify",
-        "backend": "torch",
-        "architecture": _portable(parts.model_spec),
-        "classes": parts.data.classes,
-        "preprocessing": parts.preprocessing,
-        "data_root": str(parts.data.root.resolve()),
-    }
-    if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
-        parts, meta["distillation"] = distillation.attach(config, parts)
+    if config.run.task == "text_classify":
+        if train_items is not None or val_items is not None:
+            raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
+        parts = text_classify.setup(config)
+        meta, package = parts.meta, parts.write_package  # the Hugging Face layout
+    else:
+        parts = classify.setup(config, train_items, val_items)
+        meta = {
+            "task": "classify",
+            "backend": "torch",
+            "architecture": _portable(parts.model_spec),
+            "classes": parts.data.classes,
+            "preprocessing": parts.preprocessing,
+            "data_root": str(parts.data.root.resolve()),
+        }
+        if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
+            parts, meta["distillation"] = distillation.attach(config, parts)
+        package = runs.write_package
     trainer = Trainer(
         parts.task,
         parts.model,
@@ -90,9 +100,28 @@ def train(
     runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
     state = trainer.fit(resume=resume)
     run = Run(run_dir)
-    _write_package(run, meta, state.best_epoch, config)
+    _write_package(run, meta, state.best_epoch, config, package)
     track.finish(tracking, run)
     return run
+
+
+def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None = None, backend: str = "auto") -> dict:
+    """Metrics and a report in ``RUN/report/`` for a run's model (or a package) on a split or a
+    manifest (images) / JSONL file (texts); the package says which."""
+    if _task(run) == "text_classify":
+        return evaluate_text(run, split=split, data=data, backend=backend)
+    return evaluate_images(run, split=split, data=data, backend=backend)
+
+
+def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, backend: str = "auto") -> list[dict]:
+    """Top-k classes per input: image files, or texts for a text classifier."""
+    if _task(run) == "text_classify":
+        return predict_text(run, [str(i) for i in inputs], topk=topk, backend=backend)
+    return predict_images(run, inputs, topk=topk, backend=backend)
+
+
+def _task(run: str | Path | Run) -> str:
+    return runs.read_manifest(run.path if isinstance(run, Run) else run).get("task", "classify")
 
 
 def distill(
@@ -121,14 +150,14 @@ def _portable(spec: dict) -> dict:
     return spec
 
 
-def _write_package(run: Run, meta: dict, best_epoch: int, config: Config) -> None:
+def _write_package(run: Run, meta: dict, best_epoch: int, config: Config, package=runs.write_package) -> None:
     best = run.checkpoints / "best.pt"
     source = best if best.exists() else run.checkpoints / "last.pt"
     ck = checkpoint.load(source)
     weights = ck["ema"]["model"] if ck.get("ema") else ck["model"]
     epochs = run.epoch_metrics()
     chosen = next((m for m in epochs if m["epoch"] == best_epoch), epochs[-1] if epochs else {})
-    runs.write_package(
+    package(
         run.model_dir,
         weights,
         {

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -14,7 +15,8 @@ from modelcycle.errors import UserError
 from modelcycle.progress import console, info, stdout
 
 app = typer.Typer(
-    help="modelcycle: take a model from a raw image folder to an evaluated, resumable, packaged model.\n\n"
+    help="modelcycle: take a model from raw data (an image folder, or JSONL texts) to an evaluated, resumable, "
+    "packaged model.\n\n"
     "Typical flow: datasets/prepare -> inspect -> train -> evaluate -> predict -> export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -35,15 +37,19 @@ def _split_config(config: str, overrides: list[str] | None) -> tuple[str | None,
 
 @app.command()
 def datasets(
-    name: str = typer.Argument(..., help="Bundled dataset: digits (scikit-learn's handwritten digits)."),
-    out: Path = typer.Option(..., "--out", help="Folder to write class folders into."),
+    name: str = typer.Argument(
+        ...,
+        help="Bundled dataset: digits (scikit-learn's handwritten digits, an image folder) or pydoc-topics "
+        "(paragraphs of Python's docs -> topic group, train.jsonl/val.jsonl for run.task=text_classify).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Folder to write the dataset into."),
 ):
-    """Write a bundled demo dataset as an image folder (one sub-folder per class), offline."""
-    from modelcycle.data.demo import DATASETS, write_digits
+    """Write a bundled demo dataset, offline: digits (image folder) or pydoc-topics (text JSONL)."""
+    from modelcycle.data.demo import DATASETS, write_dataset
 
-    if name != "digits":
+    if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
-    write_digits(out)
+    write_dataset(name, out)
     info(f"wrote {name} to {out}/ (" + DATASETS[name] + ")")
 
 
@@ -100,7 +106,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run folder of the same name."),
 ):
-    """Train a model; writes runs/NAME/ (config, metrics, checkpoints, model package)."""
+    """Train a model (images; texts with run.task=text_classify); writes runs/NAME/ (config, metrics, checkpoints,
+    model package)."""
     from modelcycle.api import train as run_train
 
     path, overrides = _split_config(config, overrides)
@@ -156,11 +163,13 @@ def distill(
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME) or a model package."),
     split: str = typer.Option("val", help="Split of the run's data: val or test (or train)."),
-    data: Path | None = typer.Option(None, help="A manifest to evaluate on instead of a split."),
+    data: Path | None = typer.Option(
+        None, help="A manifest (images) or a JSONL file of texts and labels to evaluate on instead of a split."
+    ),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ):
-    """Accuracy, top-5, per-class precision/recall/F1 and a report with plots in RUN/report/."""
+    """Accuracy, top-5, per-class precision/recall/F1 and a report with plots in RUN/report/ (images or texts)."""
     from modelcycle.api import evaluate as run_evaluate
 
     metrics = run_evaluate(run, split=split, data=data, backend=backend)
@@ -181,7 +190,8 @@ def evaluate(
         )
         stdout.print_json(json.dumps({k: metrics[k] for k in keys}))
         return
-    table = Table(title=f"{run} on {metrics['split']} ({metrics['num_samples']} images)")
+    noun = "texts" if metrics.get("task") == "text_classify" else "images"
+    table = Table(title=f"{run} on {metrics['split']} ({metrics['num_samples']} {noun})")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, m in metrics["per_class"].items():
@@ -204,23 +214,29 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder or a model package."),
-    images: list[Path] = typer.Argument(..., help="Image files."),
-    topk: int = typer.Option(5, help="How many classes to show per image."),
+    inputs: list[str] = typer.Argument(..., help="Image files; for a text classifier, texts (quote each one)."),
+    topk: int = typer.Option(5, help="How many classes to show per input."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per image per line."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per input per line."),
 ):
-    """Top-k classes with probabilities for each image."""
+    """Top-k classes with probabilities for each image (or each text, for a text classifier)."""
     from modelcycle.api import predict as run_predict
 
-    for result in run_predict(run, images, topk=topk, backend=backend):
+    for result in run_predict(run, inputs, topk=topk, backend=backend):
         if as_json:
             print(json.dumps(result))
         else:
-            ranked = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["topk"])
+            ranked = escape(", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["topk"]))
+            shown = result["path"] if "path" in result else _excerpt(result["text"])
             stdout.print(
-                f"{result['path']}: [bold]{result['label']}[/bold] ({result['probability']:.3f})  top: {ranked}",
+                f"{escape(shown)}: [bold]{escape(result['label'])}[/bold] ({result['probability']:.3f})  top: {ranked}",
                 highlight=False,
             )
+
+
+def _excerpt(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
 @app.command()

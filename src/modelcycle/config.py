@@ -25,6 +25,9 @@ class Section(BaseModel):
 class RunSection(Section):
     name: str = "run"
     dir: str = "runs"
+    # what one step computes, and so what data.root holds and how the package is laid out:
+    # classify = images (a folder made by `modelcycle prepare`), text_classify = JSONL texts (docs/text.md)
+    task: Literal["classify", "text_classify"] = "classify"
 
 
 class DataSection(Section):
@@ -40,6 +43,17 @@ class DataSection(Section):
     cache: bool | Literal["auto"] = "auto"  # keep decoded images in memory when they fit
     cache_max_mb: int = 2048
     workers: int | None = None  # None: chosen from the CPU count
+    max_length: int = Field(128, ge=8)  # text: tokens per example; longer texts are cut (batches pad to their longest)
+
+
+class LoraSection(Section):
+    """LoRA (Hu et al. 2021) for Hugging Face models: the pretrained weights stay frozen and each
+    targeted Linear layer learns a rank-r update; the classifier head trains in full."""
+
+    r: int = Field(0, ge=0)  # rank of the update; 0: LoRA off
+    alpha: float = Field(16.0, gt=0)  # the update is scaled by alpha / r
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"])  # BERT's attention projections
 
 
 class ModelSection(Section):
@@ -47,6 +61,7 @@ class ModelSection(Section):
     args: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the builder
     init_from: str | None = None  # a run folder or model package whose weights start this run (fine-tuning)
     freeze: str = "none"  # none | backbone | all_but_last:N (see models/freeze.py)
+    lora: LoraSection = Field(default_factory=LoraSection)  # text models only (models/text.py)
 
     @field_validator("freeze")
     @classmethod

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,14 +133,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_package(out: Path, state_dict: dict[str, torch.Tensor], manifest: dict) -> Path:
-    """Write the package beside ``out`` and swap it in, so a crash leaves the old one or the new."""
+def write_package(
+    out: Path, state_dict: dict[str, torch.Tensor], manifest: dict, extra: Callable[[Path], None] | None = None
+) -> Path:
+    """Write the package beside ``out`` and swap it in, so a crash leaves the old one or the new.
+    ``extra(folder)`` adds files of its own (a Hugging Face config and tokenizer) before the swap."""
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-        save_file(tensors, tmp / WEIGHTS)
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})  # the metadata transformers writes too
+        if extra is not None:
+            extra(tmp)
         manifest = {
             "format": PACKAGE_FORMAT,
             **manifest,
@@ -198,17 +204,28 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def verified_weights(manifest: dict) -> Path:
+    """The package's weights file, checked against the sha256 its manifest records."""
+    weights = Path(manifest["_dir"]) / manifest["weights"]["file"]
+    if not weights.is_file():
+        raise UserError(f"{weights} is missing; the model package is incomplete")
+    if sha256_file(weights) != manifest["weights"]["sha256"]:
+        raise UserError(f"{weights} does not match the sha256 in {MANIFEST}; the file is damaged or was changed")
+    return weights
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Build the architecture named in the package and load its checked weights (eval mode)."""
     from modelcycle.models.registry import build_model
 
     manifest = read_manifest(path)
-    folder = Path(manifest["_dir"])
-    weights = folder / manifest["weights"]["file"]
-    if not weights.is_file():
-        raise UserError(f"{weights} is missing; the model package is incomplete")
-    if sha256_file(weights) != manifest["weights"]["sha256"]:
-        raise UserError(f"{weights} does not match the sha256 in {MANIFEST}; the file is damaged or was changed")
+    task = manifest.get("task", "classify")
+    if task != "classify":
+        raise UserError(
+            f"{manifest['_dir']} holds a {task} model (Hugging Face layout): `modelcycle evaluate` and `predict` take "
+            "it, and transformers loads it as it is; this command takes image classifiers only"
+        )
+    weights = verified_weights(manifest)
     arch = manifest["architecture"]
     model = build_model(arch["name"], arch["in_channels"], arch["num_classes"], arch["image_size"], arch.get("args"))
     try:

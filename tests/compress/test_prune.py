@@ -250,7 +250,9 @@ def test_a_bare_package_is_fine_tuned_from_a_config_built_from_its_manifest(prun
     manifest = prune_model(pruned["unstructured-0"], tmp_path / "again", 0.6, finetune_epochs=1, progress=False)
     config = yaml.safe_load((tmp_path / "again" / "config.yaml").read_text())
     arch = record(pruned["unstructured-0"])["architecture"]
-    assert config["model"] == {"name": arch["name"], "args": arch["args"]}
+    # the architecture comes from the manifest; the other model keys (freeze, lora ...) keep their defaults
+    assert {k: config["model"][k] for k in ("name", "args")} == {"name": arch["name"], "args": arch["args"]}
+    assert config["model"]["freeze"] == "none" and config["model"]["init_from"] is None
     assert config["data"]["root"] == record(pruned["unstructured-0"])["data_root"]
     assert config["train"]["lr"] == pytest.approx(modelcycle.load_config().train.lr / 10)
     assert manifest["pruning"]["sparsity"]["prunable"] == pytest.approx(0.6, abs=0.02)

@@ -7,7 +7,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DATASETS = {"digits": "scikit-learn's 1,797 handwritten digits (8x8 greyscale), one folder per class"}
+DATASETS = {
+    "digits": "scikit-learn's 1,797 handwritten digits (8x8 greyscale), one folder per class",
+    "pydoc-topics": "paragraphs of Python's reference docs labelled with their topic group, as train/val JSONL",
+}
+
+
+def write_dataset(name: str, out: str | Path) -> Path:
+    """Write the bundled dataset ``name`` (a key of DATASETS) into ``out``."""
+    if name == "pydoc-topics":
+        from modelcycle.data.pydoc_topics import write_pydoc_topics
+
+        write_pydoc_topics(out)
+        return Path(out)
+    return write_digits(out)
 
 
 def write_digits(out: str | Path) -> Path:

@@ -28,6 +28,8 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
 
     if not isinstance(config, Config):
         config = load_config(config, overrides)
+    if config.run.task != "classify":
+        raise UserError(f"crossval takes image classification runs only, not run.task={config.run.task}")
     if folds < 2:
         raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds")
     data = PreparedData.open(config.data.root or "")

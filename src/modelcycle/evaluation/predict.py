@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from modelcycle.data.images import probe_image
 from modelcycle.errors import DataError
 from modelcycle.evaluation.inference import predict_items
@@ -26,13 +28,18 @@ def predict(run: str | Path, images: list[str | Path], topk: int = 5, backend: s
         except DataError as exc:
             raise DataError(f"cannot predict {path}: {exc}; pass a readable image file (JPEG, PNG, ...)") from None
     probs = predict_items(predictor, [(p, 0) for p in paths], workers=0)
+    ranked = top_classes(probs, classes, topk)
+    return [{"path": str(path), **r} for path, r in zip(paths, ranked, strict=True)]
+
+
+def top_classes(probs: np.ndarray, classes: list[str], topk: int) -> list[dict]:
+    """Per row of probabilities: ``label``, ``probability`` and ``topk`` (label, probability)."""
     k = min(topk, len(classes))
     results = []
-    for path, row in zip(paths, probs, strict=True):
+    for row in probs:
         order = row.argsort()[::-1][:k]
         results.append(
             {
-                "path": str(path),
                 "label": classes[order[0]],
                 "probability": float(row[order[0]]),
                 "topk": [{"label": classes[i], "probability": float(row[i])} for i in order],

@@ -87,14 +87,17 @@ def write_report(
     metrics: dict,
     classes: list[str],
     epochs: list[dict],
-    mistakes: list[tuple[Path, str, str, float]],
+    mistakes: list[tuple[Path, str, str, float]] | None,
     channels: int,
     context: dict,
 ) -> Path:
+    """``mistakes`` None: the inputs are not images (texts), so there is no picture grid of them."""
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
-    plot_mistakes(mistakes, channels, out / "mistakes.png")
-    plots = ["confusion_matrix.png", "mistakes.png"]
+    plots = ["confusion_matrix.png"]
+    if mistakes is not None:
+        plot_mistakes(mistakes, channels, out / "mistakes.png")
+        plots.append("mistakes.png")
     if epochs:
         plot_curves(epochs, out / "curves.png")
         plots.insert(0, "curves.png")

