@@ -16,6 +16,7 @@ from modelcycle.evaluation.crossval import crossval
 from modelcycle.evaluation.evaluate import evaluate
 from modelcycle.evaluation.predict import predict
 from modelcycle.export.export import export as export_model
+from modelcycle.models import transfer
 from modelcycle.progress import warn
 from modelcycle.runs import Run
 from modelcycle.tasks import classify
@@ -70,6 +71,10 @@ def train(
     }
     if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
         parts, meta["distillation"] = distillation.attach(config, parts)
+    # model.init_from, model.freeze, train.unfreeze_at_epoch (see models/transfer.py)
+    tuning = transfer.prepare(config, parts.model, parts.data.classes, parts.preprocessing, run_dir, resume, progress)
+    if tuning.record:
+        meta["init_from"] = tuning.record
     trainer = Trainer(
         parts.task,
         parts.model,
@@ -77,7 +82,7 @@ def train(
         parts.val_loader,
         config.train,
         run_dir,
-        callbacks=callbacks,
+        callbacks=[*tuning.callbacks, *(callbacks or [])],
         meta=meta,
         progress=progress,
     )
@@ -87,6 +92,7 @@ def train(
             "resuming with changed settings, so the result will differ from an uninterrupted run: " + "; ".join(changes)
         )
     runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
+    tuning.report(trainer.event, show=progress)
     state = trainer.fit(resume=resume)
     run = Run(run_dir)
     _write_package(run, meta, state.best_epoch, config)
