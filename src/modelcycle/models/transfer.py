@@ -22,7 +22,7 @@ from modelcycle.config import Config
 from modelcycle.engine import checkpoint
 from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import ConfigError, UserError
-from modelcycle.models.freeze import HEAD_NAMES, apply_freeze, head_name, unfreeze
+from modelcycle.models.freeze import HEAD_NAMES, _under, apply_freeze, head_name, unfreeze
 from modelcycle.progress import info, warn
 from modelcycle.runs import load_model, pytorch_classifier, refuse_own_run
 
@@ -150,10 +150,6 @@ def _adapt_input(have: torch.Tensor, want: torch.Tensor, source_channels: int, c
     return None
 
 
-def _under(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")
-
-
 def _listing(items: list[str], sep: str = ", ") -> str:
     more = len(items) - SHOWN
     return sep.join(items[:SHOWN]) + (f"{sep}and {more} more" if more > 0 else "")
@@ -256,9 +252,8 @@ def load_init_from(config: Config, model: nn.Module, classes: list[str], preproc
             f"image_size {theirs.get('image_size')} -> {preprocessing['image_size']}: the source saw other sizes; "
             "convolutional features carry over, but expect them to need some adapting"
         )
-    if theirs.get("channels") == preprocessing["channels"] and (
-        _rounded(theirs.get("mean")) != _rounded(preprocessing["mean"])
-        or _rounded(theirs.get("std")) != _rounded(preprocessing["std"])
+    if theirs.get("channels") == preprocessing["channels"] and not all(
+        torch.allclose(torch.tensor(theirs[k]), torch.tensor(preprocessing[k])) for k in ("mean", "std")
     ):
         notes.append(
             f"normalisation differs from the source's (mean {theirs.get('mean')} std {theirs.get('std')}); "
@@ -301,10 +296,6 @@ def describe(record: dict) -> list[str]:
     lines += [f"model.init_from: adapted {a}" for a in record["adapted"]]
     lines += [f"model.init_from: note: {n}" for n in record["notes"]]
     return lines
-
-
-def _rounded(values) -> list[float] | None:
-    return [round(float(v), 5) for v in values] if values is not None else None
 
 
 class UnfreezeAt(Callback):
