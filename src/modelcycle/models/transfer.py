@@ -199,7 +199,9 @@ def prepare(
             warn(f"model.freeze={mode} without model.init_from: the frozen layers keep their random initial weights")
     callbacks: list[Callback] = []
     at = config.train.unfreeze_at_epoch
-    if mode != "none" and at:
+    if at and mode == "none":
+        lines.append(f"train.unfreeze_at_epoch={at}: nothing to do, model.freeze=none trains everything already")
+    elif at:
         if at > config.train.epochs:
             lines.append(f"train.unfreeze_at_epoch={at} is after the last epoch ({config.train.epochs}): never")
         callbacks.append(UnfreezeAt(at, show))
@@ -238,8 +240,8 @@ def load_init_from(config: Config, model: nn.Module, classes: list[str], preproc
             preprocessing["channels"],
         )
     except WeightsMismatch as exc:
-        theirs_text = f"{arch['name']} {arch.get('args') or {}}, {arch['in_channels']} channels"
-        ours = f"{config.model.name} {config.model.args}, {preprocessing['channels']} channels"
+        theirs_text = f"{arch['name']} {arch.get('args') or {}}, in_channels={arch['in_channels']}"
+        ours = f"{config.model.name} {config.model.args}, in_channels={preprocessing['channels']}"
         raise ConfigError(
             f"model.init_from: {source} ({theirs_text}) does not fit this run's model ({ours}): {exc.summary}\n  "
             f"{exc.text()}\n"
