@@ -18,6 +18,7 @@ from modelcycle.evaluation.evaluate import evaluate as evaluate_images
 from modelcycle.evaluation.predict import predict as predict_images
 from modelcycle.evaluation.text import evaluate_text, predict_text
 from modelcycle.export.export import export as export_model
+from modelcycle.models import transfer
 from modelcycle.progress import warn
 from modelcycle.runs import Run
 from modelcycle.tasks import classify, text_classify
@@ -68,6 +69,7 @@ def train(
             raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
         parts = text_classify.setup(config)
         meta, package = parts.meta, parts.write_package  # the Hugging Face layout
+        tuning_callbacks = transfer.unfreeze_callbacks(config, progress)
     else:
         parts = classify.setup(config, train_items, val_items)
         meta = {
@@ -80,6 +82,13 @@ def train(
         }
         if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
             parts, meta["distillation"] = distillation.attach(config, parts)
+        # model.init_from, model.freeze, train.unfreeze_at_epoch (see models/transfer.py)
+        tuning = transfer.prepare(
+            config, parts.model, parts.data.classes, parts.preprocessing, run_dir, resume, progress
+        )
+        if tuning.record:
+            meta["init_from"] = tuning.record
+        tuning_callbacks = tuning.callbacks
         package = runs.write_package
     trainer = Trainer(
         parts.task,
@@ -88,7 +97,7 @@ def train(
         parts.val_loader,
         config.train,
         run_dir,
-        callbacks=[*(callbacks or []), *tracking],
+        callbacks=[*tuning_callbacks, *(callbacks or []), *tracking],
         meta=meta,
         progress=progress,
     )
@@ -98,6 +107,7 @@ def train(
             "resuming with changed settings, so the result will differ from an uninterrupted run: " + "; ".join(changes)
         )
     runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
+    tuning.report(trainer.event, show=progress)
     state = trainer.fit(resume=resume)
     run = Run(run_dir)
     _write_package(run, meta, state.best_epoch, config, package)

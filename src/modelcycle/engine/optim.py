@@ -8,10 +8,37 @@ import torch
 from torch import nn
 
 from modelcycle.config import TrainSection
+from modelcycle.errors import ConfigError
+
+
+def param_groups(model: nn.Module, cfg: TrainSection) -> list[dict]:
+    """Every parameter, frozen ones included, so that ``train.unfreeze_at_epoch`` needs no new
+    optimizer (which would break exact resume): torch optimizers skip a parameter whose ``grad``
+    is None, so a frozen one gets no update, no weight decay and no state. With
+    ``train.head_lr_mult`` the head gets its own group at lr x mult; group 0 (the body) stays the
+    one whose lr is logged, and the schedule scales each group's own base lr."""
+    params = list(model.parameters())
+    if cfg.head_lr_mult == 1.0:
+        return [{"params": params}]
+    from modelcycle.models.freeze import HEAD_NAMES, head_name
+
+    if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+        model = model.module
+    try:
+        head = {id(p) for p in model.get_submodule(head_name(model)).parameters()}
+    except ConfigError:
+        raise ConfigError(
+            f"train.head_lr_mult={cfg.head_lr_mult:g}, but the model has no classification head (no module named "
+            f"{' / '.join(HEAD_NAMES)}); name your final layer `head`, or set train.head_lr_mult=1"
+        ) from None
+    return [
+        {"params": [p for p in params if id(p) not in head]},
+        {"params": [p for p in params if id(p) in head], "lr": cfg.lr * cfg.head_lr_mult},
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from modelcycle.config import Config, load_config
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.models.registry import resolve_builder
-from modelcycle.runs import load_model, read_manifest
+from modelcycle.runs import load_model, pytorch_classifier, refuse_own_run
 from modelcycle.tasks.classify import ClassifySetup, ClassifyTask
 
 
@@ -105,21 +105,8 @@ class DistillTask(ClassifyTask):
 
 
 def teacher_manifest(teacher: str | Path) -> dict:
-    """The teacher's package, refused unless it holds PyTorch weights: an int8 ONNX copy runs
-    outside PyTorch, so it cannot follow the student's device and autocast inside the training
-    step, and its rounding would be taught to the student as if it were knowledge."""
-    manifest = read_manifest(teacher)
-    backend = manifest.get("backend", "torch")
-    if backend != "torch":
-        source = manifest.get("source_package")
-        hint = f" ({source})" if source else ""
-        raise UserError(
-            f"teacher {manifest['_dir']} holds {backend} weights (an int8 or exported copy), not PyTorch weights; "
-            f"distill from the original run{hint}"
-        )
-    if manifest.get("task", "classify") != "classify":
-        raise UserError(f"teacher {manifest['_dir']} is a {manifest['task']} model; distill needs an image classifier")
-    return manifest
+    """The teacher's package, refused unless it is a PyTorch image classifier."""
+    return pytorch_classifier(teacher, "teacher", "distill")
 
 
 def student_config(
@@ -196,9 +183,9 @@ def attach(config: Config, parts: ClassifySetup) -> tuple[ClassifySetup, dict]:
 
 
 def _refuse_teacher_folder(run_dir: Path, manifest: dict) -> None:
-    source = manifest.get("source_run")
-    if run_dir.resolve() in (Path(manifest["_dir"]).resolve().parent, Path(source).resolve() if source else None):
-        raise UserError(f"the student's run folder {run_dir} is the teacher's own run; choose another --out")
+    refuse_own_run(
+        run_dir, manifest, f"the student's run folder {run_dir} is the teacher's own run; choose another --out"
+    )
 
 
 def _same(a, b) -> bool:
