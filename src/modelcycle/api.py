@@ -10,8 +10,9 @@ from modelcycle.config import Config, load_config
 from modelcycle.data.demo import write_digits
 from modelcycle.data.prepare import PrepareResult
 from modelcycle.data.prepare import prepare as _prepare
-from modelcycle.engine import checkpoint
+from modelcycle.engine import checkpoint, distributed
 from modelcycle.engine.trainer import Trainer
+from modelcycle.errors import UserError
 from modelcycle.evaluation.crossval import crossval
 from modelcycle.evaluation.evaluate import evaluate
 from modelcycle.evaluation.predict import predict
@@ -50,12 +51,24 @@ def train(
     callbacks: list | None = None,
     train_items=None,
     val_items=None,
+    nproc: int | None = None,
 ) -> Run:
-    """Train a classifier; returns the run folder with checkpoints, metrics and model package."""
+    """Train a classifier; returns the run folder with checkpoints, metrics and model package.
+
+    ``nproc=N`` trains on N processes of this machine (DDP or FSDP through torchrun, with
+    ``train.batch_size`` as the global batch); see docs/distributed.md. Under torchrun, every
+    process calls this and rank 0 writes the run folder."""
     if not isinstance(config, Config):
         config = load_config(config, overrides)
     elif overrides:
         config = load_config(None, overrides, base=config.model_dump())
+    if nproc is not None and (nproc != 1 or distributed.launched()):
+        from modelcycle.engine import launch
+
+        if callbacks or train_items is not None or val_items is not None:
+            raise UserError("nproc: callbacks, train_items and val_items cannot be sent to other processes")
+        return Run(launch.train(config, nproc, resume=resume, overwrite=overwrite))
+    distributed.init(config.train.device)  # joins torchrun's process group; nothing outside torchrun
     run_dir = runs.check_run_dir(config, resume=resume or overwrite)
     if resume:
         refuse_plain_resume(run_dir, callbacks)  # a pruned fine-tune resumes through `compress --resume`
@@ -79,17 +92,21 @@ def train(
         run_dir,
         callbacks=callbacks,
         meta=meta,
-        progress=progress,
+        progress=progress and distributed.is_main(),
     )
     # data, model and settings are all checked by now: only then does the run folder appear
     if resume and (changes := runs.config_changes(run_dir, config)):
         warn(
             "resuming with changed settings, so the result will differ from an uninterrupted run: " + "; ".join(changes)
         )
-    runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
+    if distributed.is_main():
+        runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
+    distributed.barrier()  # the folder exists (and an --overwrite'n one is gone) before any rank goes on
     state = trainer.fit(resume=resume)
     run = Run(run_dir)
-    _write_package(run, meta, state.best_epoch, config)
+    if distributed.is_main():
+        _write_package(run, meta, state.best_epoch, config)
+    distributed.barrier()  # every rank returns a finished run
     return run
 
 

@@ -75,6 +75,9 @@ class TrainSection(Section):
     checkpoint_every: int = Field(0, ge=0)  # optimizer steps between last.pt saves; 0 = epochs only
     keep_checkpoints: int = Field(1, ge=1)  # step-numbered checkpoints kept besides last.pt
     log_every: int = Field(20, ge=1)
+    # several processes (--nproc, torchrun): batch_size is the global batch, split evenly over them
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full model per process; fsdp: parameters sharded (FSDP2)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm: CUDA only)
 
 
 class EvalSection(Section):
