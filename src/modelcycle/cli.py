@@ -454,6 +454,12 @@ def main() -> None:
             console.quiet = False
             console.print(Text.assemble((f"rank {rank}: " * (rank > 0) + "error: ", "bold red"), str(exc)))
         sys.exit(code)
+    except RuntimeError as exc:  # gloo's words when another training process has died: it said why
+        if os.environ.get("RANK", "0") == "0" or "closed by peer" not in str(exc):
+            raise
+        console.quiet = False
+        console.print(f"rank {os.environ['RANK']}: stopped because another training process failed (see its error)")
+        sys.exit(1)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         sys.exit(130)
