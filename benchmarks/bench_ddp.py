@@ -4,14 +4,18 @@ Each side is a real ``modelcycle train`` command on the bundled digits (configs/
 simple_cnn width 32, 16 px, global batch 64, loader in the main process over cached images):
 
 * DDP: ``--nproc 2``, one torch thread per process (2 processes x 1 thread on 2 cores);
-* one process with as many threads as the DDP side has processes (1 x 2), the fair baseline;
+* one process with as many threads as the DDP side has processes (1 x 2);
 * one process with one thread (1 x 1): DDP's scaling efficiency is its rate over twice this.
+
+The baseline is the faster of the two single-process figures: on a busy machine two OpenMP
+threads can collapse (threads waiting for each other while the OS runs someone else), and a
+ratio against that would flatter DDP.
 
 Throughput is training images per second from each epoch's ``epoch_time_s`` (the training loop
 only: process start-up and validation are not counted), median over the epochs after the first
 (warm-up), then over the rounds; rounds alternate the order of the sides. Target: DDP reaches at
-least 0.9x the 1-process rate on the same cores, i.e. the all-reduce and the second process cost
-at most 10 %. On two cores DDP cannot be much faster than 2 threads; on more cores and GPUs its
+least 0.9x the best 1-process rate on the same cores, i.e. the all-reduce and the second
+process cost at most 10 %. On two cores DDP cannot be much faster than 2 threads; on more cores and GPUs its
 point is that it scales past one device.
 """
 
@@ -24,7 +28,7 @@ from pathlib import Path
 
 import common
 
-TARGET = 0.9  # DDP (2 x 1 thread) / one process (1 x 2 threads)
+TARGET = 0.9  # DDP (2 x 1 thread) / the faster single process (1 x 2 or 1 x 1 threads)
 BATCH = 64
 
 
@@ -90,8 +94,8 @@ def main() -> None:
 
         rates = common.alternate({name: measure(name) for name in sides}, args.rounds)
 
-    baseline = common.median(rates["single 1x2"])
     single_thread = common.median(rates["single 1x1"])
+    baseline = max(common.median(rates["single 1x2"]), single_thread)
     rows = []
     for name, (nproc, threads) in sides.items():
         rate = common.median(rates[name])
@@ -108,7 +112,7 @@ def main() -> None:
         )
     common.print_table(
         f"Data-parallel training on digits 16 px, simple_cnn, global batch {BATCH} (training images/s, median)",
-        ["setup", "processes", "threads each", "images/s", "min..max", "vs 1x2", "val_accuracy"],
+        ["setup", "processes", "threads each", "images/s", "min..max", "vs best single", "val_accuracy"],
         rows,
         note=(
             f"{args.rounds} round(s) of {args.epochs} epochs per side, sides alternating; rate from epoch_time_s of "
@@ -120,7 +124,7 @@ def main() -> None:
     ddp = common.median(rates["ddp 2x1"])
     common.verdict(
         common.ratio(ddp, baseline) >= TARGET,
-        f"2 DDP processes x 1 thread train at {common.ratio(ddp, baseline):.2f}x one process x 2 threads "
+        f"2 DDP processes x 1 thread train at {common.ratio(ddp, baseline):.2f}x the faster single process "
         f"(target >= {TARGET}x); scaling efficiency over 1 process x 1 thread: "
         f"{common.ratio(ddp, 2 * single_thread):.0%}",
     )
