@@ -23,7 +23,7 @@ from helpers import assert_user_error, cli_env, make_image_folder, read_jsonl, r
 from modelcycle import api
 from modelcycle.config import load_config
 from modelcycle.data.datasets import EpochSampler, ShardedBatches
-from modelcycle.engine import distributed
+from modelcycle.engine import distributed, strategy
 from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.runs import load_model
@@ -174,14 +174,14 @@ def test_fsdp_optimizer_state_converts_to_the_single_process_layout():
     opt.step()
     by_name = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
     assert set(by_name["state"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
-    converted = distributed._by_index(by_name)
+    converted = strategy._by_index(by_name)
     plain = opt.state_dict()
     assert converted["param_groups"] == plain["param_groups"]
     assert converted["state"].keys() == plain["state"].keys()
     for i, state in plain["state"].items():
         for key, value in state.items():
             assert torch.equal(converted["state"][i][key], value)
-    back = distributed._by_name(converted, model, opt)
+    back = strategy._by_name(converted, model, opt)
     assert back["param_groups"] == by_name["param_groups"] and back["state"].keys() == by_name["state"].keys()
 
 

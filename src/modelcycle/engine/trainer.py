@@ -5,8 +5,8 @@ model, optimizer, schedule, scaler, EMA, every RNG stream, the sampler position 
 counters; the loader draws from its own generator, never the global one; augmentation seeds come
 from the sampler. An interrupted CPU run therefore ends with the same bits as an uninterrupted one.
 
-The same loop runs on several processes (torchrun); ``engine/distributed.py`` holds what differs
-there (wrapping, sharded state, reductions, rank-0 files) and why results match one process.
+The same loop runs on several processes (torchrun); ``engine/distributed.py`` (reductions, votes,
+why results match one process) and ``engine/strategy.py`` (DDP, FSDP) hold what differs there.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modelcycle.config import TrainSection
-from modelcycle.engine import checkpoint, distributed
+from modelcycle.engine import checkpoint, distributed, strategy
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.engine.ema import EMA
 from modelcycle.engine.loggers import EventLog, MetricsLog
@@ -88,7 +88,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         # with several processes: DDP around the model, or FSDP shards it in place (so before the optimizer)
-        self.strategy = distributed.strategy(cfg, self.device)
+        self.strategy = strategy.build(cfg, self.device)
         wrapped = self.strategy.wrap(self.model)
         # validation needs no gradient sync, so it runs the model without DDP's wrapper
         self.step_model, self.eval_model = (torch.compile(m) if cfg.compile else m for m in (wrapped, self.model))
