@@ -10,7 +10,7 @@ from modelcycle.config import Config, load_config
 from modelcycle.data.demo import write_digits
 from modelcycle.data.prepare import PrepareResult
 from modelcycle.data.prepare import prepare as _prepare
-from modelcycle.engine import checkpoint
+from modelcycle.engine import checkpoint, distributed
 from modelcycle.engine.trainer import Trainer
 from modelcycle.errors import UserError
 from modelcycle.evaluation.crossval import crossval
@@ -53,43 +53,30 @@ def train(
     callbacks: list | None = None,
     train_items=None,
     val_items=None,
+    nproc: int | None = None,
 ) -> Run:
     """Train a classifier (images, or texts with ``run.task=text_classify``); returns the run folder
-    with checkpoints, metrics and model package."""
+    with checkpoints, metrics and model package.
+
+    ``nproc=N`` trains on N processes of this machine (DDP or FSDP through torchrun, with
+    ``train.batch_size`` as the global batch); see docs/distributed.md. Under torchrun, every
+    process calls this and rank 0 writes the run folder."""
     if not isinstance(config, Config):
         config = load_config(config, overrides)
     elif overrides:
         config = load_config(None, overrides, base=config.model_dump())
+    if nproc is not None and (nproc != 1 or distributed.launched()):
+        from modelcycle.engine import launch
+
+        if callbacks or train_items is not None or val_items is not None:
+            raise UserError("nproc: callbacks, train_items and val_items cannot be sent to other processes")
+        return Run(launch.train(config, nproc, resume=resume, overwrite=overwrite))
+    distributed.init(config.train.device)  # joins torchrun's process group; nothing outside torchrun
     run_dir = runs.check_run_dir(config, resume=resume or overwrite)
     if resume:
         refuse_plain_resume(run_dir, callbacks)  # a pruned fine-tune resumes through `compress --resume`
     tracking = track.callbacks(config, resume)  # status.json, MLflow: a bad tracking set-up fails here, before work
-    if config.run.task == "text_classify":
-        if train_items is not None or val_items is not None:
-            raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
-        parts = text_classify.setup(config)
-        meta, package = parts.meta, parts.write_package  # the Hugging Face layout
-        tuning_callbacks = transfer.unfreeze_callbacks(config, progress)
-    else:
-        parts = classify.setup(config, train_items, val_items)
-        meta = {
-            "task": "classify",
-            "backend": "torch",
-            "architecture": _portable(parts.model_spec),
-            "classes": parts.data.classes,
-            "preprocessing": parts.preprocessing,
-            "data_root": str(parts.data.root.resolve()),
-        }
-        if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
-            parts, meta["distillation"] = distillation.attach(config, parts)
-        # model.init_from, model.freeze, train.unfreeze_at_epoch (see models/transfer.py)
-        tuning = transfer.prepare(
-            config, parts.model, parts.data.classes, parts.preprocessing, run_dir, resume, progress
-        )
-        if tuning.record:
-            meta["init_from"] = tuning.record
-        tuning_callbacks = tuning.callbacks
-        package = runs.write_package
+    parts, meta, package, tuning = _task_setup(config, run_dir, resume, progress, train_items, val_items)
     trainer = Trainer(
         parts.task,
         parts.model,
@@ -97,22 +84,52 @@ def train(
         parts.val_loader,
         config.train,
         run_dir,
-        callbacks=[*tuning_callbacks, *(callbacks or []), *tracking],
+        callbacks=[*tuning.callbacks, *(callbacks or []), *tracking],
         meta=meta,
-        progress=progress,
+        progress=progress and distributed.is_main(),
     )
     # data, model and settings are all checked by now: only then does the run folder appear
     if resume and (changes := runs.config_changes(run_dir, config)):
         warn(
             "resuming with changed settings, so the result will differ from an uninterrupted run: " + "; ".join(changes)
         )
-    runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
-    tuning.report(trainer.event, show=progress)
+    if distributed.is_main():
+        runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
+    distributed.barrier()  # the folder exists (and an --overwrite'n one is gone) before any rank goes on
+    tuning.report(trainer.event, show=progress and distributed.is_main())
     state = trainer.fit(resume=resume)
     run = Run(run_dir)
-    _write_package(run, meta, state.best_epoch, config, package)
-    track.finish(tracking, run)
+    if distributed.is_main():
+        _write_package(run, meta, state.best_epoch, config, package)
+        track.finish(tracking, run)
+    distributed.barrier()  # every rank returns a finished run
     return run
+
+
+def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, train_items, val_items):
+    """The task's data, model and step, its package metadata and writer, and what fine-tuning
+    (``model.init_from``, ``model.freeze``, ``train.unfreeze_at_epoch``) did to the model."""
+    if config.run.task == "text_classify":
+        if train_items is not None or val_items is not None:
+            raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
+        parts = text_classify.setup(config)  # applies model.freeze or LoRA itself
+        tuning = transfer.FineTuning(None, [], transfer.unfreeze_callbacks(config, progress))
+        return parts, parts.meta, parts.write_package, tuning  # the Hugging Face layout
+    parts = classify.setup(config, train_items, val_items)
+    meta = {
+        "task": "classify",
+        "backend": "torch",
+        "architecture": _portable(parts.model_spec),
+        "classes": parts.data.classes,
+        "preprocessing": parts.preprocessing,
+        "data_root": str(parts.data.root.resolve()),
+    }
+    if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
+        parts, meta["distillation"] = distillation.attach(config, parts)
+    tuning = transfer.prepare(config, parts.model, parts.data.classes, parts.preprocessing, run_dir, resume, progress)
+    if tuning.record:
+        meta["init_from"] = tuning.record
+    return parts, meta, runs.write_package, tuning
 
 
 def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None = None, backend: str = "auto") -> dict:

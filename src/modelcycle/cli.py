@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -105,15 +106,28 @@ def train(
     overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run folder of the same name."),
+    nproc: int | None = typer.Option(
+        None,
+        "--nproc",
+        help="Train on N processes of this machine (DDP through torchrun; train.batch_size is the global batch, "
+        "split evenly). Many machines: run torchrun yourself, see docs/distributed.md.",
+    ),
 ):
     """Train a model (images; texts with run.task=text_classify); writes runs/NAME/ (config, metrics, checkpoints,
     model package)."""
-    from modelcycle.api import train as run_train
-
     path, overrides = _split_config(config, overrides)
     from modelcycle.config import load_config
 
     cfg = load_config(path, overrides)
+    if nproc is not None:
+        from modelcycle.engine import launch
+
+        launch.check(cfg, nproc)
+        if nproc > 1:  # the same command, minus --nproc, in each process
+            flags = ["--resume"] * resume + ["--overwrite"] * overwrite
+            raise typer.Exit(launch.launch(["train", *([path] if path else []), *overrides, *flags], nproc))
+    from modelcycle.api import train as run_train
+
     run = run_train(cfg, resume=resume, overwrite=overwrite)
     best = run.epoch_metrics()
     summary = ""
@@ -513,8 +527,18 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        console.print(Text.assemble(("error: ", "bold red"), str(exc)))
-        sys.exit(getattr(exc, "exit_code", 2))
+        code = getattr(exc, "exit_code", 2)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun: rank 0 alone reports a stop by Ctrl-C
+        if rank == 0 or code != 130:
+            console.quiet = False
+            console.print(Text.assemble((f"rank {rank}: " * (rank > 0) + "error: ", "bold red"), str(exc)))
+        sys.exit(code)
+    except RuntimeError as exc:  # gloo's words when another training process has died: it said why
+        if os.environ.get("RANK", "0") == "0" or "closed by peer" not in str(exc):
+            raise
+        console.quiet = False
+        console.print(f"rank {os.environ['RANK']}: stopped because another training process failed (see its error)")
+        sys.exit(1)
     except KeyboardInterrupt:
         console.print("[red]interrupted[/red]")
         sys.exit(130)

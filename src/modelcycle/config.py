@@ -105,6 +105,9 @@ class TrainSection(Section):
     log_every: int = Field(20, ge=1)
     unfreeze_at_epoch: int = Field(0, ge=0)  # with model.freeze: from this epoch (1-based) on all train; 0 = never
     head_lr_mult: float = Field(1.0, gt=0)  # the head's learning rate is train.lr times this
+    # several processes (--nproc, torchrun): batch_size is the global batch, split evenly over them
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full model per process; fsdp: parameters sharded (FSDP2)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm: CUDA only)
 
 
 class EvalSection(Section):

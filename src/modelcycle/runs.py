@@ -106,6 +106,7 @@ _RESUME_SAFE = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.early_stop_patience",
+    "train.strategy",  # ddp and fsdp compute the same steps; a checkpoint resumes under either
 )
 
 

@@ -63,17 +63,38 @@ class ImageDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """Seeded shuffle per epoch, yielding ``(index, augmentation_seed)``, resumable at any position."""
+    """Seeded shuffle per epoch, yielding ``(index, augmentation_seed)``, resumable at any position.
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
+    With several processes, every rank draws the same permutation (from seed and epoch only) and
+    cuts each *global* batch of ``global_batch`` positions into ``world`` contiguous shards; rank
+    r takes shard r. The ranks' batches, put side by side, are the single-process batches, and a
+    sample's augmentation seed belongs to its global position, so an N-process epoch sees the
+    same images, augmented the same way, as a 1-process epoch. ``start`` counts global positions,
+    which is what lets a run resume on a different number of processes.
+    """
+
+    def __init__(
+        self, size: int, seed: int, shuffle: bool = True, global_batch: int | None = None, rank: int = 0, world: int = 1
+    ):
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
+        self.global_batch = global_batch or max(size, 1)
+        self.rank, self.world = rank, world
         self.epoch = 0
         self.start = 0
+        # a lone last sample would break BatchNorm in training: the epoch ends before it
+        self.end = size - 1 if size % self.global_batch == 1 else size
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if self.world > 1 and start % self.global_batch:
+            raise ValueError(f"start={start} is not at a global batch boundary ({self.global_batch})")
         self.epoch, self.start = epoch, start
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Global batches in an epoch: the same on every rank, and the same as with one process."""
+        return -(-self.end // self.global_batch)
 
     def order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -81,23 +102,68 @@ class EpochSampler(Sampler):
         seeds = rng.integers(0, 2**31 - 1, self.size)
         return order, seeds
 
+    def _share(self, first: int) -> tuple[int, int, int]:
+        """This rank's positions [lo, hi) of the global batch starting at ``first``, and its size."""
+        length = min(self.global_batch, self.end - first)
+        lo = first + self.rank * length // self.world
+        return lo, first + (self.rank + 1) * length // self.world, length
+
+    def loss_weight(self, batch: int) -> float:
+        """What this rank's mean loss on global batch ``batch`` is multiplied by so that DDP's
+        average over ranks is the mean over the whole batch: ``world * shard / batch``. It is 1
+        for every full batch; only a short last batch splits unevenly. A rank with no sample
+        left gets a stand-in with weight 0 (all ranks must step together)."""
+        lo, hi, length = self._share(batch * self.global_batch)
+        return self.world * (hi - lo) / length
+
+    def _positions(self) -> Iterator[int]:
+        for first in range(self.start, self.end, self.global_batch):
+            lo, hi, _ = self._share(first)
+            yield from range(lo, hi) if hi > lo else (first,)
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order, seeds = self.order(self.epoch)
-        for position in range(self.start, self.size):
+        for position in self._positions():
             yield int(order[position]), int(seeds[position])
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return sum(1 for _ in self._positions())
+
+
+class ShardedBatches(Sampler):
+    """Validation batches for one rank: the single-process batches dealt out round-robin, so
+    every image is counted exactly once (no padding, no duplicates in the metrics).
+
+    Ranks with one batch fewer than the others end with a one-image stand-in that the engine
+    runs but does not count (``counted`` is the number of real batches): sharded (FSDP) models
+    need every rank to run the same number of forward passes.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int, world: int):
+        starts = range(0, size, batch_size)
+        self.batches = [list(range(s, min(s + batch_size, size))) for s in starts][rank::world]
+        self.counted = len(self.batches)
+        self.batches += [[0]] * (-(-len(starts) // world) - self.counted)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def default_workers() -> int:
-    """One process per spare core (the main process trains), at least one, at most eight."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """One process per spare core (the main process trains), at least one, at most eight; the
+    cores are shared by the training processes on this machine (``LOCAL_WORLD_SIZE``, torchrun)."""
+    cores = (os.cpu_count() or 2) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, cores - 1))
 
 
 def _worker_init(_: int) -> None:
-    # Ctrl-C goes to the whole process group; only the main process decides how to stop.
+    # Ctrl-C goes to the whole process group, and torchrun sends SIGINT/SIGTERM to each worker's
+    # group: only the main process decides how to stop (it shuts the loader workers down itself).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def should_cache(cfg: DataSection, data: PreparedData, count: int) -> bool:
@@ -120,20 +186,29 @@ def make_loader(
     train: bool,
     seed: int = 0,
     workers: int | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
-    """A DataLoader over ``items``; training loaders carry an :class:`EpochSampler`."""
+    """A DataLoader over ``items`` for process ``rank`` of ``world``. Training loaders carry an
+    :class:`EpochSampler` and ``batch_size`` is the global batch (each rank loads its share);
+    validation loaders with ``world > 1`` deal whole ``batch_size`` batches out to the ranks."""
     transform = build_transform(cfg, train=train)
     dataset = ImageDataset(items, channels, transform, cfg.image_size, should_cache(cfg, data, len(items)))
     workers = cfg.workers if workers is None else workers
     workers = default_workers() if workers is None else workers
-    sampler = EpochSampler(len(dataset), seed, shuffle=True) if train else None
+    if train:
+        assert batch_size % world == 0, "the global batch must split evenly (distributed.split_batch checks it)"
+        batching = {
+            "sampler": EpochSampler(len(dataset), seed, shuffle=True, global_batch=batch_size, rank=rank, world=world),
+            "batch_size": batch_size // world,
+        }
+    elif world > 1:
+        batching = {"batch_sampler": ShardedBatches(len(dataset), batch_size, rank, world)}
+    else:
+        batching = {"batch_size": batch_size}
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        # a lone last sample would break BatchNorm in training
-        drop_last=train and len(dataset) % batch_size == 1,
+        **batching,
         num_workers=workers,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,

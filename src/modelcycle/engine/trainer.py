@@ -4,6 +4,9 @@ What makes resume exact: checkpoints are taken only at optimizer-step boundaries
 model, optimizer, schedule, scaler, EMA, every RNG stream, the sampler position and the
 counters; the loader draws from its own generator, never the global one; augmentation seeds come
 from the sampler. An interrupted CPU run therefore ends with the same bits as an uninterrupted one.
+
+The same loop runs on several processes (torchrun); ``engine/distributed.py`` (reductions, votes,
+why results match one process) and ``engine/strategy.py`` (DDP, FSDP) hold what differs there.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from modelcycle.config import TrainSection
-from modelcycle.engine import checkpoint
+from modelcycle.engine import checkpoint, distributed, strategy
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.engine.ema import EMA
 from modelcycle.engine.loggers import EventLog, MetricsLog
@@ -48,14 +51,6 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     epoch_sums: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    return torch.device(name)
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -85,24 +80,29 @@ class Trainer:
     ):
         self.task, self.cfg, self.run_dir, self.meta = task, cfg, run_dir, meta or {}
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.resolve_device(cfg.device)
         if cfg.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.precision=fp16 needs a CUDA device; on CPU use train.precision=bf16")
         self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
+        # with several processes: DDP around the model, or FSDP shards it in place (so before the optimizer)
+        self.strategy = strategy.build(cfg, self.device)
+        wrapped = self.strategy.wrap(self.model)
+        # validation needs no gradient sync, so it runs the model without DDP's wrapper
+        self.step_model, self.eval_model = (torch.compile(m) if cfg.compile else m for m in (wrapped, self.model))
         steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accumulate)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
-        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.state = TrainState()
         self.callbacks = ([ProgressDisplay()] if progress else []) + list(callbacks or [])
-        ckpt_dir = run_dir / "checkpoints" if run_dir else None
-        self.ckpt_dir = ckpt_dir
-        self.metrics_log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
-        self.event = EventLog(run_dir / "events.log" if run_dir else None)
+        self.ckpt_dir = run_dir / "checkpoints" if run_dir else None  # read by every rank, written by rank 0
+        writes = run_dir if run_dir and distributed.is_main() else None
+        self.metrics_log = MetricsLog(writes / "metrics.jsonl") if writes else None
+        self.event = EventLog(writes / "events.log" if writes else None)
+        self.stop_vote = distributed.StopVote()
         self.monitor_mode = (
             cfg.monitor_mode if cfg.monitor_mode != "auto" else ("min" if "loss" in cfg.monitor else "max")
         )
@@ -115,7 +115,9 @@ class Trainer:
     @property
     def batches_per_epoch(self) -> int:
         loader = self.train_loader
-        size = getattr(loader.sampler, "size", None) or len(loader.dataset)
+        if hasattr(loader.sampler, "batches_per_epoch"):  # global batches, the same on every rank
+            return loader.sampler.batches_per_epoch
+        size = len(loader.dataset)
         return size // loader.batch_size if loader.drop_last else math.ceil(size / loader.batch_size)
 
     def _autocast(self):
@@ -138,14 +140,16 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def checkpoint_state(self) -> dict:
+        """Full, unwrapped state (FSDP shards gathered on rank 0): one layout for any process count."""
         return {
             "format": 1,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.strategy.model_state(self.model),
+            "optimizer": self.strategy.optimizer_state(self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
-            "rng": checkpoint.rng_state(),
+            **distributed.rng_states(),
+            "world_size": distributed.world_size(),
             "state": asdict(self.state),
             "meta": self.meta,
         }
@@ -154,8 +158,11 @@ class Trainer:
         if self.ckpt_dir is None:
             return
         self._check_finite()
+        state = self.checkpoint_state()  # every rank takes part (gathers), rank 0 writes
+        if not distributed.is_main():
+            return
         last = self.ckpt_dir / "last.pt"
-        checkpoint.atomic_save(self.checkpoint_state(), last)
+        checkpoint.atomic_save(state, last)
         checkpoint.atomic_link(last, self.ckpt_dir / f"step-{self.state.step:09d}.pt")
         checkpoint.prune_numbered(self.ckpt_dir, self.cfg.keep_checkpoints)
         if best:
@@ -166,30 +173,31 @@ class Trainer:
         """Load ``last.pt`` if there is one; False means there was nothing to resume."""
         if self.ckpt_dir is None:
             return False
-        checkpoint.remove_stale_temporaries(self.ckpt_dir)
+        if distributed.is_main():
+            checkpoint.remove_stale_temporaries(self.ckpt_dir)
         path = self.ckpt_dir / "last.pt"
-        if not path.exists():
+        if not distributed.agree(path.exists(), f"whether {path} exists"):
             return False
-        ck = checkpoint.load(path, self.device)
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        ck = checkpoint.load(path, self.strategy.map_location)
+        self.strategy.load(self.model, self.optimizer, ck)
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
         if self.ema and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
         self.state = TrainState(**ck["state"])
-        if self.state.best_epoch == self.state.epoch and self.state.batch_in_epoch == 0 and self.state.epoch:
+        state = self.state
+        if distributed.is_main() and state.epoch and state.best_epoch == state.epoch and not state.batch_in_epoch:
             # last.pt is the end-of-epoch save of the best epoch; a crash between writing it and
             # linking best.pt would otherwise leave best.pt an epoch behind the recorded best
             checkpoint.atomic_link(path, self.ckpt_dir / "best.pt")
-        checkpoint.set_rng_state(ck["rng"])
+        note = distributed.restore_rng(ck, self.cfg.seed)
         if self.metrics_log:
             self.metrics_log.truncate_after(self.state.step)
-        self.event(f"resumed from step={self.state.step} epoch={self.state.epoch}")
+        self.event(f"resumed from step={self.state.step} epoch={self.state.epoch}" + (f"; {note}" if note else ""))
         return True
 
     def _check_finite(self) -> None:
-        bad = int(self._bad_step)
+        bad = distributed.first_bad_step(self._bad_step)
         if bad < 0:
             return
         last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
@@ -226,6 +234,7 @@ class Trainer:
                 signal.signal(s, h)
 
     def _stop_now(self) -> None:
+        self._stop_signal = self._stop_signal or "a signal to another process"
         self.save()
         where = self.ckpt_dir / "last.pt" if self.ckpt_dir else "nowhere (no run folder)"
         self.event(f"stopped by {self._stop_signal} at step {self.state.step}")
@@ -242,7 +251,7 @@ class Trainer:
                 self.event("--resume given but no checkpoint found; starting from the beginning")
             if self.metrics_log:  # lines from an earlier attempt that never checkpointed
                 self.metrics_log.truncate_after(0)
-        self.event(f"fit start step={self.state.step} epoch={self.state.epoch}")
+        self.event(f"fit start step={self.state.step} epoch={self.state.epoch}{distributed.describe(self.cfg)}")
         for cb in self.callbacks:
             cb.on_fit_start(self)
         try:
@@ -250,6 +259,7 @@ class Trainer:
                 while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
                     self._run_epoch()
         finally:
+            self.stop_vote.close()
             for cb in self.callbacks:
                 cb.on_fit_end(self)
         self.event(f"fit end step={self.state.step} epoch={self.state.epoch}")
@@ -257,7 +267,8 @@ class Trainer:
 
     def _epoch_batches(self):
         sampler = self.train_loader.sampler
-        start = self.state.batch_in_epoch * self.train_loader.batch_size
+        # in samples of the global order: the same position whatever the process count
+        start = self.state.batch_in_epoch * getattr(sampler, "global_batch", self.train_loader.batch_size)
         if hasattr(sampler, "set_epoch"):
             try:
                 sampler.set_epoch(self.state.epoch, start=start)
@@ -277,19 +288,25 @@ class Trainer:
         total = self.batches_per_epoch
         accumulate = cfg.accumulate
         micro = 0
+        share = getattr(self.train_loader.sampler, "loss_weight", None)
         for index, batch in enumerate(self._epoch_batches(), start=state.batch_in_epoch):
             batch = to_device(batch, self.device, cfg.channels_last)
-            with self._autocast():
-                loss, sums = self.task.training_step(self.step_model, batch)
-                if cfg.l1:
-                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
-            self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
-            add_sums(window, sums)
+            micro += 1
+            ends_step = micro % accumulate == 0 or index + 1 >= total
+            weight = share(index) if share else 1.0  # != 1: this rank's part of a short last batch
+            with self.strategy.grad_sync(ends_step):
+                with self._autocast():
+                    loss, sums = self.task.training_step(self.step_model, batch)
+                    if cfg.l1:
+                        loss = loss + cfg.l1 * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
+                    if weight != 1.0:
+                        loss = loss * weight
+                self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+            add_sums(window, sums, counted=weight > 0)
             self._bad_step = torch.where(
                 (self._bad_step < 0) & ~torch.isfinite(loss.detach()), state.step + 1, self._bad_step
             )
-            micro += 1
-            if micro % accumulate and index + 1 < total:
+            if not ends_step:
                 continue
             self._optimizer_step()
             state.step += 1
@@ -303,7 +320,7 @@ class Trainer:
                 window_start = self._log_window(window, window_start, write=False)
                 window = {}
                 self.save()
-            if self._stop_signal:
+            if self.stop_vote(self._stop_signal is not None):
                 self._log_window(window, window_start, write=False)
                 self._stop_now()
         self._log_window(window, window_start, write=False)
@@ -325,7 +342,7 @@ class Trainer:
         """Move the window's sums to the host (the only sync) and, if asked, log them."""
         if not window:
             return started
-        floats = {k: float(v) for k, v in window.items()}
+        floats = distributed.reduce_sums(window)  # global sums, the same on every rank
         for key, value in floats.items():
             self.state.epoch_sums[key] = self.state.epoch_sums.get(key, 0.0) + value
         if write:
@@ -349,15 +366,17 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         if self.val_loader is None:
             return {}
-        model = self.ema.model if self.ema else self.step_model
+        model = self.ema.model if self.ema else self.eval_model
         was_training = model.training
         model.eval()
         sums: Sums = {}
+        counted = getattr(self.val_loader.batch_sampler, "counted", None)  # then stand-ins (ShardedBatches)
         with torch.no_grad(), self._autocast():
-            for batch in self.val_loader:
-                add_sums(sums, self.task.validation_step(model, to_device(batch, self.device, self.cfg.channels_last)))
+            for i, batch in enumerate(self.val_loader):
+                out = self.task.validation_step(model, to_device(batch, self.device, self.cfg.channels_last))
+                add_sums(sums, out, counted=counted is None or i < counted)
         model.train(was_training)
-        return {f"val_{k}": v for k, v in self.task.summarize({k: float(v) for k, v in sums.items()}).items()}
+        return {f"val_{k}": v for k, v in self.task.summarize(distributed.reduce_sums(sums)).items()}
 
     def _end_epoch(self, seconds: float) -> None:
         state = self.state

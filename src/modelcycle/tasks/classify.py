@@ -12,6 +12,7 @@ from modelcycle.config import Config
 from modelcycle.data.datasets import make_loader
 from modelcycle.data.manifest import PreparedData
 from modelcycle.data.transforms import normalisation
+from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
 from modelcycle.models.registry import build_model
 
@@ -76,9 +77,12 @@ def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
     if not train_items:
         raise ConfigError(f"{data.root}/train.txt lists no images")
     t = config.train
-    train_loader = make_loader(train_items, data, config.data, channels, t.batch_size, train=True, seed=t.seed)
+    world = distributed.world_size()
+    distributed.split_batch(t.batch_size, world)  # the global batch, split evenly over the processes
+    shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
+    train_loader = make_loader(train_items, data, config.data, channels, t.batch_size, train=True, **shard)
     val_loader = (
-        make_loader(val_items, data, config.data, channels, config.eval.batch_size, train=False, seed=t.seed)
+        make_loader(val_items, data, config.data, channels, config.eval.batch_size, train=False, **shard)
         if val_items
         else None
     )
