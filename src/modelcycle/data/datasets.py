@@ -177,6 +177,19 @@ def should_cache(cfg: DataSection, data: PreparedData, count: int) -> bool:
     return estimate <= cfg.cache_max_mb * 2**20
 
 
+def batching(size: int, batch_size: int, train: bool, seed: int, rank: int = 0, world: int = 1) -> dict:
+    """DataLoader arguments for process ``rank`` of ``world``, for every task. Training draws
+    through an :class:`EpochSampler` with ``batch_size`` as the global batch (each rank loads its
+    share); validation with ``world > 1`` deals whole ``batch_size`` batches out to the ranks."""
+    if train:
+        assert batch_size % world == 0, "the global batch must split evenly (distributed.split_batch checks it)"
+        sampler = EpochSampler(size, seed, shuffle=True, global_batch=batch_size, rank=rank, world=world)
+        return {"sampler": sampler, "batch_size": batch_size // world}
+    if world > 1:
+        return {"batch_sampler": ShardedBatches(size, batch_size, rank, world)}
+    return {"batch_size": batch_size}
+
+
 def make_loader(
     items: list[tuple[Path, int]],
     data: PreparedData,
@@ -189,26 +202,14 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
 ) -> DataLoader:
-    """A DataLoader over ``items`` for process ``rank`` of ``world``. Training loaders carry an
-    :class:`EpochSampler` and ``batch_size`` is the global batch (each rank loads its share);
-    validation loaders with ``world > 1`` deal whole ``batch_size`` batches out to the ranks."""
+    """A DataLoader over ``items`` for process ``rank`` of ``world`` (see :func:`batching`)."""
     transform = build_transform(cfg, train=train)
     dataset = ImageDataset(items, channels, transform, cfg.image_size, should_cache(cfg, data, len(items)))
     workers = cfg.workers if workers is None else workers
     workers = default_workers() if workers is None else workers
-    if train:
-        assert batch_size % world == 0, "the global batch must split evenly (distributed.split_batch checks it)"
-        batching = {
-            "sampler": EpochSampler(len(dataset), seed, shuffle=True, global_batch=batch_size, rank=rank, world=world),
-            "batch_size": batch_size // world,
-        }
-    elif world > 1:
-        batching = {"batch_sampler": ShardedBatches(len(dataset), batch_size, rank, world)}
-    else:
-        batching = {"batch_size": batch_size}
     return DataLoader(
         dataset,
-        **batching,
+        **batching(len(dataset), batch_size, train, seed, rank, world),
         num_workers=workers,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from modelcycle.data.datasets import EpochSampler
+from modelcycle.data.datasets import batching
 from modelcycle.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -179,7 +179,14 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 
 def text_loader(
-    examples: list[tuple[str, int]], tokenizer, max_length: int, batch_size: int, train: bool, seed: int = 0
+    examples: list[tuple[str, int]],
+    tokenizer,
+    max_length: int,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> DataLoader:
     """Batches of ``({"input_ids", "attention_mask"}, labels)``; no worker processes: the tokens
     are in memory and padding a batch takes microseconds."""
@@ -188,9 +195,7 @@ def text_loader(
     dataset = TokenizedTexts(encode(tokenizer, [t for t, _ in examples], max_length), [y for _, y in examples])
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(dataset), seed, shuffle=True) if train else None,
-        shuffle=False,
+        **batching(len(dataset), batch_size, train, seed, rank, world),
         num_workers=0,
         collate_fn=PadCollate(tokenizer.pad_token_id),
         generator=torch.Generator().manual_seed(seed),

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from modelcycle.config import Config
 from modelcycle.data.text import TextData, text_loader
+from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info
 from modelcycle.tasks.classify import ClassifyTask
@@ -55,9 +56,12 @@ def setup(config: Config) -> TextSetup:
     model, tuning = apply_tuning(model, config.model)
     start = "pretrained" if architecture["pretrained"] else "random weights"
     info(f"{config.model.name} ({start}): {tuning_line(tuning)}")
-    train_loader = text_loader(data.split("train"), tokenizer, max_length, t.batch_size, train=True, seed=t.seed)
+    world = distributed.world_size()
+    distributed.split_batch(t.batch_size, world)  # the global batch, split evenly over the processes
+    shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
+    train_loader = text_loader(data.split("train"), tokenizer, max_length, t.batch_size, train=True, **shard)
     val_loader = (
-        text_loader(data.split("val"), tokenizer, max_length, config.eval.batch_size, train=False)
+        text_loader(data.split("val"), tokenizer, max_length, config.eval.batch_size, train=False, **shard)
         if data.has_split("val")
         else None
     )
