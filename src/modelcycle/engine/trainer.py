@@ -103,9 +103,7 @@ class Trainer:
         self.ckpt_dir = ckpt_dir
         self.metrics_log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
         self.event = EventLog(run_dir / "events.log" if run_dir else None)
-        self.monitor_mode = (
-            cfg.monitor_mode if cfg.monitor_mode != "auto" else ("min" if "loss" in cfg.monitor else "max")
-        )
+        self.monitor_mode = cfg.monitor_direction
         self._stop_signal: str | None = None
         self._bad_step = torch.tensor(-1, device=self.device)
         self._check_monitor()
