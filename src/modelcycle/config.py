@@ -116,7 +116,7 @@ class TuneSection(Section):
     seed: int = 0  # sampler seed; each worker and each resumed session derives its own from it
     startup_trials: int = Field(10, ge=0)  # TPE: random trials before its model takes over
     prune_startup_trials: int = Field(5, ge=0)  # median: trials that must finish before any is pruned
-    prune_warmup_epochs: int = Field(1, ge=0)  # median: epochs every trial runs before it can be pruned
+    prune_warmup_epochs: int = Field(1, ge=1)  # median: epochs every trial runs before it can be pruned
     heartbeat_s: int = Field(10, ge=1)  # how often a running trial says it is alive
     grace_s: int = Field(60, ge=2)  # silent this long: its worker died, the trial is marked FAIL and retried once
 

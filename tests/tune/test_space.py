@@ -125,3 +125,9 @@ def test_a_missing_or_empty_space_file_is_a_clear_error(tmp_path, text, fragment
         path.write_text(text)
     with pytest.raises(ConfigError, match=fragment):
         load_space(path, Config())
+
+
+def test_the_example_space_fits_the_digits_recipe():
+    repo = Path(__file__).resolve().parents[2]
+    space = load_space(repo / "configs" / "space.yaml", load_config(repo / "configs" / "digits.yaml"))
+    assert "train.lr" in space.keys and "model.args.width" in space.keys
