@@ -116,7 +116,7 @@ def distill(
 
 
 def tune(
-    config: Config | str | Path,
+    config: Config | str | Path | None,
     space: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     trials: int | None = None,

@@ -114,6 +114,16 @@ def test_model_args_are_checked_against_every_model_the_space_can_pick(tmp_path,
     assert_mentions(str(info.value), "takes no argument 'width'")
     both = "model.name: [simple_cnn, resnet18]\nmodel.args.width: {type: int, low: 8, high: 16}\n"
     assert _space(tmp_path, both).keys == ["model.name", "model.args.width"]
+    with pytest.raises(ConfigError) as info:  # a model that does not exist fails now, not in every trial
+        _space(tmp_path, "model.name: [simple_cnn, resnet19]\n")
+    assert_mentions(str(info.value), "unknown model 'resnet19'", "did you mean 'resnet18'")
+    with pytest.raises(ConfigError) as info:  # the recipe's own model.args go to every model picked
+        _space(
+            tmp_path,
+            f"model.name: [simple_cnn, '{linear_model_file}']\n",
+            base=load_config(None, ["model.args={dropout: 0.1}"]),
+        )
+    assert_mentions(str(info.value), "takes no argument 'dropout'", "from the space or the recipe", "it takes none")
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,15 @@ def test_median_pruner_stops_the_bad_trials_and_counts_the_epochs_saved(tmp_path
     assert f"{saved} epochs saved" in result.report.read_text()
 
 
+def test_hyperband_pruner_runs_a_study(tmp_path, linear):
+    space = _write(tmp_path / "space.yaml", "train.lr: [0.000001, 0.01]\n")
+    result = api.tune(None, space, linear(train__epochs=3), trials=4, sampler="random", pruner="hyperband")
+    trials = _study(result.folder, result.study).trials
+    assert result.finished == 4 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert all(t.user_attrs["epochs_run"] == 3 for t in trials if t.state.name == "COMPLETE")
+    assert result.best_params == {"train.lr": 0.01}
+
+
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, linear):
     space = _write(tmp_path / "space.yaml", "train.lr: [1.0e+38, 0.01]\n")
     result = api.tune(None, space, linear(), trials=5, sampler="grid")  # the grid has 2 points: 2 trials

@@ -200,11 +200,11 @@ def _worker_main(job: Job, index: int, threads: int) -> None:
     torch.set_num_threads(threads)  # n workers share the cores instead of each taking them all
     try:
         run_worker(job, index)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        sys.exit(130)  # the parent says it once for all workers
     except UserError as exc:
         console.print(f"[bold red]error:[/bold red] worker {index}: {exc}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
-    except KeyboardInterrupt:
-        sys.exit(130)
 
 
 def _run_processes(job: Job, workers: int) -> None:

@@ -223,20 +223,27 @@ def _check_values(p: Param, base: Config) -> None:
 
 
 def _check_models(params: list[Param], base: Config, path: Path) -> None:
-    """``model.args.X`` must be an argument of every model the space can pick."""
-    args = [p.key[len(MODEL_ARGS) :] for p in params if p.key.startswith(MODEL_ARGS)]
-    if not args:
+    """Every model the space can pick must exist and take every ``model.args`` it will be given
+    (the space's, and the recipe's too when the model itself varies)."""
+    names = next((p.choices for p in params if p.key == "model.name"), None)
+    args = {p.key[len(MODEL_ARGS) :] for p in params if p.key.startswith(MODEL_ARGS)}
+    if names is None and not args:
         return
+    if names is not None:
+        args |= set(base.model.args)
     from modelcycle.models.registry import resolve_builder  # imports torch: only when needed
 
-    names = next((p.choices for p in params if p.key == "model.name"), (base.model.name,))
-    for name in names:
-        accepted = inspect.signature(resolve_builder(str(name))).parameters
+    for name in names or (base.model.name,):
+        try:
+            accepted = inspect.signature(resolve_builder(str(name))).parameters
+        except ConfigError as exc:
+            raise ConfigError(f"search space {path}: {exc}") from None
         if any(a.kind is inspect.Parameter.VAR_KEYWORD for a in accepted.values()):
             continue
-        if unknown := [a for a in args if a not in accepted]:
+        if unknown := sorted(a for a in args if a not in accepted):
             takes = [a for a in accepted if a not in ("in_channels", "num_classes", "image_size")]
             raise ConfigError(
                 f"search space {path}: model {name} takes no argument {', '.join(map(repr, unknown))} "
-                f"(model.args.{unknown[0]}); " + (f"it takes {', '.join(takes)}" if takes else "it takes none")
+                f"(model.args.{unknown[0]}, from the space or the recipe); "
+                + (f"it takes {', '.join(takes)}" if takes else "it takes none")
             )
