@@ -98,6 +98,7 @@ def make_run_dir(path: Path, config: Config, overwrite: bool) -> None:
 _RESUME_SAFE = (
     "run.",
     "eval.",
+    "tune.",
     "data.workers",
     "train.epochs",
     "train.log_every",

@@ -209,3 +209,11 @@ def test_a_recipe_tune_section_is_validated(tmp_path, linear):
         api.tune(None, _write(tmp_path / "s.yaml", "train.lr: [0.01, 0.1]\n"), linear(), sampler="bayes")
     with pytest.raises(ConfigError, match="no search space"):
         api.tune(None, None, linear())
+
+
+def test_tune_settings_are_not_a_changed_recipe_when_a_run_resumes(tmp_path):
+    from modelcycle.runs import config_changes
+
+    load_config(None, ["tune.trials=5"]).save(tmp_path / "config.yaml")
+    assert config_changes(tmp_path, load_config(None, ["tune.trials=50", "tune.sampler=random"])) == []
+    assert config_changes(tmp_path, load_config(None, ["tune.trials=5", "train.lr=0.5"])) == ["train.lr: 0.001 -> 0.5"]
