@@ -28,7 +28,7 @@ import optuna
 
 import common
 from modelcycle import tune  # the first use imports torch
-from modelcycle.tune.report import pruning_savings
+from modelcycle.tuning.report import pruning_savings
 
 SPACE = """\
 train.lr: {type: float, low: 1.0e-4, high: 0.3, log: true}

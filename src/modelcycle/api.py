@@ -23,7 +23,7 @@ from modelcycle.tasks import classify
 from modelcycle.tasks import distill as distillation
 
 if TYPE_CHECKING:
-    from modelcycle.tune.search import TuneResult
+    from modelcycle.tuning.search import TuneResult
 
 __all__ = [
     "prepare",
@@ -130,7 +130,7 @@ def tune(
     trial is a run folder ``RUN_DIR/STUDY/trial-NNNN`` and ``RUN_DIR/STUDY/`` holds the report.
     Arguments left None come from the recipe's ``tune:`` section (docs/tune.md); running it again
     continues the study up to ``trials``. Returns a ``TuneResult`` (best value, params, run, report)."""
-    from modelcycle.tune.search import tune as run_tune  # optuna and sqlalchemy load only when tuning
+    from modelcycle.tuning.search import tune as run_tune  # optuna and sqlalchemy load only when tuning
 
     given = {"space": space, "trials": trials, "sampler": sampler, "pruner": pruner, "storage": storage}
     given |= {"workers": workers, "study": study}

@@ -11,7 +11,7 @@ import pytest
 from helpers import assert_mentions
 from modelcycle.config import Config, load_config
 from modelcycle.errors import ConfigError
-from modelcycle.tune.space import apply, load_space
+from modelcycle.tuning.space import apply, load_space
 
 GOOD = """\
 train.lr: {type: float, low: 1e-4, high: 0.1, log: true}   # YAML reads 1e-4 as text: still a number here

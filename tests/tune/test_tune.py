@@ -22,7 +22,7 @@ from helpers import assert_mentions, cli_env, read_jsonl, run_cli, tiny_override
 from modelcycle import api
 from modelcycle.config import load_config
 from modelcycle.errors import ConfigError, UserError
-from modelcycle.tune.report import pruning_savings
+from modelcycle.tuning.report import pruning_savings
 
 SPACE = """\
 train.lr: {type: float, low: 0.001, high: 0.05, log: true}
@@ -217,3 +217,10 @@ def test_tune_settings_are_not_a_changed_recipe_when_a_run_resumes(tmp_path):
     load_config(None, ["tune.trials=5"]).save(tmp_path / "config.yaml")
     assert config_changes(tmp_path, load_config(None, ["tune.trials=50", "tune.sampler=random"])) == []
     assert config_changes(tmp_path, load_config(None, ["tune.trials=5", "train.lr=0.5"])) == ["train.lr: 0.001 -> 0.5"]
+
+
+def test_modelcycle_tune_stays_the_function_once_the_search_modules_are_loaded():
+    import modelcycle
+    import modelcycle.tuning.search  # noqa: F401  (a subpackage import sets an attribute on modelcycle)
+
+    assert modelcycle.tune is api.tune

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from modelcycle.config import TrainSection, TuneSection
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.progress import warn
-from modelcycle.tune.space import SearchSpace
+from modelcycle.tuning.space import SearchSpace
 
 DRIVERS = {
     "postgresql": "psycopg2-binary (for postgresql://) or psycopg (for postgresql+psycopg://)",

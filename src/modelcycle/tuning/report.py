@@ -17,8 +17,8 @@ from optuna.study import StudyDirection  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from modelcycle.config import Config  # noqa: E402
-from modelcycle.tune.space import SearchSpace, apply  # noqa: E402
-from modelcycle.tune.study import Tally, best_trials  # noqa: E402
+from modelcycle.tuning.space import SearchSpace, apply  # noqa: E402
+from modelcycle.tuning.study import Tally, best_trials  # noqa: E402
 
 
 def write(

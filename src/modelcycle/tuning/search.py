@@ -26,9 +26,9 @@ from modelcycle.engine.callbacks import Callback
 from modelcycle.engine.trainer import Trainer, TrainingInterrupted
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.progress import console, info
-from modelcycle.tune import report
-from modelcycle.tune.space import SearchSpace, apply, load_space
-from modelcycle.tune.study import (
+from modelcycle.tuning import report
+from modelcycle.tuning.space import SearchSpace, apply, load_space
+from modelcycle.tuning.study import (
     Tally,
     best_trials,
     make_pruner,
