@@ -77,10 +77,11 @@ def study(root: Path, name: str, sampler: str, pruner: str, args) -> dict:
 
 def main() -> None:
     parser = common.make_parser(
-        __doc__.split("\n\n")[0], "smoke run (~2 min): 6 trials of 2 epochs per study, pruning from the third"
+        __doc__.split("\n\n")[0],
+        "smoke run (~1 min on an idle machine): 6 trials of 2 epochs per study, pruning from the third",
     )
     parser.add_argument("--trials", type=int, default=20, help="trials per study (the same budget for each)")
-    parser.add_argument("--epochs", type=int, default=3, help="train.epochs of every trial")
+    parser.add_argument("--epochs", type=int, default=5, help="train.epochs of every trial")
     parser.add_argument("--startup-trials", type=int, default=5, help="TPE's random trials before its model")
     parser.add_argument("--prune-startup-trials", type=int, default=5, help="finished trials before any is pruned")
     parser.add_argument("--seed", type=int, default=0, help="tune.seed of every study")
