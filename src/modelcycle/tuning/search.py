@@ -163,7 +163,7 @@ def _work(job: Job, index: int) -> None:
                 f"{last.user_attrs['error']}. Fix the recipe or the space, then run the command again"
             )
         if not tally.waiting and tally.finished + tally.running >= job.budget:
-            time.sleep(tune.heartbeat_s)  # the last trials run elsewhere: wait for them to finish or go stale
+            time.sleep(2)  # the last trials run elsewhere: wait until they finish or go stale
             continue
         try:
             study.optimize(
