@@ -21,6 +21,7 @@ __all__ = [
     "prune_model",
     "write_digits",
     "load_config",
+    "tune",
     "Run",
     "UserError",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modelcycle import runs, track
 from modelcycle.compress.prune import prune_model, refuse_plain_resume
@@ -24,6 +25,9 @@ from modelcycle.runs import Run
 from modelcycle.tasks import classify, text_classify
 from modelcycle.tasks import distill as distillation
 
+if TYPE_CHECKING:
+    from modelcycle.tuning.search import TuneResult
+
 __all__ = [
     "prepare",
     "train",
@@ -35,6 +39,7 @@ __all__ = [
     "prune_model",
     "write_digits",
     "load_config",
+    "tune",
     "Run",
 ]
 
@@ -166,6 +171,33 @@ def distill(
     package also records the distillation (``distill.temperature=2`` and the like as overrides)."""
     config = distillation.student_config(teacher, student, out, overrides)
     return train(config, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks)
+
+
+def tune(
+    config: Config | str | Path | None,
+    space: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    trials: int | None = None,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    storage: str | None = None,
+    workers: int | None = None,
+    study: str | None = None,
+) -> TuneResult:
+    """Search hyperparameters of the recipe ``config`` over the ``space`` file with Optuna; each
+    trial is a run folder ``RUN_DIR/STUDY/trial-NNNN`` and ``RUN_DIR/STUDY/`` holds the report.
+    Arguments left None come from the recipe's ``tune:`` section (docs/tune.md); running it again
+    continues the study up to ``trials``. Returns a ``TuneResult`` (best value, params, run, report)."""
+    from modelcycle.tuning.search import tune as run_tune  # optuna and sqlalchemy load only when tuning
+
+    given = {"space": space, "trials": trials, "sampler": sampler, "pruner": pruner, "storage": storage}
+    given |= {"workers": workers, "study": study}
+    flags = [*overrides, *(f"tune.{k}={v}" for k, v in given.items() if v is not None)]
+    if isinstance(config, Config):
+        config = load_config(None, flags, base=config.model_dump()) if flags else config
+    else:
+        config = load_config(config, flags)
+    return run_tune(config)
 
 
 def _portable(spec: dict) -> dict:

@@ -523,6 +523,61 @@ def crossval(
     console.print(table)
 
 
+@app.command()
+def tune(
+    config: str = typer.Argument(..., help="YAML recipe (configs/digits.yaml) or a first key=value override."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    space: Path | None = typer.Option(
+        None, help="Search space YAML: dotted config keys, each float/int/categorical (see configs/space.yaml)."
+    ),
+    trials: int | None = typer.Option(
+        None, help="Finished trials the study should have (default 20); run again with more to extend it."
+    ),
+    sampler: str | None = typer.Option(None, help="tpe (default), random, or grid (every float range needs a step)."),
+    pruner: str | None = typer.Option(
+        None, help="median (default: stop trials behind the median at the same epoch), hyperband, or none."
+    ),
+    storage: str | None = typer.Option(
+        None,
+        help="Database URL shared by the workers (default sqlite:///RUN_DIR/STUDY/study.db); on several machines "
+        "a server, e.g. postgresql://user:password@host:5432/optuna.",
+    ),
+    workers: int | None = typer.Option(None, help="Processes on this machine working on the study (default 1)."),
+    study: str | None = typer.Option(None, help="Study name (default RUN_NAME-tune); trials go to RUN_DIR/STUDY/."),
+):
+    """Search hyperparameters with Optuna; each trial is a run folder RUN_DIR/STUDY/trial-NNNN.
+
+    The study is kept in a database, so the same command again continues it. RUN_DIR/STUDY/ gets
+    study.md, history.png, importance.png and best.yaml (modelcycle train RUN_DIR/STUDY/best.yaml).
+    Example: modelcycle tune configs/digits.yaml --space configs/space.yaml --trials 30 --workers 2
+    """
+    from modelcycle.api import tune as run_tune
+
+    path, overrides = _split_config(config, overrides)
+    result = run_tune(
+        path,
+        space,
+        overrides,
+        trials=trials,
+        sampler=sampler,
+        pruner=pruner,
+        storage=storage,
+        workers=workers,
+        study=study,
+    )
+    keys = list(result.top[0]["params"]) if result.top else []
+    table = Table(title=f"study {result.study}: best trials ({result.direction} {result.monitor})")
+    for column in ("trial", result.monitor, *keys, "epochs", "run"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in result.top:
+        params = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row["params"].get(k) for k in keys)]
+        table.add_row(str(row["number"]), f"{row['value']:.4f}", *params, str(row["epochs"]), str(row["run"]))
+    if result.top:
+        console.print(table)
+    best = f"; best config {result.folder / 'best.yaml'}" if result.top else ""
+    info(f"{result.finished} trials finished; report {result.report}{best}")
+
+
 def main() -> None:
     try:
         app()

@@ -109,6 +109,14 @@ class TrainSection(Section):
     strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full model per process; fsdp: parameters sharded (FSDP2)
     sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm: CUDA only)
 
+    @property
+    def monitor_direction(self) -> Literal["max", "min"]:
+        """``auto``: a loss is minimised, anything else (accuracy, top-5) maximised; the trainer's
+        best checkpoint and the tuner's study direction both follow this one rule."""
+        if self.monitor_mode != "auto":
+            return self.monitor_mode
+        return "min" if "loss" in self.monitor else "max"
+
 
 class EvalSection(Section):
     batch_size: int = Field(256, ge=1)
@@ -125,6 +133,25 @@ class DistillSection(Section):
     teacher: str | None = None  # a run folder or model package (PyTorch weights); None: no distillation
     temperature: float = Field(4.0, gt=0)  # softens both distributions; 1 = the plain softmax
     alpha: float = Field(0.9, ge=0, le=1)  # weight of the teacher's soft targets; 1 - alpha on the labels
+
+
+class TuneSection(Section):
+    """``modelcycle tune``: defaults a recipe may carry; the command's flags override them. Each
+    trial is an ordinary run in ``<run.dir>/<study>/trial-NNNN`` (see docs/tune.md)."""
+
+    space: str | None = None  # the search-space YAML (--space)
+    trials: int = Field(20, ge=1)  # trials the study should have finished; running again continues up to it
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    study: str | None = None  # None: <run.name>-tune
+    storage: str | None = None  # an SQLAlchemy URL; None: sqlite:///<run.dir>/<study>/study.db
+    workers: int = Field(1, ge=1)  # processes on this machine, all working on the one study
+    seed: int = 0  # sampler seed; each worker and each resumed session derives its own from it
+    startup_trials: int = Field(10, ge=0)  # TPE: random trials before its model takes over
+    prune_startup_trials: int = Field(5, ge=0)  # median: trials that must finish before any is pruned
+    prune_warmup_epochs: int = Field(1, ge=1)  # median: epochs every trial runs before it can be pruned
+    heartbeat_s: int = Field(10, ge=1)  # how often a running trial says it is alive
+    grace_s: int = Field(60, ge=2)  # silent this long: its worker died, the trial is marked FAIL and retried once
 
 
 class ServeSection(Section):
@@ -172,6 +199,7 @@ class Config(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     distill: DistillSection = Field(default_factory=DistillSection)
+    tune: TuneSection = Field(default_factory=TuneSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     track: TrackSection = Field(default_factory=TrackSection)
 

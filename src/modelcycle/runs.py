@@ -100,6 +100,7 @@ _RESUME_SAFE = (
     "run.",
     "eval.",
     "track.",
+    "tune.",
     "data.workers",
     "train.epochs",
     "train.log_every",

@@ -103,9 +103,7 @@ class Trainer:
         self.metrics_log = MetricsLog(writes / "metrics.jsonl") if writes else None
         self.event = EventLog(writes / "events.log" if writes else None)
         self.stop_vote = distributed.StopVote()
-        self.monitor_mode = (
-            cfg.monitor_mode if cfg.monitor_mode != "auto" else ("min" if "loss" in cfg.monitor else "max")
-        )
+        self.monitor_mode = cfg.monitor_direction
         self._stop_signal: str | None = None
         self._bad_step = torch.tensor(-1, device=self.device)
         self._check_monitor()
