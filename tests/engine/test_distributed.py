@@ -8,7 +8,6 @@ multi-process tests are few and each checks several things."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,12 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import assert_user_error, cli_env, make_image_folder, read_jsonl, run_cli, tiny_overrides
+from helpers import InterruptAt, assert_user_error, cli_env, make_image_folder, read_jsonl, run_cli, tiny_overrides
 from modelcycle import api
 from modelcycle.config import load_config
 from modelcycle.data.datasets import EpochSampler, ShardedBatches
 from modelcycle.engine import distributed, strategy
-from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.runs import load_model
 
@@ -320,17 +318,6 @@ def test_sigterm_stops_fsdp_workers_and_one_process_resumes(setup):
     assert "stopped by SIGTERM" in events
 
 
-class SignalAt(Callback):
-    """Ctrl-C to this very process after optimizer step ``step``."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer) -> None:
-        if trainer.state.step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 @pytest.mark.slow
 def test_one_process_run_resumes_on_two(setup):
     """Interrupted on one process mid-epoch, resumed with ``nproc=2`` (the API's launcher):
@@ -338,7 +325,7 @@ def test_one_process_run_resumes_on_two(setup):
     reference = _reference(setup, "reference-accumulate", **ACCUMULATE)
     config = load_config(None, _overrides(setup, "one-then-two", **ACCUMULATE))
     with pytest.raises(UserError, match="stopped by SIGINT at step 10"):
-        api.train(config, progress=False, callbacks=[SignalAt(10)])
+        api.train(config, progress=False, callbacks=[InterruptAt(10)])
     run = api.train(config, resume=True, nproc=2)
     _assert_same_weights(run.path, reference)
     events = (run.path / "events.log").read_text()

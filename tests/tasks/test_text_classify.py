@@ -9,8 +9,6 @@ same architecture shrunk to 2 layers of width 32 from random weights."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import modelcycle
-from helpers import assert_mentions
+from helpers import InterruptAt, assert_mentions
 from modelcycle.config import load_config
 from modelcycle.data.pydoc_topics import corpus
 from modelcycle.engine.callbacks import Callback
@@ -235,17 +233,6 @@ def test_lora_trains_adapters_and_head_only_and_the_merged_package_gives_the_sam
 
 
 # ---------------------------------------------------------------- exact resume
-
-
-class InterruptAt(Callback):
-    """A real SIGINT after optimizer step ``step``, like a user's Ctrl-C."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer) -> None:
-        if trainer.state.step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.parametrize("lora", [[], ["model.lora.r=4"]], ids=["full", "lora"])

@@ -6,9 +6,7 @@ load the source again, and sources that do not fit fail with the layers named.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import modelcycle
-from helpers import read_jsonl, tiny_overrides
+from helpers import InterruptAt, read_jsonl, tiny_overrides
 from modelcycle.config import TrainSection
 from modelcycle.engine.callbacks import Callback
 from modelcycle.engine.optim import build_optimizer, build_scheduler
@@ -85,17 +83,6 @@ class Record(Callback):
 
     def on_epoch_end(self, trainer, metrics) -> None:
         self.epochs.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
-
-
-class InterruptAt(Callback):
-    """A real SIGINT after optimizer step ``step``, like a user's Ctrl-C."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, trainer) -> None:
-        if trainer.state.step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 # ---------------------------------------------------------------- loading and the class mapping
