@@ -101,7 +101,7 @@ def apply_freeze(model: nn.Module, mode: FreezeMode | str, head: str | None = No
         trainable = {name for name, _ in params}
     else:
         head = head or head_name(model)
-        trainable = {name for name, _ in params if _under(name, head)}
+        trainable = {name for name, _ in params if within(name, head)}
         if mode.kind == "all_but_last":
             _, blocks = trunk(model)
             if mode.last > len(blocks):
@@ -109,9 +109,9 @@ def apply_freeze(model: nn.Module, mode: FreezeMode | str, head: str | None = No
                     f"model.freeze=all_but_last:{mode.last}, but the model's trunk has only {len(blocks)} blocks"
                 )
             kept = blocks[-mode.last :]
-            last_trunk = max(i for i, (name, _) in enumerate(params) if any(_under(name, b) for b in blocks))
+            last_trunk = max(i for i, (name, _) in enumerate(params) if any(within(name, b) for b in blocks))
             for i, (name, _) in enumerate(params):
-                if i > last_trunk or any(_under(name, b) for b in kept):
+                if i > last_trunk or any(within(name, b) for b in kept):
                     trainable.add(name)
     for name, p in params:
         p.requires_grad_(name in trainable)
@@ -126,7 +126,8 @@ def unfreeze(model: nn.Module) -> FreezeReport:
     return apply_freeze(model, FreezeMode("none"))
 
 
-def _under(name: str, prefix: str) -> bool:
+def within(name: str, prefix: str) -> bool:
+    """Whether the dotted parameter/module ``name`` is ``prefix`` or lies inside it."""
     return name == prefix or name.startswith(prefix + ".")
 
 
@@ -142,7 +143,7 @@ def _fully_frozen(module: nn.Module) -> bool:
 def _frozen_roots(model: nn.Module) -> list[str]:
     roots: list[str] = []
     for name, module in model.named_modules():
-        if name and _fully_frozen(module) and not any(_under(name, r) for r in roots):
+        if name and _fully_frozen(module) and not any(within(name, r) for r in roots):
             roots.append(name)
     return roots
 

@@ -22,7 +22,7 @@ from modelcycle.config import Config
 from modelcycle.engine import checkpoint
 from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import ConfigError, UserError
-from modelcycle.models.freeze import HEAD_NAMES, _under, apply_freeze, head_name, unfreeze
+from modelcycle.models.freeze import HEAD_NAMES, apply_freeze, head_name, unfreeze, within
 from modelcycle.progress import info, warn
 from modelcycle.runs import load_model, pytorch_classifier, refuse_own_run
 
@@ -81,7 +81,7 @@ def transfer_weights(
         have = source.get(key)
         if have is None:
             continue
-        if head and _under(key, head) and _class_rows(have, want, len(source_classes), len(classes)):
+        if head and within(key, head) and _class_rows(have, want, len(source_classes), len(classes)):
             rows = want.detach().clone()
             for i, name in enumerate(classes):
                 if name in index:
