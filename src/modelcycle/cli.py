@@ -578,6 +578,11 @@ def tune(
     info(f"{result.finished} trials finished; report {result.report}{best}")
 
 
+from modelcycle.cli_lm import lm_app  # noqa: E402  (after app: the sub-app's module needs nothing of this one)
+
+app.add_typer(lm_app, name="lm")
+
+
 def main() -> None:
     try:
         app()
