@@ -114,6 +114,11 @@ def train(
 def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, train_items, val_items):
     """The task's data, model and step, its package metadata and writer, and what fine-tuning
     (``model.init_from``, ``model.freeze``, ``train.unfreeze_at_epoch``) did to the model."""
+    if config.run.task in ("lm", "sft"):
+        if train_items is not None or val_items is not None:
+            raise UserError("cross-validation takes image runs only; language-model runs train on lm.train_files")
+        parts = language_model_setup(config)
+        return parts, parts.meta, parts.write_package, transfer.FineTuning(None, [], parts.callbacks)
     if config.run.task == "text_classify":
         if train_items is not None or val_items is not None:
             raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
@@ -140,7 +145,12 @@ def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, tra
 def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None = None, backend: str = "auto") -> dict:
     """Metrics and a report in ``RUN/report/`` for a run's model (or a package) on a split or a
     manifest (images) / JSONL file (texts); the package says which."""
-    if _task(run) == "text_classify":
+    task = _task(run)
+    if task in ("lm", "sft"):
+        from modelcycle.evaluation.lm import evaluate_lm
+
+        return evaluate_lm(run, data=data)
+    if task == "text_classify":
         return evaluate_text(run, split=split, data=data, backend=backend)
     return evaluate_images(run, split=split, data=data, backend=backend)
 
@@ -153,7 +163,18 @@ def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, back
 
 
 def _task(run: str | Path | Run) -> str:
-    return runs.read_manifest(run.path if isinstance(run, Run) else run).get("task", "classify")
+    path = Path(run.path if isinstance(run, Run) else run)
+    if not (path / runs.MANIFEST).is_file() and not (path / "model" / runs.MANIFEST).is_file():
+        if (path / "config.json").is_file():  # a plain Hugging Face folder (a downloaded Qwen, say)
+            return "lm"
+    return runs.read_manifest(path).get("task", "classify")
+
+
+def language_model_setup(config: Config):
+    """Pretraining (run.task=lm) or SFT (run.task=sft): tasks/lm.py, tasks/sft.py."""
+    from modelcycle.tasks import lm, sft
+
+    return (lm if config.run.task == "lm" else sft).setup(config)
 
 
 def distill(

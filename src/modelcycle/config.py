@@ -26,8 +26,9 @@ class RunSection(Section):
     name: str = "run"
     dir: str = "runs"
     # what one step computes, and so what data.root holds and how the package is laid out:
-    # classify = images (a folder made by `modelcycle prepare`), text_classify = JSONL texts (docs/text.md)
-    task: Literal["classify", "text_classify"] = "classify"
+    # classify = images (a folder made by `modelcycle prepare`), text_classify = JSONL texts (docs/text.md),
+    # lm = causal language model pretraining, sft = supervised fine-tuning on chats (docs/lm.md)
+    task: Literal["classify", "text_classify", "lm", "sft"] = "classify"
 
 
 class DataSection(Section):
@@ -192,6 +193,23 @@ with warnings.catch_warnings():
         artifact_location: str | None = None  # where a NEW experiment keeps artifacts; None: MLflow's (./mlruns)
 
 
+class LMSection(Section):
+    """Language-model runs (run.task=lm or sft, docs/lm.md): data files, context, model size,
+    sample generations. ``model.name`` is ``llama`` (built from ``size``) or a model folder."""
+
+    tokenizer: str | None = None  # a tokenizer folder (`modelcycle lm tokenizer`); None: the model folder's own
+    size: Literal["tiny", "small", "base", "medium"] = "tiny"  # with model.name=llama (lm/model.py PRESETS)
+    context_length: int = Field(256, ge=8)  # tokens per training sequence
+    train_files: list[str] = Field(default_factory=list)  # lm: .txt (blank line between documents) or .jsonl
+    val_files: list[str] = Field(default_factory=list)  # sft: chat (messages) or Alpaca JSONL
+    packing: bool = False  # sft: several conversations per sequence (pretraining always packs)
+    sample_every: int = Field(0, ge=0)  # optimizer steps between logged sample generations; 0 = off
+    sample_prompts: list[str] = Field(default_factory=list)  # sft: user messages; lm: text to continue
+    sample_tokens: int = Field(48, ge=1)  # new tokens per logged sample
+    eval_samples: int = Field(8, ge=0)  # held-out prompts answered in `modelcycle evaluate`
+    eval_tokens: int = Field(160, ge=1)  # new tokens per answer in `modelcycle evaluate`
+
+
 class Config(Section):
     run: RunSection = Field(default_factory=RunSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -202,6 +220,7 @@ class Config(Section):
     tune: TuneSection = Field(default_factory=TuneSection)
     serve: ServeSection = Field(default_factory=ServeSection)
     track: TrackSection = Field(default_factory=TrackSection)
+    lm: LMSection = Field(default_factory=LMSection)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -325,14 +344,24 @@ def load_config(
         origin = {k: f"{path}:{line}" for k, line in _yaml_lines(text).items()}
     for item in overrides:
         key, value = parse_override(item)
+        key = _ALIASES.get(key.split(".", 1)[0], "") + key if "." in key else key
         if value is not None and _is_text_field(key):  # run.name=2024 is a name, not a number
             value = item.split("=", 1)[1]
         _set_dotted(tree, key, value)
         origin[key] = "command line"
+    for short, full in _ALIASES.items():  # a top-level `lora:` section in a file
+        if isinstance(tree.get(short), dict):
+            section = tree.pop(short)
+            _set_dotted(tree, full + short, _merge(tree.get(full[:-1], {}).get(short, {}), section))
+            origin.update({full + k: o for k, o in origin.items() if k.startswith(short + ".")})
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, origin, source)) from None
+
+
+# short prefixes the issue's commands use: `lora.r=8` is `model.lora.r=8`
+_ALIASES = {"lora": "model."}
 
 
 def _merge(a: dict, b: dict) -> dict:

@@ -1,0 +1,122 @@
+"""``modelcycle evaluate`` for language models: perplexity on held-out text, and for chat data
+the loss on held-out answers plus a table of the model's own answers to held-out prompts.
+
+Perplexity on text is measured on the same packed sequences training validates on, and next to
+it a bigram model with add-one smoothing, counted on the run's training tokens and scored on the
+very same held-out token pairs: the floor any language model must clear (the quality gate).
+On chat data ``perplexity`` is ``exp(answer_loss)``, the per-token perplexity of the answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modelcycle.data.lm_data import chat_rows, is_chat_file, lm_loader, pack, packed_rows, read_conversations
+from modelcycle.data.lm_data import token_stream
+from modelcycle.errors import UserError
+from modelcycle.lm.model import greedy_generate, load_lm
+from modelcycle.progress import progress_bar
+from modelcycle.runs import Run
+from modelcycle.tasks.lm import NextTokenTask
+from modelcycle.tasks.sft import chats
+
+DEFAULT_CONTEXT = 256  # a bare Hugging Face folder names no training context
+
+
+def mean_loss(model, rows: list[dict], pad_id: int, batch_size: int, what: str) -> tuple[float, int]:
+    """(mean next-token loss over labelled tokens, their count)."""
+    task, sums = NextTokenTask(), {"loss": 0.0, "tokens": 0.0}
+    loader = lm_loader(rows, pad_id, batch_size, train=False)
+    with torch.no_grad(), progress_bar(what, len(loader)) as advance:
+        for batch in loader:
+            for key, value in task.validation_step(model, batch).items():
+                sums[key] += float(value)
+            advance(1)
+    return sums["loss"] / max(sums["tokens"], 1.0), int(sums["tokens"])
+
+
+def bigram_perplexity(train: torch.Tensor, held_out: torch.Tensor, vocab: int) -> float:
+    """Perplexity of an add-one smoothed bigram model counted on the pairs inside ``train``'s
+    sequences and scored on the pairs inside ``held_out``'s (the pairs the LM predicts too)."""
+    pairs = train[:, :-1].reshape(-1).numpy().astype(np.int64) * vocab + train[:, 1:].reshape(-1).numpy()
+    counts = np.bincount(pairs, minlength=vocab * vocab).reshape(vocab, vocab)
+    context = counts.sum(1)
+    prev, nxt = held_out[:, :-1].reshape(-1).numpy(), held_out[:, 1:].reshape(-1).numpy()
+    log_p = np.log(counts[prev, nxt] + 1.0) - np.log(context[prev] + vocab)
+    return float(math.exp(-log_p.mean()))
+
+
+def _data_files(run: Run | None, manifest: dict | None, data: str | Path | None) -> list[str]:
+    if data is not None:
+        return [str(data)]
+    files = run.config.lm.val_files if run else (manifest or {}).get("lm", {}).get("val_files", [])
+    if not files:
+        raise UserError("no held-out data: the run names no lm.val_files; pass --data FILE (.txt or .jsonl)")
+    return list(files)
+
+
+def evaluate_lm(run: str | Path | Run, data: str | Path | None = None, samples: int | None = None) -> dict:
+    """Perplexity (and for chat data answer loss and sample answers) of a run's model, a package
+    or a plain Hugging Face folder; writes ``report/metrics.json`` and ``report/samples.md``."""
+    path = run.path if isinstance(run, Run) else Path(run)
+    run_obj = Run.open(path) if (path / "config.yaml").is_file() else None
+    model, tokenizer, manifest = load_lm(path)
+    lm = run_obj.config.lm if run_obj else None
+    context = lm.context_length if lm else (manifest or {}).get("lm", {}).get("context_length", DEFAULT_CONTEXT)
+    files = _data_files(run_obj, manifest, data)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = run_obj.config.eval.batch_size if run_obj else 32
+    result: dict = {"task": (manifest or {}).get("task", "lm"), "data": files, "answer_loss": None, "samples": []}
+    if all(is_chat_file(f) for f in files):
+        rows = chat_rows(chats(files, tokenizer, context), context, packing=False)
+        loss, tokens = mean_loss(model, rows, pad, batch, "answer loss")
+        count = (lm.eval_samples if lm else 8) if samples is None else samples
+        result |= {"answer_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+        result["samples"] = sample_answers(model, tokenizer, files, count, lm.eval_tokens if lm else 160)
+        ended = [s["ended"] for s in result["samples"]]
+        result["samples_ended"] = sum(ended) / len(ended) if ended else None
+    else:
+        held_out = pack(token_stream(files, tokenizer), context, ", ".join(files))
+        loss, tokens = mean_loss(model, packed_rows(held_out), pad, batch, "perplexity")
+        result |= {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+        if lm and lm.train_files and not any(is_chat_file(f) for f in lm.train_files):
+            train = pack(token_stream(lm.train_files, tokenizer), context, ", ".join(lm.train_files))
+            result["bigram_perplexity"] = bigram_perplexity(train, held_out, len(tokenizer))
+    out = run_obj.report_dir if run_obj else Path(path) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    _write_samples(out / "samples.md", result["samples"])
+    result["report"] = str(out / "metrics.json")
+    return result
+
+
+def sample_answers(model, tokenizer, files: list[str], count: int, tokens: int) -> list[dict]:
+    """Greedy answers to the first held-out prompts with distinct reference answers."""
+    chosen, seen = [], set()
+    for messages in (c for f in files for c in read_conversations(f)):
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        if messages[last]["content"] in seen:
+            continue
+        seen.add(messages[last]["content"])
+        chosen.append((messages[:last], messages[last]["content"]))
+        if len(chosen) >= count:
+            break
+    prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m, _ in chosen]
+    answers = greedy_generate(model, tokenizer, prompts, tokens)
+    return [
+        {"prompt": m[-1]["content"], "answer": text, "reference": ref, "ended": ended}
+        for (m, ref), (text, ended) in zip(chosen, answers, strict=True)
+    ]
+
+
+def _write_samples(path: Path, samples: list[dict]) -> None:
+    lines = ["| prompt | answer | ended |", "|---|---|---|"]
+    for s in samples:
+        cells = [" ".join(str(v).split()).replace("|", "\\|") for v in (s["prompt"], s["answer"])]
+        lines.append(f"| {cells[0]} | {cells[1]} | {'yes' if s['ended'] else 'no'} |")
+    path.write_text("\n".join(lines) + "\n" if samples else "")

@@ -1,0 +1,210 @@
+"""Causal language-model pretraining (run.task=lm): next-token loss on packed sequences, and the
+pieces SFT shares (tasks/sft.py): the step, the model with its tokenizer, sample generations.
+
+The loss is summed over predicted tokens and divided by their count, so perplexity
+(``exp(loss)``) is per token whatever the batch holds, and SFT's padding and prompt tokens
+(label -100) count for nothing. Labels are shifted rather than logits, which saves copying the
+``[batch, length, vocab]`` logits once per step (transformers' own loss does the same).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from modelcycle.config import Config
+from modelcycle.data.lm_data import IGNORE, lm_loader, pack, packed_rows, token_stream
+from modelcycle.engine import distributed
+from modelcycle.engine.callbacks import Callback, ProgressDisplay
+from modelcycle.errors import ConfigError
+from modelcycle.lm.model import build_lm, check_vocabulary, greedy_generate, load_lm, lora_targets
+from modelcycle.lm.model import model_folder, package_writer
+from modelcycle.progress import info
+
+
+def next_token_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss over predicted tokens, their count)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    target = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # position t predicts token t + 1
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, (target != IGNORE).sum()
+
+
+class NextTokenTask:
+    metric_names = {"train": ("loss", "perplexity"), "val": ("loss", "perplexity")}
+
+    def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total, tokens = next_token_sums(model, batch)
+        loss = total / tokens.clamp(min=1)
+        return loss, {"loss": total.detach(), "tokens": tokens, "count": torch.tensor(len(batch["input_ids"]))}
+
+    def validation_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        total, tokens = next_token_sums(model, batch)
+        return {"loss": total, "tokens": tokens}
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        loss = sums["loss"] / max(sums.get("tokens", 0.0), 1.0)
+        out = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+        if "count" in sums:
+            out["tokens"] = sums["tokens"]
+        return out
+
+
+@dataclass
+class LMSetup:
+    task: NextTokenTask
+    model: nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    meta: dict  # the package's modelcycle.json, less what training adds
+    write_package: Callable[[Path, dict, dict], Path]
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+@dataclass
+class LMModel:
+    model: nn.Module  # a peft wrapper with LoRA
+    tokenizer: object
+    record: dict  # the package's "architecture" entry
+    tuning: dict
+    base: Path | None  # the folder the weights started from
+
+
+def prepare_model(config: Config) -> LMModel:
+    """The model a language-model run trains: built from ``lm.size`` (model.name=llama), or
+    loaded from ``model.init_from`` / a folder in ``model.name``; LoRA applied as configured."""
+    from modelcycle.lm.tokenizer import load_tokenizer
+    from modelcycle.models.text import apply_tuning, tuning_line
+
+    cfg, lm = config.model, config.lm
+    if cfg.freeze != "none":
+        raise ConfigError(f"model.freeze={cfg.freeze}: language-model runs train every weight, or LoRA adapters only")
+    torch.manual_seed(config.train.seed)
+    source = cfg.init_from or (None if cfg.name == "llama" else cfg.name)
+    if source is None:
+        if not lm.tokenizer:
+            raise ConfigError(
+                "lm.tokenizer is not set: a model built from scratch (model.name=llama) needs a tokenizer folder; "
+                "make one with `modelcycle lm tokenizer data/pydocs/corpus.txt --vocab 4000 --out runs/tok`"
+            )
+        tokenizer = load_tokenizer(lm.tokenizer)
+        model, record = build_lm(lm.size, tokenizer, lm.context_length, dict(cfg.args))
+        record |= {"name": "llama", "tokenizer": str(Path(lm.tokenizer).resolve())}
+        base = None
+    else:
+        if cfg.args:
+            raise ConfigError("model.args: a model loaded from a folder keeps its architecture; drop model.args")
+        base = model_folder(source)
+        if cfg.name not in ("llama", "simple_cnn") and cfg.init_from:
+            raise ConfigError("set model.init_from or a folder in model.name, not both")
+        model, tokenizer, _ = load_lm(base)
+        model.train()
+        if lm.tokenizer:
+            tokenizer = load_tokenizer(lm.tokenizer)
+            check_vocabulary(model, tokenizer, base)
+        record = {"name": str(source), "folder": str(base.resolve())}
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and lm.context_length > limit:
+        raise ConfigError(f"lm.context_length={lm.context_length}, but the model reads at most {limit} tokens; lower it")
+    record |= {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())}
+    given = list(cfg.lora.target_modules) if "target_modules" in cfg.lora.model_fields_set else None
+    targets = lora_targets(model, given) if cfg.lora.r else None
+    model, tuning = apply_tuning(model, cfg, task_type="CAUSAL_LM", targets=targets)
+    info(f"{record['name']} ({record['parameters']:,} parameters): {tuning_line(tuning)}")
+    return LMModel(model, tokenizer, record, tuning, base)
+
+
+def package_meta(config: Config, built: LMModel, task: str) -> dict:
+    lm = config.lm
+    return {
+        "task": task,
+        "backend": "transformers",
+        "layout": "transformers",  # config.json + model.safetensors + generation_config.json + tokenizer files
+        "architecture": built.record,
+        "lm": {"context_length": lm.context_length, "train_files": lm.train_files, "val_files": lm.val_files},
+        "fine_tuning": {**built.tuning, "adapter": "adapter/" if built.tuning["lora"] else None},
+        "init_from": str(built.base.resolve()) if built.base else None,
+    }
+
+
+def check_files(config: Config) -> None:
+    if not config.lm.train_files:
+        example = "data/pydocs/sft-train.jsonl" if config.run.task == "sft" else "data/pydocs/corpus.txt"
+        raise ConfigError(
+            f"lm.train_files is empty; list the training data, e.g. lm.train_files=[{example}] "
+            "(`modelcycle datasets pydocs --out data/pydocs` writes it)"
+        )
+    if config.train.monitor.startswith("val_") and not config.lm.val_files:
+        raise ConfigError(f"train.monitor={config.train.monitor} needs lm.val_files; or set train.monitor=train_loss")
+
+
+def setup(config: Config) -> LMSetup:
+    """Packed token sequences, model and task for a pretraining run."""
+    check_files(config)
+    built = prepare_model(config)
+    t, lm = config.train, config.lm
+    world = distributed.world_size()
+    distributed.split_batch(t.batch_size, world)
+    shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
+    pad = built.tokenizer.pad_token_id if built.tokenizer.pad_token_id is not None else built.tokenizer.eos_token_id
+    train = pack(token_stream(lm.train_files, built.tokenizer), lm.context_length, ", ".join(lm.train_files))
+    train_loader = lm_loader(packed_rows(train), pad, t.batch_size, train=True, **shard)
+    val_loader = None
+    if lm.val_files:
+        val = pack(token_stream(lm.val_files, built.tokenizer), lm.context_length, ", ".join(lm.val_files))
+        val_loader = lm_loader(packed_rows(val), pad, config.eval.batch_size, train=False, **shard)
+    info(f"pretraining on {train.numel():,} tokens ({len(train):,} sequences of {lm.context_length})")
+    return LMSetup(
+        NextTokenTask(),
+        built.model,
+        train_loader,
+        val_loader,
+        package_meta(config, built, "lm"),
+        package_writer(built.model, built.tokenizer, built.base),
+        sample_callbacks(config, built.tokenizer, chat=False),
+    )
+
+
+def sample_callbacks(config: Config, tokenizer, chat: bool) -> list[Callback]:
+    lm = config.lm
+    if not (lm.sample_every and lm.sample_prompts):
+        return []
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        if chat
+        else p
+        for p in lm.sample_prompts
+    ]
+    return [SampleLog(lm.sample_every, list(lm.sample_prompts), prompts, tokenizer, lm.sample_tokens)]
+
+
+class SampleLog(Callback):
+    """Greedy continuations of fixed prompts every ``every`` steps, to ``samples.jsonl`` and the
+    terminal: the quickest way to see whether a language model is learning anything."""
+
+    def __init__(self, every: int, shown: list[str], prompts: list[str], tokenizer, tokens: int):
+        self.every, self.shown, self.prompts, self.tokenizer, self.tokens = every, shown, prompts, tokenizer, tokens
+
+    def on_step_end(self, trainer) -> None:
+        step = trainer.state.step
+        if step % self.every or not distributed.is_main():
+            return
+        answers = greedy_generate(trainer.model, self.tokenizer, self.prompts, self.tokens)
+        lines = [{"step": step, "prompt": p, "text": text, "ended": ended} for p, (text, ended) in zip(self.shown, answers, strict=True)]
+        if trainer.run_dir is not None:
+            with open(trainer.run_dir / "samples.jsonl", "a") as handle:
+                handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        for line in lines:
+            trainer.event(f"sample step={step}: {line['prompt']!r} -> {line['text']!r}")
+        if any(isinstance(cb, ProgressDisplay) for cb in trainer.callbacks):  # progress=False: quiet
+            for line in lines:
+                info(f"  step {step}: {line['prompt']} -> {' '.join(line['text'].split())[:120]}")
+
