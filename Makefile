@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test lint bench venv clean browser
+.PHONY: demo demo-lm test lint bench venv clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ demo: $(STAMP)
 	$(BIN)/modelcycle evaluate runs/digits-demo
 	$(BIN)/modelcycle predict runs/digits-demo data/digits-raw/3/0003.png data/digits-raw/7/0007.png
 	@echo "Report: runs/digits-demo/report/report.html"
+
+# The language-model pipeline on Python's own docs, offline, a few minutes on CPU (docs/lm.md),
+# ending with the quality gates (exit 1 if one fails).
+demo-lm: $(STAMP)
+	$(BIN)/modelcycle datasets pydocs --out data/pydocs
+	$(BIN)/modelcycle lm tokenizer data/pydocs/corpus.txt --vocab 4000 --out runs/tok
+	$(BIN)/modelcycle lm pretrain configs/lm-pretrain.yaml --overwrite
+	$(BIN)/modelcycle lm sft configs/lm-sft.yaml model.init_from=runs/lm-pretrain --overwrite
+	$(BIN)/modelcycle evaluate runs/lm-sft
+	$(BIN)/modelcycle lm gates runs/lm-pretrain runs/lm-sft
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q

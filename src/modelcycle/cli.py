@@ -40,12 +40,13 @@ def _split_config(config: str, overrides: list[str] | None) -> tuple[str | None,
 def datasets(
     name: str = typer.Argument(
         ...,
-        help="Bundled dataset: digits (scikit-learn's handwritten digits, an image folder) or pydoc-topics "
-        "(paragraphs of Python's docs -> topic group, train.jsonl/val.jsonl for run.task=text_classify).",
+        help="Bundled dataset: digits (scikit-learn's handwritten digits, an image folder), pydoc-topics "
+        "(paragraphs of Python's docs -> topic group, train.jsonl/val.jsonl for run.task=text_classify) or pydocs "
+        "(Python's docs as a pretraining corpus and chat instructions, for `modelcycle lm`).",
     ),
     out: Path = typer.Option(..., "--out", help="Folder to write the dataset into."),
 ):
-    """Write a bundled demo dataset, offline: digits (image folder) or pydoc-topics (text JSONL)."""
+    """Write a bundled demo dataset, offline: digits (image folder), pydoc-topics (text JSONL) or pydocs (LM data)."""
     from modelcycle.data.demo import DATASETS, write_dataset
 
     if name not in DATASETS:
@@ -187,6 +188,11 @@ def evaluate(
     from modelcycle.api import evaluate as run_evaluate
 
     metrics = run_evaluate(run, split=split, data=data, backend=backend)
+    if "perplexity" in metrics:  # a language model: perplexity, answer loss, sample answers
+        from modelcycle.cli_lm import show_lm_metrics
+
+        show_lm_metrics(run, metrics, as_json)
+        return
     if as_json:
         keys = (
             "accuracy",

@@ -3,7 +3,13 @@ reward, ppo, dpo), each a thin call into the Python API like the image verbs in 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.table import Table
+
+from modelcycle.progress import console, info, stdout
 
 lm_app = typer.Typer(
     help="Language models: tokenizer -> pretrain -> sft -> reward -> ppo/dpo, and generate/chat with the result.\n\n"
@@ -11,3 +17,120 @@ lm_app = typer.Typer(
     "Qwen or Llama folder works with every verb and what we train loads in transformers as it is.",
     no_args_is_help=True,
 )
+
+OVERRIDES_HELP = "Config overrides as key=value, e.g. train.epochs=3 lm.context_length=128 lora.r=8"
+
+
+@lm_app.command()
+def tokenizer(
+    files: list[Path] = typer.Argument(..., help="Text files to learn the merges from (data/pydocs/corpus.txt)."),
+    vocab: int = typer.Option(4000, "--vocab", help="Tokens in the vocabulary: 256 bytes + 4 special + merges."),
+    out: Path = typer.Option(..., "--out", help="Folder for tokenizer.json + tokenizer_config.json (runs/tok)."),
+    min_frequency: int = typer.Option(2, help="A pair must occur this often to become a merge."),
+):
+    """Train a byte-level BPE tokenizer with the special tokens and ChatML chat template (AutoTokenizer loads it)."""
+    from modelcycle.lm.tokenizer import train_tokenizer
+
+    trained = train_tokenizer(files, vocab, out, min_frequency=min_frequency)
+    info(f"tokenizer: {len(trained):,} tokens in {out}/ (eos {trained.eos_token}, pad {trained.pad_token})")
+
+
+def _train(task: str, config: str, overrides: list[str] | None, resume: bool, overwrite: bool) -> None:
+    from modelcycle.api import train
+    from modelcycle.cli import _split_config
+    from modelcycle.config import load_config
+
+    path, overrides = _split_config(config, overrides)
+    # the language-model defaults under the file, the task over it: `lm sft` always fine-tunes
+    base = {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}}
+    cfg = load_config(path, [*overrides, f"run.task={task}"], base=base)
+    run = train(cfg, resume=resume, overwrite=overwrite)
+    last = run.epoch_metrics()[-1:] or [{}]
+    shown = "  ".join(f"{k}={last[0][k]:.4f}" for k in ("val_loss", "val_perplexity") if k in last[0])
+    info(f"run {run.path}: model package in {run.model_dir}  {shown}")
+
+
+RESUME = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Delete an existing run folder of the same name.")
+
+
+@lm_app.command()
+def pretrain(
+    config: str = typer.Argument(..., help="YAML recipe (configs/lm-pretrain.yaml) or a first key=value override."),
+    overrides: list[str] | None = typer.Argument(None, help=OVERRIDES_HELP),
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+):
+    """Pretrain a causal LM (next-token loss on packed text; run.task=lm); writes runs/NAME/ with an HF package."""
+    _train("lm", config, overrides, resume, overwrite)
+
+
+@lm_app.command()
+def sft(
+    config: str = typer.Argument(..., help="YAML recipe (configs/lm-sft.yaml) or a first key=value override."),
+    overrides: list[str] | None = typer.Argument(
+        None, help=OVERRIDES_HELP + "; model.init_from=runs/lm-pretrain starts from that run (or any HF folder)"
+    ),
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+):
+    """Fine-tune on conversations (chat or Alpaca JSONL), loss on assistant tokens only; full or LoRA (lora.r=8)."""
+    _train("sft", config, overrides, resume, overwrite)
+
+
+@lm_app.command()
+def merge(
+    source: Path = typer.Argument(..., help="A LoRA run (runs/NAME), its model/ package, or a peft adapter folder."),
+    out: Path = typer.Option(..., "--out", help="Folder for the plain package (config.json, model.safetensors ...)."),
+    base: Path | None = typer.Option(None, help="The base model folder (default: the one adapter_config.json names)."),
+):
+    """Fold LoRA adapters into the base weights: a plain LM package that needs no peft."""
+    from modelcycle.lm.merge import merge as run_merge
+
+    manifest = run_merge(source, out, base)
+    info(f"merged package: {manifest['_dir']} (adapter {manifest['fine_tuning']['merged_from']})")
+
+
+@lm_app.command()
+def gates(
+    pretrain_run: Path = typer.Argument(..., help="The pretraining run (runs/lm-pretrain)."),
+    sft_run: Path = typer.Argument(..., help="The SFT run fine-tuned from it (runs/lm-sft)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the gates as JSON."),
+):
+    """The quality gates: pretraining beats a bigram model, SFT lowers answer loss, answers end. Exit 1 if one fails."""
+    from modelcycle.evaluation.lm import quality_gates
+
+    rows = quality_gates(pretrain_run, sft_run)
+    if as_json:
+        stdout.print_json(json.dumps(rows))
+    else:
+        table = Table(title="language-model quality gates")
+        for column in ("gate", "value", "baseline", "result"):
+            table.add_column(column, justify="left" if column == "gate" else "right")
+        for r in rows:
+            verdict = "[green]PASS[/green]" if r["passed"] else "[red]FAIL[/red]"
+            table.add_row(r["gate"], f"{r['value']:.4g}", f"{r['baseline']:.4g}", verdict)
+        console.print(table)
+    if not all(r["passed"] for r in rows):
+        raise typer.Exit(1)
+
+
+def show_lm_metrics(run: Path, metrics: dict, as_json: bool) -> None:
+    """`modelcycle evaluate` on a language model: one JSON object, or the figures and a table of answers."""
+    if as_json:
+        keys = ("perplexity", "answer_loss", "samples", "bigram_perplexity", "tokens", "samples_ended", "data", "task")
+        stdout.print_json(json.dumps({k: metrics.get(k) for k in keys}))
+        return
+    lines = [f"perplexity {metrics['perplexity']:.2f} on {metrics['tokens']:,} held-out tokens"]
+    if metrics.get("bigram_perplexity") is not None:
+        lines.append(f"add-one bigram on the same tokens {metrics['bigram_perplexity']:.2f}")
+    if metrics.get("answer_loss") is not None:
+        lines.append(f"answer loss {metrics['answer_loss']:.4f}")
+    if metrics["samples"]:
+        table = Table(title=f"{run}: answers to held-out prompts (greedy)")
+        for column in ("prompt", "answer", "ended"):
+            table.add_column(column)
+        for s in metrics["samples"]:
+            table.add_row(s["prompt"], " ".join(s["answer"].split()), "yes" if s["ended"] else "no")
+        console.print(table)
+    info("  ".join(lines) + f"\nreport: {metrics['report']}")

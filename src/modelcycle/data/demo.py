@@ -10,6 +10,7 @@ from PIL import Image
 DATASETS = {
     "digits": "scikit-learn's 1,797 handwritten digits (8x8 greyscale), one folder per class",
     "pydoc-topics": "paragraphs of Python's reference docs labelled with their topic group, as train/val JSONL",
+    "pydocs": "Python's docs as a pretraining corpus and chat instructions, held-out topics apart (for `lm`)",
 }
 
 
@@ -19,6 +20,11 @@ def write_dataset(name: str, out: str | Path) -> Path:
         from modelcycle.data.pydoc_topics import write_pydoc_topics
 
         write_pydoc_topics(out)
+        return Path(out)
+    if name == "pydocs":
+        from modelcycle.data.pydocs import write_pydocs
+
+        write_pydocs(out)
         return Path(out)
     return write_digits(out)
 

@@ -60,9 +60,12 @@ def _data_files(run: Run | None, manifest: dict | None, data: str | Path | None)
     return list(files)
 
 
-def evaluate_lm(run: str | Path | Run, data: str | Path | None = None, samples: int | None = None) -> dict:
+def evaluate_lm(
+    run: str | Path | Run, data: str | Path | None = None, samples: int | None = None, report: bool = True
+) -> dict:
     """Perplexity (and for chat data answer loss and sample answers) of a run's model, a package
-    or a plain Hugging Face folder; writes ``report/metrics.json`` and ``report/samples.md``."""
+    or a plain Hugging Face folder; with ``report`` writes ``report/metrics.json`` and
+    ``report/samples.md``. ``samples`` overrides lm.eval_samples (0: no answers generated)."""
     path = run.path if isinstance(run, Run) else Path(run)
     run_obj = Run.open(path) if (path / "config.yaml").is_file() else None
     model, tokenizer, manifest = load_lm(path)
@@ -87,6 +90,8 @@ def evaluate_lm(run: str | Path | Run, data: str | Path | None = None, samples: 
         if lm and lm.train_files and not any(is_chat_file(f) for f in lm.train_files):
             train = pack(token_stream(lm.train_files, tokenizer), context, ", ".join(lm.train_files))
             result["bigram_perplexity"] = bigram_perplexity(train, held_out, len(tokenizer))
+    if not report:
+        return result
     out = run_obj.report_dir if run_obj else Path(path) / "report"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -107,7 +112,7 @@ def sample_answers(model, tokenizer, files: list[str], count: int, tokens: int) 
         if len(chosen) >= count:
             break
     prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m, _ in chosen]
-    answers = greedy_generate(model, tokenizer, prompts, tokens)
+    answers = greedy_generate(model, tokenizer, prompts, tokens) if prompts else []
     return [
         {"prompt": m[-1]["content"], "answer": text, "reference": ref, "ended": ended}
         for (m, ref), (text, ended) in zip(chosen, answers, strict=True)
@@ -120,3 +125,38 @@ def _write_samples(path: Path, samples: list[dict]) -> None:
         cells = [" ".join(str(v).split()).replace("|", "\\|") for v in (s["prompt"], s["answer"])]
         lines.append(f"| {cells[0]} | {cells[1]} | {'yes' if s['ended'] else 'no'} |")
     path.write_text("\n".join(lines) + "\n" if samples else "")
+
+
+def quality_gates(pretrain: str | Path, sft: str | Path) -> list[dict]:
+    """The issue's gates on a pretraining run and an SFT run started from it: pretraining beats
+    the add-one bigram on held-out text; SFT lowers the held-out answer loss against the
+    pretrained base (both scored on the SFT run's held-out conversations); answers end with the
+    end-of-turn token (at least 80 % of the sample answers)."""
+    text = evaluate_lm(pretrain, report=False)
+    if "bigram_perplexity" not in text:
+        raise UserError(f"{pretrain} is not a pretraining run on text files; pass the run `modelcycle lm pretrain` made")
+    tuned = evaluate_lm(sft, report=False)
+    if tuned["answer_loss"] is None:
+        raise UserError(f"{sft} holds no held-out conversations (lm.val_files); pass an SFT run")
+    base = evaluate_lm(pretrain, data=tuned["data"][0], samples=0, report=False)
+    ended = tuned["samples_ended"] or 0.0
+    return [
+        {
+            "gate": "pretraining beats an add-one bigram on held-out text (perplexity)",
+            "value": text["perplexity"],
+            "baseline": text["bigram_perplexity"],
+            "passed": text["perplexity"] < text["bigram_perplexity"],
+        },
+        {
+            "gate": "SFT lowers the held-out answer loss against the pretrained base",
+            "value": tuned["answer_loss"],
+            "baseline": base["answer_loss"],
+            "passed": tuned["answer_loss"] < base["answer_loss"],
+        },
+        {
+            "gate": f"sample answers that end with the end-of-turn token ({len(tuned['samples'])} prompts)",
+            "value": ended,
+            "baseline": 0.8,
+            "passed": ended >= 0.8,
+        },
+    ]

@@ -102,7 +102,8 @@ def build_lm(size: str, tokenizer, context_length: int, args: dict) -> tuple[nn.
     vocabulary and special tokens from ``tokenizer``; call under a seeded RNG."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    shape = {**PRESETS[size], "num_key_value_heads": PRESETS[size]["num_attention_heads"]}
+    shape = {**PRESETS[size], **args}
+    shape.setdefault("num_key_value_heads", shape["num_attention_heads"])  # plain multi-head attention
     known = LlamaConfig().to_dict()
     for key in args:
         if key not in known:
@@ -115,7 +116,7 @@ def build_lm(size: str, tokenizer, context_length: int, args: dict) -> tuple[nn.
         bos_token_id=separator,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **{**shape, **args},
+        **shape,
     )
     with quiet():
         model = LlamaForCausalLM(config).float()
@@ -124,7 +125,7 @@ def build_lm(size: str, tokenizer, context_length: int, args: dict) -> tuple[nn.
         eos_token_id=[tokenizer.eos_token_id, separator],  # end of turn, end of document
         pad_token_id=tokenizer.pad_token_id,
     )
-    return model, {"preset": size, "config": {**shape, **args}}
+    return model, {"preset": size, "config": shape}
 
 
 def lora_targets(model: nn.Module, given: list[str] | None) -> list[str]:

@@ -1,0 +1,52 @@
+"""``modelcycle lm merge``: fold a LoRA adapter into its base model's weights, giving a plain
+language-model package that needs neither peft nor the base folder to run.
+
+A LoRA SFT run keeps its adapter alone in ``model/adapter/`` (a few hundred kilobytes) beside
+the merged model; merge rebuilds the merged model from the adapter and any copy of the base
+(``--base``, or the folder named in adapter_config.json), so the adapter is what one ships.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelcycle import runs
+from modelcycle.errors import UserError
+from modelcycle.lm.model import ADAPTER, merge_adapter, package_writer
+
+
+def adapter_folder(source: Path) -> Path:
+    for folder in (source, source / ADAPTER, source / "model" / ADAPTER):
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    raise UserError(
+        f"{source} holds no LoRA adapter (adapter_config.json, nor adapter/ or model/adapter/); "
+        "pass a run trained with lora.r=8 (or its model/ package, or a peft adapter folder)"
+    )
+
+
+def merge(source: str | Path, out: str | Path, base: str | Path | None = None) -> dict:
+    """Write ``out`` as a plain LM package: base weights + the adapter's update; returns its manifest."""
+    from transformers import AutoTokenizer
+
+    source, out = Path(source), Path(out)
+    adapter = adapter_folder(source)
+    package = adapter.parent if adapter.name == ADAPTER else adapter
+    manifest = runs.read_manifest(package) if (package / runs.MANIFEST).is_file() else {}
+    model = merge_adapter(adapter, base=base)
+    tokenizer_from = package if (package / "tokenizer_config.json").is_file() else adapter
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
+    tuning = {**manifest.get("fine_tuning", {}), "adapter": None, "merged_from": str(adapter.resolve())}
+    record = {
+        "task": manifest.get("task", "sft"),
+        "backend": "transformers",
+        "layout": "transformers",
+        "architecture": manifest.get("architecture", {"class": type(model).__name__}),
+        "lm": manifest.get("lm", {}),
+        "fine_tuning": tuning,
+        "metrics": manifest.get("metrics", {}),
+        "source_run": manifest.get("source_run"),
+        "source_package": str(package.resolve()),
+    }
+    package_writer(model, tokenizer, None)(out, model.state_dict(), record)
+    return runs.read_manifest(out)

@@ -1,0 +1,71 @@
+"""Shared, module-scoped pieces of the language-model tests: the pydocs data, a small tokenizer
+trained on it, a pretraining run and an SFT run from it, all at a size that trains in seconds on
+two cores (a 2-layer, width-64 Llama; the real recipes use the `tiny` preset)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lm_setup import lm_overrides, sft_overrides, write_jsonl
+
+import modelcycle
+from modelcycle.config import load_config
+from modelcycle.data.pydocs import write_pydocs
+from modelcycle.lm.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Two cores shared with other processes: one thread keeps OpenMP from spinning against them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def pydocs(tmp_path_factory) -> Path:
+    """The real pydocs files, plus small slices (``small-*``) the test runs train on."""
+    root = tmp_path_factory.mktemp("pydocs")
+    write_pydocs(root)
+    documents = (root / "corpus.txt").read_text().split("\n\n")
+    (root / "small-corpus.txt").write_text("\n\n".join(documents[:25]))
+    for split, count in (("train", 160), ("val", 24)):  # first sentences: answers the small model can finish
+        rows = [json.loads(line) for line in (root / f"sft-{split}.jsonl").read_text().splitlines()[:count]]
+        for row in rows:
+            row["messages"][1]["content"] = row["messages"][1]["content"].split(". ")[0].rstrip(".") + "."
+        write_jsonl(root / f"small-sft-{split}.jsonl", rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(pydocs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer([pydocs / "corpus.txt"], 2000, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pretrained(pydocs, tokenizer_dir, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("lm-runs")
+    samples = ["lm.sample_every=20", "lm.sample_prompts=[The for statement]", "lm.sample_tokens=8"]
+    config = load_config(None, lm_overrides(pydocs, tokenizer_dir, runs, "pretrain", *samples))
+    return modelcycle.train(config, progress=False).path
+
+
+@pytest.fixture(scope="session")
+def fine_tuned(pydocs, pretrained, tmp_path_factory) -> Path:
+    runs = tmp_path_factory.mktemp("sft-runs")
+    config = load_config(None, sft_overrides(pydocs, pretrained, runs, "sft"))
+    return modelcycle.train(config, progress=False).path
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer(pydocs, tmp_path_factory) -> Path:
+    """A tokenizer with more tokens than the runs' models embed."""
+    out = tmp_path_factory.mktemp("tok-big")
+    train_tokenizer([pydocs / "corpus.txt"], 2400, out)
+    return out
