@@ -164,9 +164,9 @@ def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, back
 
 def _task(run: str | Path | Run) -> str:
     path = Path(run.path if isinstance(run, Run) else run)
-    if not (path / runs.MANIFEST).is_file() and not (path / "model" / runs.MANIFEST).is_file():
-        if (path / "config.json").is_file():  # a plain Hugging Face folder (a downloaded Qwen, say)
-            return "lm"
+    ours = (path / runs.MANIFEST).is_file() or (path / "model" / runs.MANIFEST).is_file()
+    if not ours and (path / "config.json").is_file():  # a plain Hugging Face folder (a downloaded Qwen, say)
+        return "lm"
     return runs.read_manifest(path).get("task", "classify")
 
 

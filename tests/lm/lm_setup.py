@@ -44,7 +44,7 @@ def sft_overrides(pydocs: Path, base: Path, runs: Path, name: str, *more: str) -
         f"lm.train_files=[{pydocs / 'small-sft-train.jsonl'}]",
         f"lm.val_files=[{pydocs / 'small-sft-val.jsonl'}]",
         "lm.eval_samples=4",
-        "lm.eval_tokens=100",
+        "lm.eval_tokens=24",
         "train.epochs=3",
         "train.batch_size=8",
         "train.lr=0.003",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from lm_setup import write_jsonl
 from transformers import AutoTokenizer
 
 from helpers import assert_mentions, assert_user_error, run_cli
-from lm_setup import write_jsonl
 from modelcycle.config import load_config
 from modelcycle.data.lm_data import IGNORE, encode_chats, encode_conversation, read_conversations, read_documents
 from modelcycle.data.pydocs import write_pydocs

@@ -238,7 +238,10 @@ class PadBatch:
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         longest = max(len(r["input_ids"]) for r in rows)
         if all(len(r["input_ids"]) == longest for r in rows):  # packed pretraining: nothing to pad or mask
-            return {"input_ids": torch.stack([r["input_ids"] for r in rows]), "labels": torch.stack([r["labels"] for r in rows])}
+            return {
+                "input_ids": torch.stack([r["input_ids"] for r in rows]),
+                "labels": torch.stack([r["labels"] for r in rows]),
+            }
         batch = {
             "input_ids": torch.full((len(rows), longest), self.pad_id, dtype=torch.long),
             "labels": torch.full((len(rows), longest), IGNORE, dtype=torch.long),
@@ -270,4 +273,3 @@ def lm_loader(
         collate_fn=PadBatch(pad_id),
         generator=torch.Generator().manual_seed(seed),
     )
-

@@ -16,8 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modelcycle.data.lm_data import chat_rows, is_chat_file, lm_loader, pack, packed_rows, read_conversations
-from modelcycle.data.lm_data import token_stream
+from modelcycle.data.lm_data import (
+    chat_rows,
+    is_chat_file,
+    lm_loader,
+    pack,
+    packed_rows,
+    read_conversations,
+    token_stream,
+)
 from modelcycle.errors import UserError
 from modelcycle.lm.model import greedy_generate, load_lm
 from modelcycle.progress import progress_bar
@@ -134,7 +141,9 @@ def quality_gates(pretrain: str | Path, sft: str | Path) -> list[dict]:
     end-of-turn token (at least 80 % of the sample answers)."""
     text = evaluate_lm(pretrain, report=False)
     if "bigram_perplexity" not in text:
-        raise UserError(f"{pretrain} is not a pretraining run on text files; pass the run `modelcycle lm pretrain` made")
+        raise UserError(
+            f"{pretrain} is not a pretraining run on text files; pass the run `modelcycle lm pretrain` made"
+        )
     tuned = evaluate_lm(sft, report=False)
     if tuned["answer_loss"] is None:
         raise UserError(f"{sft} holds no held-out conversations (lm.val_files); pass an SFT run")

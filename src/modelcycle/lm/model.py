@@ -12,6 +12,7 @@ which ``modelcycle lm merge`` folds into any copy of the base.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,7 +80,8 @@ def merge_adapter(adapter: Path, dtype: torch.dtype = torch.float32, base: str |
             f"{adapter}/adapter_config.json names the base model {base!r}, which is not a folder here; "
             "pass --base FOLDER (the model the adapter was trained on)"
         )
-    with quiet():
+    with quiet(), warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         model = AutoModelForCausalLM.from_pretrained(model_folder(base), local_files_only=True, dtype=dtype)
         model = PeftModel.from_pretrained(model, adapter)
     return model.merge_and_unload()

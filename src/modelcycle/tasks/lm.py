@@ -25,8 +25,15 @@ from modelcycle.data.lm_data import IGNORE, lm_loader, pack, packed_rows, token_
 from modelcycle.engine import distributed
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.errors import ConfigError
-from modelcycle.lm.model import build_lm, check_vocabulary, greedy_generate, load_lm, lora_targets
-from modelcycle.lm.model import model_folder, package_writer
+from modelcycle.lm.model import (
+    build_lm,
+    check_vocabulary,
+    greedy_generate,
+    load_lm,
+    lora_targets,
+    model_folder,
+    package_writer,
+)
 from modelcycle.progress import info
 
 
@@ -113,7 +120,9 @@ def prepare_model(config: Config) -> LMModel:
         record = {"name": str(source), "folder": str(base.resolve())}
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and lm.context_length > limit:
-        raise ConfigError(f"lm.context_length={lm.context_length}, but the model reads at most {limit} tokens; lower it")
+        raise ConfigError(
+            f"lm.context_length={lm.context_length}, but the model reads at most {limit} tokens; lower it"
+        )
     record |= {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())}
     given = list(cfg.lora.target_modules) if "target_modules" in cfg.lora.model_fields_set else None
     targets = lora_targets(model, given) if cfg.lora.r else None
@@ -198,7 +207,10 @@ class SampleLog(Callback):
         if step % self.every or not distributed.is_main():
             return
         answers = greedy_generate(trainer.model, self.tokenizer, self.prompts, self.tokens)
-        lines = [{"step": step, "prompt": p, "text": text, "ended": ended} for p, (text, ended) in zip(self.shown, answers, strict=True)]
+        lines = [
+            {"step": step, "prompt": p, "text": text, "ended": ended}
+            for p, (text, ended) in zip(self.shown, answers, strict=True)
+        ]
         if trainer.run_dir is not None:
             with open(trainer.run_dir / "samples.jsonl", "a") as handle:
                 handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
@@ -207,4 +219,3 @@ class SampleLog(Callback):
         if any(isinstance(cb, ProgressDisplay) for cb in trainer.callbacks):  # progress=False: quiet
             for line in lines:
                 info(f"  step {step}: {line['prompt']} -> {' '.join(line['text'].split())[:120]}")
-
