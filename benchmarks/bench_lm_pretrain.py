@@ -1,0 +1,182 @@
+"""Language models: pretraining throughput against a hand-written PyTorch loop, and LoRA against
+full fine-tuning.
+
+1. Tokens per second: `modelcycle` pretraining (run.task=lm: the engine, its sampler, the
+   summed next-token loss, checkpoints at epoch end only) against a hand-written loop over the
+   same Hugging Face model (the same Llama preset, built by the same function with the same
+   seed), the same packed pydocs batches, batch size, sequence length and AdamW settings:
+   ``loss = model(input_ids, labels=input_ids).loss; loss.backward(); opt.step()``. modelcycle's
+   figure comes from its own log windows (``samples_per_s`` x length), which leave out set-up,
+   validation and the checkpoint; the rounds alternate so load spikes hit both sides.
+   Target: modelcycle >= 0.97 x the hand-written loop.
+2. LoRA r=8 (q_proj/v_proj) against full fine-tuning, SFT from the pretrained model: trainable
+   parameters, and the peak resident memory (RSS, ``ru_maxrss``) of a fresh process that
+   trains a few steps, with the same process's RSS after imports shown for reference. RSS
+   counts everything (Python, torch, the data), so the difference is what LoRA saves: gradients
+   and AdamW state for the frozen weights.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+
+import common
+
+REPO = common.REPO
+
+
+def prepare(root: Path) -> tuple[Path, Path]:
+    from modelcycle.data.pydocs import write_pydocs
+    from modelcycle.lm.tokenizer import train_tokenizer
+
+    write_pydocs(root / "pydocs")
+    train_tokenizer([root / "pydocs" / "corpus.txt"], 4000, root / "tok")
+    return root / "pydocs", root / "tok"
+
+
+def recipe(root: Path, data: Path, tok: Path, args) -> list[str]:
+    return [
+        "run.task=lm",
+        f"run.dir={root / 'runs'}",
+        "model.name=llama",
+        f"lm.size={args.size}",
+        f"lm.tokenizer={tok}",
+        f"lm.context_length={args.length}",
+        f"lm.train_files=[{data / 'corpus.txt'}]",
+        f"train.epochs={args.epochs}",
+        f"train.batch_size={args.batch}",
+        "train.lr=0.001",
+        "train.schedule=none",
+        "train.monitor=train_loss",
+        "train.log_every=8",
+        "train.device=cpu",
+    ]
+
+
+def modelcycle_rate(root: Path, overrides: list[str], name: str, length: int) -> float:
+    """Tokens/s over modelcycle's log windows after the first (warm-up) one."""
+    from modelcycle import load_config, train
+    from modelcycle.engine.loggers import MetricsLog
+
+    train(load_config(None, [*overrides, f"run.name={name}"]), progress=False, overwrite=True)
+    windows = [m for m in MetricsLog(root / "runs" / name / "metrics.jsonl").read() if "samples_per_s" in m]
+    return common.median([m["samples_per_s"] * length for m in windows[1:] or windows])
+
+
+def hand_rate(data: Path, tok: Path, args) -> float:
+    """The same model, batches and optimizer in the plainest PyTorch loop."""
+    import torch
+
+    from modelcycle.data.lm_data import pack, token_stream
+    from modelcycle.lm.model import build_lm
+    from modelcycle.lm.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tok)
+    torch.manual_seed(0)
+    model, _ = build_lm(args.size, tokenizer, args.length, {})
+    model.train()
+    sequences = pack(token_stream([str(data / "corpus.txt")], tokenizer), args.length, "corpus")
+    order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.001, weight_decay=0.0)
+    steps = args.epochs * (len(sequences) // args.batch)
+    warm, start = 8, 0.0
+    for step in range(steps):
+        if step == warm:
+            start = time.perf_counter()
+        ids = sequences[order[(step * args.batch) % len(sequences) :][: args.batch]]
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return (steps - warm) * args.batch * args.length / (time.perf_counter() - start)
+
+
+def _sft_child(overrides: list[str], queue) -> None:
+    import torch
+
+    torch.set_num_threads(int(overrides.pop()))
+    from modelcycle import load_config, train
+    from modelcycle.runs import read_manifest
+
+    idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    run = train(load_config(None, overrides), progress=False, overwrite=True)
+    tuning = read_manifest(run.path)["fine_tuning"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    queue.put((tuning["trainable"], tuning["total"], idle, peak, time.perf_counter() - start))
+
+
+def lora_rows(root: Path, data: Path, base: Path, args) -> list[list]:
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for label, extra in (("full fine-tuning", ["train.lr=0.0005"]), ("LoRA r=8", ["lora.r=8", "train.lr=0.003"])):
+        overrides = [
+            "run.task=sft",
+            f"run.dir={root / 'runs'}",
+            f"run.name=sft-{label.split()[0]}",
+            f"model.init_from={base}",
+            f"lm.context_length={args.length}",
+            f"lm.train_files=[{data / 'sft-train.jsonl'}]",
+            "train.epochs=1",
+            f"train.batch_size={args.batch}",
+            "train.monitor=train_loss",
+            "train.device=cpu",
+            *extra,
+            str(args.threads),
+        ]
+        queue = context.Queue()
+        child = context.Process(target=_sft_child, args=(overrides, queue))
+        child.start()
+        trainable, total, idle, peak, seconds = queue.get()
+        child.join()
+        rows.append([label, trainable, total, trainable / total, idle, peak, seconds])
+    return rows
+
+
+def main() -> None:
+    parser = common.make_parser(__doc__.split("\n")[0], "a short run: one epoch (33 steps), one round")
+    parser.add_argument("--size", default="tiny", help="lm.size preset of the model")
+    parser.add_argument("--length", type=int, default=256, help="sequence length (lm.context_length)")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per step")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the pydocs corpus per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
+    args = parser.parse_args()
+    common.quick_default(args, "epochs", 1)
+    common.quick_default(args, "rounds", 1)
+    threads = common.set_threads(args.threads)
+    common.console.print(common.environment_line(threads))
+    with common.temp_dir("lm", args.workdir, args.keep) as root:
+        data, tok = prepare(root)
+        overrides = recipe(root, data, tok, args)
+        names = iter(range(1000))
+        rates = common.alternate(
+            {
+                "modelcycle": lambda: modelcycle_rate(root, overrides, f"tp-{next(names)}", args.length),
+                "hand-written loop": lambda: hand_rate(data, tok, args),
+            },
+            args.rounds,
+        )
+        ours, theirs = common.median(rates["modelcycle"]), common.median(rates["hand-written loop"])
+        common.print_table(
+            f"pretraining tokens/s: {args.size} Llama, batch {args.batch} x {args.length} tokens, {args.epochs} epochs",
+            ["loop", "tokens/s (median)", "rounds (min..max)", "ratio"],
+            [
+                ["modelcycle lm pretrain", ours, common.spread(rates["modelcycle"]), common.ratio(ours, theirs)],
+                ["hand-written PyTorch loop", theirs, common.spread(rates["hand-written loop"]), 1.0],
+            ],
+        )
+        common.verdict(ours >= 0.97 * theirs, f"modelcycle at {common.ratio(ours, theirs):.3f} x (target >= 0.97)")
+        rows = lora_rows(root, data, root / "runs" / "tp-0", args)
+        common.print_table(
+            "SFT from the pretrained model, one epoch of pydocs instructions: LoRA against full fine-tuning",
+            ["method", "trainable", "total", "share", "RSS after imports MB", "peak RSS MB", "seconds"],
+            rows,
+            note="peak RSS: ru_maxrss of a fresh process that trained the epoch (CPU)",
+        )
+
+
+if __name__ == "__main__":
+    main()
