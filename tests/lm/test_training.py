@@ -104,3 +104,10 @@ def test_interrupted_pretraining_resumes_bit_identical(pydocs, tokenizer_dir, tm
     a, b = load_file(straight / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert "resumed from step=7" in (resumed / "events.log").read_text()
+
+
+def test_gates_command_reports_each_gate_and_fails_when_one_does(pretrained, fine_tuned):
+    result = run_cli("lm", "gates", pretrained, fine_tuned, "--json")
+    gates = json.loads(result.stdout)
+    assert len(gates) == 3 and gates[0]["passed"] and gates[1]["passed"], gates
+    assert result.returncode == (0 if all(g["passed"] for g in gates) else 1), result.stderr
