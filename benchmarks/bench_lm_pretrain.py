@@ -110,6 +110,10 @@ def _sft_child(overrides: list[str], queue) -> None:
 
 
 def lora_rows(root: Path, data: Path, base: Path, args) -> list[list]:
+    chats = data / "sft-train.jsonl"
+    if args.quick:  # 80 conversations: the memory figures need a few steps, not the whole epoch
+        (data / "sft-quick.jsonl").write_text("".join(chats.read_text().splitlines(keepends=True)[:80]))
+        chats = data / "sft-quick.jsonl"
     rows = []
     context = multiprocessing.get_context("spawn")
     for label, extra in (("full fine-tuning", ["train.lr=0.0005"]), ("LoRA r=8", ["lora.r=8", "train.lr=0.003"])):
@@ -119,7 +123,7 @@ def lora_rows(root: Path, data: Path, base: Path, args) -> list[list]:
             f"run.name=sft-{label.split()[0]}",
             f"model.init_from={base}",
             f"lm.context_length={args.length}",
-            f"lm.train_files=[{data / 'sft-train.jsonl'}]",
+            f"lm.train_files=[{chats}]",
             "train.epochs=1",
             f"train.batch_size={args.batch}",
             "train.monitor=train_loss",
@@ -171,7 +175,7 @@ def main() -> None:
         common.verdict(ours >= 0.97 * theirs, f"modelcycle at {common.ratio(ours, theirs):.3f} x (target >= 0.97)")
         rows = lora_rows(root, data, root / "runs" / "tp-0", args)
         common.print_table(
-            "SFT from the pretrained model, one epoch of pydocs instructions: LoRA against full fine-tuning",
+            "SFT from the pretrained model, one epoch of pydocs instructions (80 with --quick): LoRA against full",
             ["method", "trainable", "total", "share", "RSS after imports MB", "peak RSS MB", "seconds"],
             rows,
             note="peak RSS: ru_maxrss of a fresh process that trained the epoch (CPU)",
