@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import time
@@ -100,13 +101,21 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6000, help="requests per server run")
     parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per in-process throughput round")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="a folder kept by an earlier run's --keep: serve its model and data instead of training again",
+    )
     args = parser.parse_args()
     for name, value in (("epochs", 1), ("requests", 1000), ("seconds", 1.0)):
         common.quick_default(args, name, value)
     threads = common.set_threads(args.threads)
     common.console.print(common.environment_line(threads), style="dim")
-    with common.temp_dir("serve", args.workdir, args.keep) as root:
-        run = build_model(root, args.epochs)
+    with (
+        contextlib.nullcontext(args.reuse) if args.reuse else common.temp_dir("serve", args.workdir, args.keep) as root
+    ):
+        run = root / "runs" / "resnet18" if args.reuse else build_model(root, args.epochs)
         items = PreparedData.open(root / "data").split("val")
         predictor = load_predictor(run, "onnx")
         batch = preprocess(predictor.manifest, items[:32]).numpy()
