@@ -189,7 +189,7 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
 
     @app.get("/v2/health/ready", tags=["v2"], response_model=schemas.Ready)
     async def ready() -> JSONResponse:
-        ok = all(b.task is not None and not b.task.done() for b in state.batchers.values())
+        ok = all(b.running for b in state.batchers.values())
         # the Open Inference Protocol: 200 means ready, a 4xx not ready (probes read only the code)
         return JSONResponse({"ready": ok}, 200 if ok else 400)
 
