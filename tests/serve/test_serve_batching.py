@@ -112,14 +112,15 @@ def test_the_model_thread_takes_batches_while_the_event_loop_is_busy():
         batcher.start()
         images = [np.full((1, 1, 2, 2), float(i), np.float32) for i in range(12)]
         pending = asyncio.gather(*(batcher.submit(image) for image in images))
-        await asyncio.sleep(0.05)  # the requests are queued
-        done_before = len(model.batches)
-        time.sleep(0.5)  # the event loop is blocked: no callback of ours runs meanwhile
-        done_during = len(model.batches) - done_before
+        await asyncio.sleep(0)  # each submit queues its image
+        deadline = time.monotonic() + 10
+        while len(model.batches) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocks the event loop: no callback of ours runs meanwhile
+        batches_while_blocked = len(model.batches)
         answers = await pending
         await batcher.stop()
-        return images, answers, done_during
+        return images, answers, batches_while_blocked
 
-    images, answers, done_during = run(main())
-    assert done_during >= 1 and sum(model.batches) == 12
+    images, answers, batches_while_blocked = run(main())
+    assert batches_while_blocked >= 3 and sum(model.batches) == 12  # 12 images, at most 4 a batch
     assert [a[0, 0] for a in answers] == [i[0, 0, 0, 0] for i in images]

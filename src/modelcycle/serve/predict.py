@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from modelcycle.config import ServeSection
@@ -163,7 +164,10 @@ async def _read_images(request: Request, cfg: ServeSection) -> tuple[list[bytes]
     """The image files of a /v1/predict body, JSON or multipart."""
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        form = await request.form(max_files=cfg.max_images, max_fields=cfg.max_images)
+        try:
+            form = await request.form(max_files=cfg.max_images, max_fields=cfg.max_images)
+        except MultiPartException as exc:  # a FastAPI route gets this 400 from Starlette's app scope
+            raise HTTPException(400, f"the multipart body cannot be read: {exc.message}") from None
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
         if not files:
             raise HTTPException(400, "the multipart body has no file; send images as 'files' file fields")
