@@ -3,7 +3,9 @@
 The script trains resnet18 on the bundled digits (16 px), exports it to ONNX, and in this one
 process:
 
-1. measures the model's own batched throughput (ONNX Runtime, batch 32, in-process): the limit;
+1. measures the model's own batched throughput (ONNX Runtime, batch 32, in-process): the limit,
+   right before and right after the batched server run (their mean), as other work on the
+   machine moves both sides alike;
 2. starts `modelcycle serve --backend onnx` on 127.0.0.1 and sends a fixed number of requests
    (one PNG each, JSON base64) from 64 concurrent keep-alive connections: images per second,
    p50/p99 latency and errors, with dynamic batching on (max batch 32) and off (max batch 1).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import time
@@ -31,6 +34,7 @@ from modelcycle.evaluation.inference import preprocess
 from modelcycle.evaluation.speed import throughput
 from modelcycle.export.export import export
 from modelcycle.export.runtime import load_predictor
+from modelcycle.runs import read_manifest
 from modelcycle.serve.process import ServerProcess
 
 TARGET = 0.8
@@ -88,6 +92,12 @@ async def load(url: str, bodies: list[bytes], total: int, clients: int) -> dict:
     }
 
 
+def model_limit(run: Path, batch: np.ndarray, seconds: float) -> float:
+    """Images/s of the ONNX model called in-process at batch 32 (the predictor and its threads
+    are gone afterwards, so they never compete with the server)."""
+    return throughput(load_predictor(run, "onnx"), batch, seconds)
+
+
 def serve_and_load(run: Path, settings: list[str], bodies: list[bytes], args) -> dict:
     with ServerProcess([run], "--backend", "onnx", *settings) as server:
         asyncio.run(load(server.url, bodies, min(args.requests // 5, 500), args.clients))  # warm-up
@@ -100,20 +110,31 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6000, help="requests per server run")
     parser.add_argument("--clients", type=int, default=64, help="concurrent connections")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per in-process throughput round")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="a folder kept by an earlier run's --keep: serve its model and data instead of training again",
+    )
     args = parser.parse_args()
     for name, value in (("epochs", 1), ("requests", 1000), ("seconds", 1.0)):
         common.quick_default(args, name, value)
     threads = common.set_threads(args.threads)
     common.console.print(common.environment_line(threads), style="dim")
-    with common.temp_dir("serve", args.workdir, args.keep) as root:
-        run = build_model(root, args.epochs)
+    busy = os.getloadavg()[0]  # before anything of ours runs
+    with (
+        contextlib.nullcontext(args.reuse) if args.reuse else common.temp_dir("serve", args.workdir, args.keep) as root
+    ):
+        run = root / "runs" / "resnet18" if args.reuse else build_model(root, args.epochs)
         items = PreparedData.open(root / "data").split("val")
-        predictor = load_predictor(run, "onnx")
-        batch = preprocess(predictor.manifest, items[:32]).numpy()
-        limit = throughput(predictor, batch, args.seconds)
-        del predictor  # its threads would compete with the server's
+        batch = preprocess(read_manifest(run), items[:32]).numpy()
         bodies = [json.dumps({"images": [base64.b64encode(p.read_bytes()).decode()]}).encode() for p, _ in items]
+        # the limit right before and right after the batched server run, so that a change in the
+        # machine's load during the run moves both sides of the ratio
+        before = model_limit(run, batch, args.seconds)
         batched = serve_and_load(run, ["serve.max_batch_size=32", "serve.max_queue=1024"], bodies, args)
+        after = model_limit(run, batch, args.seconds)
+        limit = (before + after) / 2
         unbatched = serve_and_load(run, ["serve.max_batch_size=1", "serve.max_queue=1024"], bodies, args)
 
     rows = [["model in-process, ONNX Runtime batch 32 (the limit)", limit, "-", "-", "-", "1.00x"]]
@@ -123,10 +144,19 @@ def main() -> None:
         f"Serving resnet18 (digits 16 px, ONNX Runtime) to {args.clients} concurrent clients on 127.0.0.1",
         ["", "images/s", "p50 ms", "p99 ms", "errors", "of the limit"],
         rows,
-        note=f"{args.requests:,} requests of one PNG each (JSON base64) per server run after a warm-up; "
+        note=f"{args.requests:,} requests of one PNG each (JSON base64) per server run after a warm-up; the limit is "
+        f"the mean of {before:,.0f} and {after:,.0f} img/s, measured right before and after the batched run; "
         f"batching buys {batched['rate'] / unbatched['rate']:.2f}x. Server and load generator share the "
         f"{os.cpu_count()} cores.",
     )
+    if busy > 0.5 * (os.cpu_count() or 1):
+        # the scheduler shares the cores among the runnable threads of every job, and the server has
+        # more of them than the in-process call: the ratio then says little about an idle machine
+        common.console.print(
+            f"WARNING: the machine was busy (load average {busy:.1f} on {os.cpu_count()} cores) before this "
+            "script started: the ratios above are not the idle-machine figures",
+            style="bold yellow",
+        )
     common.verdict(
         batched["rate"] >= TARGET * limit,
         f"served {batched['rate']:,.0f} img/s = {batched['rate'] / limit:.2f}x the model's batched throughput "

@@ -74,7 +74,7 @@ def test_a_full_queue_refuses_whole_requests_and_a_model_error_reaches_only_its_
             await batcher.submit(np.zeros((4, 1, 2, 2), np.float32))
         with pytest.raises(RuntimeError, match="model broke"):
             await batcher.submit(np.zeros((2, 1, 2, 2), np.float32))
-        alive = not batcher.task.done()
+        alive = batcher.running
         await batcher.stop()
         return full.value.retry_after_s, alive
 
@@ -101,3 +101,26 @@ def test_sigterm_lets_in_flight_requests_finish(trained, images):
     assert code == -signal.SIGTERM and "in-flight requests answered" in server.log
     with pytest.raises(httpx.ConnectError):  # and it takes no new ones
         httpx.get(server.url + "/v2/health/live", timeout=2)
+
+
+def test_the_model_thread_takes_batches_while_the_event_loop_is_busy():
+    """Batches are formed on the model thread, so a busy event loop does not leave the model idle."""
+    model = RecordingModel(seconds=0.02)
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=4, max_delay_ms=0, max_queue=100)
+        batcher.start()
+        images = [np.full((1, 1, 2, 2), float(i), np.float32) for i in range(12)]
+        pending = asyncio.gather(*(batcher.submit(image) for image in images))
+        await asyncio.sleep(0)  # each submit queues its image
+        deadline = time.monotonic() + 10
+        while len(model.batches) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocks the event loop: no callback of ours runs meanwhile
+        batches_while_blocked = len(model.batches)
+        answers = await pending
+        await batcher.stop()
+        return images, answers, batches_while_blocked
+
+    images, answers, batches_while_blocked = run(main())
+    assert batches_while_blocked >= 3 and sum(model.batches) == 12  # 12 images, at most 4 a batch
+    assert [a[0, 0] for a in answers] == [i[0, 0, 0, 0] for i in images]

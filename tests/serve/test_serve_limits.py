@@ -111,6 +111,8 @@ def test_wrong_content_types_and_methods(strict):
     assert error_of(httpx.get(strict.url + "/v1/predict", headers=headers), 405)
     empty_form = httpx.post(strict.url + "/v1/predict", data={"a": "b"}, files={}, headers=headers)
     assert error_of(empty_form, 415 if "urlencoded" in empty_form.request.headers["content-type"] else 400)
+    no_boundary = {**headers, "content-type": "multipart/form-data"}
+    assert "boundary" in error_of(httpx.post(strict.url + "/v1/predict", content=b"x", headers=no_boundary), 400)
 
 
 def test_bad_v2_tensors(strict):

@@ -8,9 +8,6 @@ means a bug or an overload (503 + Retry-After), never bad input.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import logging
 import os
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
@@ -22,68 +19,55 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelcycle.config import ServeSection
 from modelcycle.errors import DataError
 from modelcycle.progress import info
-from modelcycle.serve import schemas
+from modelcycle.serve import replies, schemas
 from modelcycle.serve.auth import require_key
 from modelcycle.serve.batching import DynamicBatcher, QueueFull
 from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
 from modelcycle.serve.models import ServedModel
 from modelcycle.serve.pool import DecodePool
+from modelcycle.serve.predict import PredictEndpoint, b64decode, check_count, openapi_operation, softmax
 
-log = logging.getLogger("modelcycle.serve")
 STATIC = Path(__file__).parent / "static"
-ERRORS = {
-    code: {"model": schemas.ErrorResponse, "description": text}
-    for code, text in {
-        400: "An image or tensor could not be used (the message says which and why).",
-        401: "Missing or wrong API key.",
-        404: "No model of that name or version.",
-        408: "The request body arrived too slowly.",
-        413: "Body, image count or image size over a limit.",
-        415: "Body is neither JSON nor multipart/form-data.",
-        422: "The body does not match the schema.",
-        503: "The model's queue is full; retry after the Retry-After header's seconds.",
-        504: "The model did not answer within serve.request_timeout_s.",
-    }.items()
+ERRORS_TEXT = {
+    400: "An image or tensor could not be used (the message says which and why).",
+    401: "Missing or wrong API key.",
+    404: "No model of that name or version.",
+    408: "The request body arrived too slowly.",
+    413: "Body, image count or image size over a limit.",
+    415: "Body is neither JSON nor multipart/form-data.",
+    422: "The body does not match the schema.",
+    503: "The model's queue is full; retry after the Retry-After header's seconds.",
+    504: "The model did not answer within serve.request_timeout_s.",
 }
-PREDICT_BODY = {
-    "parameters": [
-        {
-            "name": "model",
-            "in": "query",
-            "required": False,
-            "description": "Model name (default: the first one served).",
-            "schema": {"type": "string"},
-        },
-        {
-            "name": "topk",
-            "in": "query",
-            "required": False,
-            "description": "Classes per image (default serve.topk).",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-        },
-    ],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": schemas.PredictRequest.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                }
-            },
-        },
-    },
-}
+ERRORS = {code: {"model": schemas.ErrorResponse, "description": text} for code, text in ERRORS_TEXT.items()}
+
+
+class ServeApp(FastAPI):
+    """FastAPI with ``fast_routes``: paths answered by a plain ASGI app (wrapped in the same body
+    limits and metrics), skipping FastAPI's per-request machinery; their OpenAPI operations are
+    added to the spec by hand."""
+
+    fast_routes: dict[str, tuple[object, dict, dict]]  # path: (ASGI app, POST operation, schemas)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and (fast := self.fast_routes.get(scope["path"])) is not None:
+            return await fast[0](scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict:
+        if self.openapi_schema is None:
+            spec = super().openapi()
+            for path, (_, operation, components) in self.fast_routes.items():
+                spec["paths"][path] = {"post": operation}
+                spec.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            self.openapi_schema = spec
+        return self.openapi_schema
 
 
 class ServeState:
@@ -138,26 +122,6 @@ class ServeState:
         return out
 
 
-def check_count(count: int, cfg: ServeSection) -> None:
-    """Before any decoding: a request over the limit costs nothing."""
-    if count > cfg.max_images:
-        raise HTTPException(413, f"{count} images in one request; the limit is {cfg.max_images}")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def b64decode(text: str, what: str) -> bytes:
-    if text.startswith("data:"):  # what FileReader.readAsDataURL gives a browser
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise HTTPException(400, f"{what} is not valid base64") from None
-
-
 def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None) -> FastAPI:
     metrics = ServeMetrics()
     state = ServeState(models, cfg, metrics)
@@ -174,7 +138,7 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
         state.decode_pool.shutdown()
         info("server stopped: in-flight requests answered")
 
-    app = FastAPI(
+    app = ServeApp(
         title="modelcycle serve",
         version=package_version("modelcycle"),
         description="Image classification: `/v1/predict` (JSON or multipart) and the Open Inference Protocol "
@@ -184,8 +148,11 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
         redoc_url=None,
     )
     app.state.serve = state
-    app.add_middleware(BodyLimits, max_bytes=int(cfg.max_body_mb * 1e6), timeout_s=cfg.body_timeout_s)
+    limits = {"max_bytes": int(cfg.max_body_mb * 1e6), "timeout_s": cfg.body_timeout_s}
+    app.add_middleware(BodyLimits, **limits)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    predict = MetricsMiddleware(BodyLimits(PredictEndpoint(state, api_key), **limits), metrics)
+    app.fast_routes = {"/v1/predict": (predict, *openapi_operation(ERRORS_TEXT, api_key is not None))}
     _error_handlers(app)
     _docs_routes(app)
 
@@ -212,30 +179,6 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
             ]
         }
 
-    @app.post(
-        "/v1/predict",
-        tags=["v1"],
-        summary="Classify images sent as JSON base64 or as multipart files",
-        response_model=schemas.PredictResponse,
-        responses=ERRORS,
-        openapi_extra=PREDICT_BODY,
-        dependencies=auth,
-    )
-    async def predict(request: Request) -> JSONResponse:
-        # query parameters read by hand (declared in PREDICT_BODY for the docs): FastAPI's
-        # per-request parameter solving cost a fifth of the event loop's time per request
-        model, topk = _query(request)
-        served = state.model(model)
-        blobs, body_topk = await _read_images(request, cfg)
-        images = await state.decode(served, blobs)
-        probs = softmax(await state.logits(served, images))
-        k = min(topk or body_topk or cfg.topk, len(served.classes))
-        # a Response skips FastAPI re-validating our own output against response_model (which
-        # still documents it): a sizeable share of the event loop's time per request
-        return JSONResponse(
-            {"model": served.name, "version": served.version, "predictions": _ranked(probs, served.classes, k)}
-        )
-
     @app.get("/v2", tags=["v2"], response_model=schemas.ServerMetadata)
     async def server_metadata() -> dict:
         return {"name": "modelcycle", "version": app.version, "extensions": []}
@@ -246,7 +189,7 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
 
     @app.get("/v2/health/ready", tags=["v2"], response_model=schemas.Ready)
     async def ready() -> JSONResponse:
-        ok = all(b.task is not None and not b.task.done() for b in state.batchers.values())
+        ok = all(b.running for b in state.batchers.values())
         # the Open Inference Protocol: 200 means ready, a 4xx not ready (probes read only the code)
         return JSONResponse({"ready": ok}, 200 if ok else 400)
 
@@ -324,68 +267,18 @@ async def _v2_images(state: ServeState, served: ServedModel, tensor: schemas.Inf
     )
 
 
-def _query(request: Request) -> tuple[str | None, int | None]:
-    params = request.query_params
-    topk = params.get("topk")
-    if topk is not None:
-        if not topk.isdigit() or not 1 <= int(topk) <= 1000:
-            raise HTTPException(422, f"invalid request: topk: must be an integer from 1 to 1000 (got {topk!r})")
-        topk = int(topk)
-    return params.get("model"), topk
-
-
-async def _read_images(request: Request, cfg: ServeSection) -> tuple[list[bytes], int | None]:
-    """The image files of a /v1/predict body, JSON or multipart."""
-    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if kind == "multipart/form-data":
-        form = await request.form(max_files=cfg.max_images, max_fields=cfg.max_images)
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        if not files:
-            raise HTTPException(400, "the multipart body has no file; send images as 'files' file fields")
-        check_count(len(files), cfg)
-        return [await f.read() for f in files], None
-    if kind != "application/json":
-        raise HTTPException(415, f"content type {kind!r}: send application/json or multipart/form-data")
-    raw = await request.body()
-    try:
-        body = schemas.PredictRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
-    check_count(len(body.images), cfg)
-    return [b64decode(text, f"images[{i}]") for i, text in enumerate(body.images)], body.topk
-
-
-def _ranked(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
-    out = []
-    for row in probs:
-        order = np.argsort(-row, kind="stable")[:k]
-        top = [{"label": classes[i], "index": int(i), "probability": float(row[i])} for i in order]
-        out.append({**top[0], "topk": top})
-    return out
-
-
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        message = exc.detail
-        if exc.status_code == 404 and message == "Not Found":
-            message = "no such endpoint; see /docs for the API"
-        elif exc.status_code == 405:
-            message = "method not allowed on this endpoint; see /docs for the API"
-        return JSONResponse({"error": str(message)}, exc.status_code, headers=exc.headers)
+        return replies.http_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors()[:10]:
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"error": "invalid request: " + "; ".join(problems)}, 422)
+        return replies.invalid(exc)
 
     @app.exception_handler(Exception)
     async def bug(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")  # a 500 is always our bug: keep the traceback in the log
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, 500)
+        return replies.bug(exc)
 
 
 def _docs_routes(app: FastAPI) -> None:

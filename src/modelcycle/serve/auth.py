@@ -8,6 +8,7 @@ import os
 
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from modelcycle.errors import UserError
 
@@ -23,16 +24,27 @@ def read_api_key(env: str | None) -> str | None:
     return key.strip()
 
 
+def check_key(given: str, key: str) -> None:
+    """401 unless ``given`` is ``key``."""
+    if not hmac.compare_digest(given.encode(), key.encode()):  # constant time: no timing oracle
+        raise HTTPException(
+            401,
+            "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def check_header(authorization: str | None, key: str) -> None:
+    """:func:`check_key` on a raw Authorization header, read as HTTPBearer reads it (for routes
+    outside FastAPI's dependency machinery)."""
+    scheme, credentials = get_authorization_scheme_param(authorization)
+    check_key(credentials if scheme.lower() == "bearer" else "", key)
+
+
 def require_key(key: str):
     """A FastAPI dependency: 401 unless the Bearer header matches ``key``."""
 
     async def check(credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-        given = credentials.credentials if credentials else ""
-        if not hmac.compare_digest(given.encode(), key.encode()):  # constant time: no timing oracle
-            raise HTTPException(
-                401,
-                "missing or wrong API key; send the header 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        check_key(credentials.credentials if credentials else "", key)
 
     return check
