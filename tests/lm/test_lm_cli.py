@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-
 from typer.testing import CliRunner
 
 from helpers import cli_env
