@@ -131,7 +131,10 @@ def test_bad_requests_are_4xx_json_errors_in_openais_shape(server, body, status,
     assert fragment in error["message"] and error["type"]
 
 
-def test_metrics_count_requests_and_tokens(server):
+def test_metrics_count_requests_and_tokens_and_docs_work_offline(server):
+    docs = httpx.get(server.url + "/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "/v1/chat/completions" in httpx.get(server.url + "/openapi.json").json()["paths"]
     text = httpx.get(server.url + "/metrics").text
     assert 'modelcycle_requests_total{route="/v1/chat/completions",status="200"}' in text
     assert 'modelcycle_lm_tokens_total{kind="completion",model="tiny-chat"}' in text
@@ -154,3 +157,16 @@ def test_sigterm_lets_a_streaming_answer_finish(server, lm):
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == expected(lm, 64).text
     assert server.process.wait(30) == -signal.SIGTERM and "in-flight requests answered" in server.log
+
+
+def test_one_server_serves_either_images_or_language_models(tiny_lm_run, tmp_path):
+    from modelcycle.errors import UserError
+    from modelcycle.serve.server import language_models
+
+    image = tmp_path / "digits" / "model"
+    image.mkdir(parents=True)
+    (image / "modelcycle.json").write_text(json.dumps({"format": "modelcycle.package/1", "task": "classify"}))
+    assert language_models([f"chat={tiny_lm_run}"])
+    assert not language_models([str(tmp_path / "digits")])
+    with pytest.raises(UserError, match="separate servers"):
+        language_models([str(tiny_lm_run), f"img={tmp_path / 'digits'}"])

@@ -23,14 +23,15 @@ CHATML = (
 )
 
 
-def build_tokenizer(vocab: int = 600):
-    """Byte-level BPE on ~40 KB of the interpreter's own documentation, as a transformers tokenizer."""
+def build_tokenizer(vocab: int = 600, chars: int = 40_000):
+    """Byte-level BPE on the first ``chars`` characters of the interpreter's own documentation,
+    as a transformers tokenizer."""
     from pydoc_data.topics import topics
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    text = "\n\n".join(topics[k] for k in sorted(topics))[:40_000]
+    text = "\n\n".join(topics[k] for k in sorted(topics))[:chars]
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -52,7 +53,7 @@ def build_tokenizer(vocab: int = 600):
     )
 
 
-def build_model(tokenizer, hidden: int = 64, layers: int = 2, context: int = 128, seed: int = 0):
+def build_model(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, context: int = 128, seed: int = 0):
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -61,8 +62,8 @@ def build_model(tokenizer, hidden: int = 64, layers: int = 2, context: int = 128
         hidden_size=hidden,
         intermediate_size=hidden * 3,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,  # grouped-query attention, as in Llama 3 and Qwen
         max_position_embeddings=context,
         initializer_range=0.2,
         bos_token_id=tokenizer.bos_token_id,

@@ -187,7 +187,7 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
     app.add_middleware(BodyLimits, max_bytes=int(cfg.max_body_mb * 1e6), timeout_s=cfg.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _error_handlers(app)
-    _docs_routes(app)
+    docs_routes(app)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
@@ -388,7 +388,7 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, 500)
 
 
-def _docs_routes(app: FastAPI) -> None:
+def docs_routes(app: FastAPI) -> None:
     """/docs from Swagger UI files shipped in a package: the page works with no internet."""
     import swagger_ui_bundle
 

@@ -28,6 +28,7 @@ from modelcycle.config import ServeSection
 from modelcycle.errors import UserError
 from modelcycle.lm.generate import Generation, GenerationStream, Piece, PromptTooLong
 from modelcycle.progress import info
+from modelcycle.serve.app import docs_routes
 from modelcycle.serve.auth import require_key
 from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.lm_runner import ServedLM
@@ -65,11 +66,13 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
         description="OpenAI-compatible: /v1/models, /v1/chat/completions, /v1/completions. Served: "
         + ", ".join(served),
         lifespan=lifespan,
+        docs_url=None,
         redoc_url=None,
     )
     app.add_middleware(BodyLimits, max_bytes=int(cfg.max_body_mb * 1e6), timeout_s=cfg.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _error_handlers(app)
+    docs_routes(app)  # /docs from the Swagger UI files in a package: works offline
 
     def pick(name: str) -> ServedLM:
         if name not in served:
