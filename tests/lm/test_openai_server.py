@@ -141,7 +141,7 @@ def test_metrics_count_requests_and_tokens_and_docs_work_offline(server):
 
 
 def test_sigterm_lets_a_streaming_answer_finish(server, lm):
-    """Last in this file: it stops the module's server."""
+    """The last test to use the module's server: it stops it."""
     body = {"model": "tiny-chat", "messages": MESSAGES, "max_tokens": 64, "temperature": 0, "stream": True}
     lines = []
     with httpx.stream(
