@@ -102,7 +102,7 @@ def test_a_prompt_longer_than_the_context_is_400_with_the_limit(client):
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "word " * 300}])
     assert "maximum context length is 128 tokens" in info.value.message
-    assert info.value.body["code"] == "context_length_exceeded"
+    assert info.value.body["code"] == "context_length_exceeded" and info.value.body["param"] == "messages"
 
 
 @pytest.mark.parametrize(

@@ -72,8 +72,11 @@ def decode_steps(
     seen = None
     if sampling.repetition_penalty != 1:
         vocab = model.get_output_embeddings().weight.shape[0]
-        seen = torch.zeros(len(input_ids), vocab, dtype=torch.bool, device=device)
-        seen.scatter_(1, input_ids, mask.bool())
+        # counted, not scattered as booleans: a padding position must not unmark a real token of the same id
+        seen = (
+            torch.zeros(len(input_ids), vocab, dtype=torch.long, device=device).scatter_add_(1, input_ids, mask.long())
+            > 0
+        )
     generator = None
     if sampling.seed is not None and not sampling.greedy:
         generator = torch.Generator(device).manual_seed(sampling.seed)

@@ -112,26 +112,19 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
     async def chat_completions(body: ChatRequest) -> Response:
         model = pick(body.model)
         messages = [m.as_template_message() for m in body.messages]
-        stream = prepared(model, body, [_user_error(model.lm.chat_ids, messages)])
+        stream = prepared(model, body, [_user_error(model.lm.chat_ids, messages, param="messages")])
         return await answer(model, body, stream, chat=True)
 
     @app.post("/v1/completions", tags=["v1"], dependencies=auth)
     async def completions(body: CompletionRequest) -> Response:
         model = pick(body.model)
-        return await answer(model, body, prepared(model, body, _user_error(lambda: body.prompts)), chat=False)
+        prompts = _user_error(lambda: body.prompts, param="prompt")
+        return await answer(model, body, prepared(model, body, prompts), chat=False)
 
     def prepared(model: ServedLM, body: SamplingRequest, prompts: list) -> GenerationStream:
         """The request's generation, checked before it queues: unsupported fields, the context
         and the token limit are 400s that cost no model time."""
         _user_error(body.refuse_unsupported)
-        ids = [_user_error(model.lm.encode, p, not isinstance(p, list)) for p in prompts]
-        for i, prompt in enumerate(ids):
-            try:
-                model.lm.check_fits(prompt, None if len(ids) == 1 else i)
-            except PromptTooLong as exc:
-                raise _Invalid(
-                    str(exc), "messages" if isinstance(body, ChatRequest) else "prompt", "context_length_exceeded"
-                ) from None
         wanted = body.wanted_tokens
         if wanted is not None and wanted > cfg.max_new_tokens:
             raise _Invalid(
@@ -140,7 +133,8 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
                 "max_tokens",
             )
         sampling = _user_error(body.sampling, wanted or cfg.max_new_tokens)
-        return _user_error(model.lm.stream, ids, sampling)
+        field = "messages" if isinstance(body, ChatRequest) else "prompt"
+        return _user_error(model.lm.stream, prompts, sampling, param=field)  # tokenizes and checks the context
 
     async def answer(model: ServedLM, body: SamplingRequest, stream: GenerationStream, chat: bool) -> Response:
         kind = "chat.completion" if chat else "text_completion"
@@ -208,14 +202,15 @@ class _Invalid(HTTPException):
         self.param, self.code = param, code
 
 
-def _user_error(fn, *args):
-    """``fn(*args)``, a UserError (an invalid setting, a prompt too long) becoming a 400."""
+def _user_error(fn, *args, param: str | None = None):
+    """``fn(*args)``, a UserError (an invalid setting, a prompt too long) becoming a 400 that
+    blames the request field ``param``."""
     try:
         return fn(*args)
     except PromptTooLong as exc:
-        raise _Invalid(str(exc), "messages", "context_length_exceeded") from None
+        raise _Invalid(str(exc), param, "context_length_exceeded") from None
     except UserError as exc:
-        raise _Invalid(str(exc)) from None
+        raise _Invalid(str(exc), param) from None
 
 
 def _choice(index: int, text: str, finish: str | None, chat: bool) -> dict:
