@@ -67,27 +67,32 @@ def decode_steps(
     steps (a stop string, a row's own token limit); the loop ends when every row is done or after
     ``sampling.max_new_tokens`` steps."""
     device = input_ids.device
-    mask = attention_mask.to(device)
+    count, width = input_ids.shape
+    steps = sampling.max_new_tokens
+    # room for every step made once: each step takes a view, not a copy of the growing mask
+    mask = torch.cat([attention_mask.to(device), attention_mask.new_ones((count, steps), device=device)], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
+    sequence = torch.cat([input_ids, input_ids.new_full((count, steps), pad_id)], dim=1)
     seen = None
     if sampling.repetition_penalty != 1:
         vocab = model.get_output_embeddings().weight.shape[0]
         # counted, not scattered as booleans: a padding position must not unmark a real token of the same id
-        seen = (
-            torch.zeros(len(input_ids), vocab, dtype=torch.long, device=device).scatter_add_(1, input_ids, mask.long())
-            > 0
-        )
+        seen = torch.zeros(count, vocab, dtype=torch.long, device=device)
+        seen = seen.scatter_add_(1, input_ids, mask[:, :width].long()) > 0
     generator = None
     if sampling.seed is not None and not sampling.greedy:
         generator = torch.Generator(device).manual_seed(sampling.seed)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     extra = {"logits_to_keep": 1} if _keeps_last_logits(model) else {}
-    sequence, step_ids, step_positions, cache = input_ids, input_ids, positions, None
-    for _ in range(sampling.max_new_tokens):
+    cache = None
+    for step in range(steps):
+        length = width + step
+        # with the cache, only the newest token goes in (the whole prompt at the first step)
+        first = 0 if cache is None else length - 1
         out = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=step_positions,
+            input_ids=sequence[:, first:length],
+            attention_mask=mask[:, :length],
+            position_ids=positions[:, first:length],
             past_key_values=cache,
             use_cache=sampling.use_cache,
             **extra,
@@ -96,17 +101,13 @@ def decode_steps(
         tokens = tokens.masked_fill(done, pad_id)
         yield tokens, logprobs
         done |= torch.isin(tokens, eos)
-        if bool(done.all()):
+        if bool(done.all()) or step == steps - 1:
             return
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+        sequence[:, length] = tokens
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
         if sampling.use_cache:
-            cache, step_ids, step_positions = out.past_key_values, tokens[:, None], positions[:, -1:]
-        else:
-            sequence = torch.cat([sequence, tokens[:, None]], dim=1)
-            step_ids, step_positions = sequence, positions
+            cache = out.past_key_values
 
 
 def _keeps_last_logits(model: torch.nn.Module) -> bool:
