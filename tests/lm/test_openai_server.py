@@ -90,6 +90,21 @@ def test_completions_batch_a_list_of_prompts_and_honour_stop(client, lm):
     assert cut.choices[0].text == want[0].text[: want[0].text.index(stop)]
 
 
+def test_completions_streamed_for_a_batch_keep_each_prompts_index(client, lm):
+    prompts = ["def f(", "The with statement"]
+    texts = ["", ""]
+    finish = [None, None]
+    for chunk in client.completions.create(
+        model="tiny-chat", prompt=prompts, max_tokens=10, temperature=0, stream=True
+    ):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+            finish[choice.index] = choice.finish_reason or finish[choice.index]
+    want = lm.generate(prompts, Sampling(temperature=0, max_new_tokens=10))
+    assert texts == [g.text for g in want]
+    assert finish == [g.finish_reason for g in want]
+
+
 def test_a_wrong_or_missing_key_is_401(server):
     bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
