@@ -10,6 +10,18 @@ import pytest
 from tiny_lm import build_model, build_tokenizer, write_lm_package
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's matrices are too small to share between threads: one thread is faster,
+    and much faster on a busy 2-core machine (child processes get OMP_NUM_THREADS=1 likewise)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_run(tmp_path_factory) -> Path:
     """``runs/tiny-chat/`` whose ``model/`` is an LM package (served as ``tiny-chat``)."""

@@ -68,7 +68,7 @@ def test_chat_answers_each_line_as_it_comes_and_remembers_the_conversation(lm, t
     assert len(session.messages) == 5  # system, user, assistant, user, assistant
 
     command = [sys.executable, "-m", "modelcycle", "lm", "chat", str(tiny_lm_run), "--system", "Be brief."]
-    env = {**cli_env(), "PYTHONIOENCODING": "utf-8"}
+    env = {**cli_env(), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen(
         [*command, "--temperature", "0", "--max-new-tokens", "8"],
         stdin=subprocess.PIPE,

@@ -26,7 +26,11 @@ def lm(tiny_lm_run):
 @pytest.fixture(scope="module")
 def server(tiny_lm_run):
     with ServerProcess(
-        [tiny_lm_run], "--api-key-env", "LM_TEST_KEY", "serve.max_new_tokens=64", env={"LM_TEST_KEY": KEY}
+        [tiny_lm_run],
+        "--api-key-env",
+        "LM_TEST_KEY",
+        "serve.max_new_tokens=64",
+        env={"LM_TEST_KEY": KEY, "OMP_NUM_THREADS": "1"},
     ) as process:
         yield process
 
