@@ -36,24 +36,33 @@ class ChatSession:
         self.turns, self.forgotten, self.last = [], 0, None
 
     def send(self, text: str) -> Iterator[Piece]:
-        """Pieces of the answer to ``text``; once they are all read the answer is in the history."""
+        """Pieces of the answer to ``text``; once they are all read the answer is in the history.
+        A message too long for the context raises ``PromptTooLong`` and changes nothing."""
         self.turns.append({"role": "user", "content": text})
-        ids = self._fitting_prompt()
+        try:
+            ids = self._fitting_prompt()
+        except UserError:
+            self.turns.pop()
+            raise
         stream = self.lm.stream([ids], self.sampling)
         yield from stream
         self.last = stream.results[0]
         self.turns.append({"role": "assistant", "content": self.last.text})
 
     def _fitting_prompt(self) -> list[int]:
+        """The prompt without the oldest exchanges it has no room for; they are forgotten only
+        once the rest is known to fit."""
         # leave room for at least a short answer: a prompt that fills the context answers nothing
         room = min(self.sampling.max_new_tokens, max(self.lm.context_length // 4, 1))
+        dropped = 0
         while True:
-            ids = self.lm.chat_ids(self.messages)
-            if len(ids) + room <= self.lm.context_length or len(self.turns) <= 1:
+            ids = self.lm.chat_ids(self.system + self.turns[2 * dropped :])
+            if len(ids) + room <= self.lm.context_length or len(self.turns) - 2 * dropped <= 1:
                 break
-            del self.turns[:2]  # the oldest user message and its answer
-            self.forgotten += 1
+            dropped += 1  # the oldest user message and its answer
         self.lm.check_fits(ids)
+        del self.turns[: 2 * dropped]
+        self.forgotten += dropped
         return ids
 
 
@@ -90,7 +99,6 @@ def repl(
             for piece in session.send(text):
                 write(piece.text)
         except UserError as exc:  # a message too long for the context: say so and go on
-            session.turns.pop()
             note(f"error: {exc}")
             continue
         write("\n")
