@@ -380,7 +380,8 @@ def serve(
     ),
     config: Path | None = typer.Option(None, help="YAML file whose serve: section to use."),
 ):
-    """Serve models over HTTP: /v1/predict, KServe v2 (/v2/...), /metrics, playground at /, /docs."""
+    """Serve models over HTTP: image classifiers on /v1/predict, KServe v2 (/v2/...), a playground at /;
+    language models on the OpenAI API (/v1/models, /v1/chat/completions, /v1/completions). /metrics, /docs."""
     from modelcycle.config import load_config
     from modelcycle.serve.server import serve as run_server
 

@@ -174,6 +174,7 @@ class ServeSection(Section):
     topk: int = Field(5, ge=1)
     api_key_env: str | None = None  # name of the environment variable holding the Bearer key
     preprocess_threads: int | None = None  # None: one per CPU core
+    max_new_tokens: int = Field(512, ge=1)  # language models: most tokens one request may generate (more: 400)
 
 
 with warnings.catch_warnings():

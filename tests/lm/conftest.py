@@ -1,15 +1,19 @@
 """Shared, module-scoped pieces of the language-model tests: the pydocs data, a small tokenizer
 trained on it, a pretraining run and an SFT run from it, all at a size that trains in seconds on
-two cores (a 2-layer, width-64 Llama; the real recipes use the `tiny` preset)."""
+two cores (a 2-layer, width-64 Llama; the real recipes use the `tiny` preset); and the random
+tiny chat model of ``tiny_lm.py`` as a run folder and as a plain Hugging Face folder, for the
+generation, chat and serving tests."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from lm_setup import lm_overrides, sft_overrides, write_jsonl
+from tiny_lm import build_model, build_tokenizer, write_lm_package
 
 import modelcycle
 from modelcycle.config import load_config
@@ -69,3 +73,22 @@ def other_tokenizer(pydocs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tok-big")
     train_tokenizer([pydocs / "corpus.txt"], 2400, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_run(tmp_path_factory) -> Path:
+    """``runs/tiny-chat/`` whose ``model/`` is an LM package (served as ``tiny-chat``)."""
+    run = tmp_path_factory.mktemp("lm") / "runs" / "tiny-chat"
+    tokenizer = build_tokenizer()
+    write_lm_package(run / "model", build_model(tokenizer), tokenizer)
+    (run / "config.yaml").write_text("run:\n  name: tiny-chat\n")
+    return run
+
+
+@pytest.fixture(scope="session")
+def plain_hf_folder(tmp_path_factory, tiny_lm_run) -> Path:
+    """The same model as a user's downloaded folder: no modelcycle.json."""
+    folder = tmp_path_factory.mktemp("hf") / "my-llama"
+    shutil.copytree(tiny_lm_run / "model", folder)
+    (folder / "modelcycle.json").unlink()
+    return folder

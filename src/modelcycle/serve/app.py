@@ -154,7 +154,7 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
     predict = MetricsMiddleware(BodyLimits(PredictEndpoint(state, api_key), **limits), metrics)
     app.fast_routes = {"/v1/predict": (predict, *openapi_operation(ERRORS_TEXT, api_key is not None))}
     _error_handlers(app)
-    _docs_routes(app)
+    docs_routes(app)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
@@ -281,7 +281,7 @@ def _error_handlers(app: FastAPI) -> None:
         return replies.bug(exc)
 
 
-def _docs_routes(app: FastAPI) -> None:
+def docs_routes(app: FastAPI) -> None:
     """/docs from Swagger UI files shipped in a package: the page works with no internet."""
     import swagger_ui_bundle
 

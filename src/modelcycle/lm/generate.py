@@ -1,0 +1,260 @@
+"""Text generation with any Hugging Face causal LM: our own decoding loop, not ``model.generate``.
+
+One loop serves the CLI, the chat REPL, the OpenAI-compatible server and PPO rollouts: batched
+prompts (left padding + attention mask), the KV cache (the model's ``past_key_values``; off for
+the benchmark's baseline), greedy or sampled tokens (see ``sampling.py``), stop strings, the end
+of turn, per-token log-probs, and text handed out piece by piece as it is made.
+
+Generation ends at the tokenizer's ``eos_token`` and at every id in the folder's
+``generation_config.json`` ``eos_token_id``: never at hard-coded ids, so a Qwen or Llama folder
+stops where its authors meant it to.
+
+    lm = load_lm("runs/lm-sft")
+    [answer] = lm.generate([lm.chat_prompt([{"role": "user", "content": "Explain for"}])], Sampling(temperature=0))
+    stream = lm.stream(["def f("], Sampling(max_new_tokens=20, seed=0))
+    for piece in stream: print(piece.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from modelcycle.errors import UserError
+from modelcycle.lm.sampling import Sampling, choose
+from modelcycle.lm.textstream import TextStream
+
+
+class PromptTooLong(UserError):
+    """A prompt fills the model's whole context, so not one token could follow it."""
+
+
+@dataclass
+class Generation:
+    """One prompt's result. ``token_ids`` are the new tokens (the end-of-turn token included when
+    generation ended on it: a PPO rollout must learn to emit it); ``text`` has no special tokens."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (end of turn or a stop string) or "length" (token limit or context)
+    prompt_tokens: int
+    logprobs: list[float] | None = None
+
+
+@dataclass
+class Piece:
+    """New text of prompt number ``index``."""
+
+    index: int
+    text: str
+
+
+@torch.inference_mode()
+def decode_steps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sampling: Sampling,
+    eos_ids: Sequence[int],
+    done: torch.Tensor,
+    pad_id: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The loop on tensors: per step (token per row, its log-prob or None), ``pad_id`` for rows
+    already done. ``input_ids`` are left-padded (B, T). The caller may set ``done[row]`` between
+    steps (a stop string, a row's own token limit); the loop ends when every row is done or after
+    ``sampling.max_new_tokens`` steps."""
+    device = input_ids.device
+    count, width = input_ids.shape
+    steps = sampling.max_new_tokens
+    # room for every step made once: each step takes a view, not a copy of the growing mask
+    mask = torch.cat([attention_mask.to(device), attention_mask.new_ones((count, steps), device=device)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
+    sequence = torch.cat([input_ids, input_ids.new_full((count, steps), pad_id)], dim=1)
+    seen = None
+    if sampling.repetition_penalty != 1:
+        vocab = model.get_output_embeddings().weight.shape[0]
+        # counted, not scattered as booleans: a padding position must not unmark a real token of the same id
+        seen = torch.zeros(count, vocab, dtype=torch.long, device=device)
+        seen = seen.scatter_add_(1, input_ids, mask[:, :width].long()) > 0
+    generator = None
+    if sampling.seed is not None and not sampling.greedy:
+        generator = torch.Generator(device).manual_seed(sampling.seed)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    extra = {"logits_to_keep": 1} if _keeps_last_logits(model) else {}
+    cache = None
+    for step in range(steps):
+        length = width + step
+        # with the cache, only the newest token goes in (the whole prompt at the first step)
+        first = 0 if cache is None else length - 1
+        out = model(
+            input_ids=sequence[:, first:length],
+            attention_mask=mask[:, :length],
+            position_ids=positions[:, first:length],
+            past_key_values=cache,
+            use_cache=sampling.use_cache,
+            **extra,
+        )
+        tokens, logprobs = choose(out.logits[:, -1], seen, sampling, generator)
+        tokens = tokens.masked_fill(done, pad_id)
+        yield tokens, logprobs
+        done |= torch.isin(tokens, eos)
+        if bool(done.all()) or step == steps - 1:
+            return
+        sequence[:, length] = tokens
+        if seen is not None:
+            seen.scatter_(1, tokens[:, None], True)
+        if sampling.use_cache:
+            cache = out.past_key_values
+
+
+def _keeps_last_logits(model: torch.nn.Module) -> bool:
+    """Most transformers causal LMs can skip the vocabulary projection for all but the last
+    position (``logits_to_keep``), which saves most of a long prompt's projection cost."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+class GenerationStream:
+    """Iterate for ``Piece``s of text as they are made; ``results`` holds one ``Generation`` per
+    prompt once the iteration has ended. Breaking out early stops generation (a client left)."""
+
+    def __init__(self, lm: LanguageModel, prompts: list[list[int]], sampling: Sampling):
+        self.lm, self.prompts, self.sampling = lm, prompts, sampling
+        self.results: list[Generation] = []
+
+    def __iter__(self) -> Iterator[Piece]:
+        lm, sampling = self.lm, self.sampling
+        count = len(self.prompts)
+        # each row may use the room its own prompt leaves in the context
+        limits = [min(sampling.max_new_tokens, lm.context_length - len(p)) for p in self.prompts]
+        input_ids, mask = lm.pad_left(self.prompts)
+        done = torch.zeros(count, dtype=torch.bool, device=lm.device)
+        texts = [TextStream(lm.tokenizer, sampling.stop) for _ in range(count)]
+        new: list[list[int]] = [[] for _ in range(count)]
+        logprobs: list[list[float]] = [[] for _ in range(count)]
+        reasons = ["length"] * count
+        steps = decode_steps(
+            lm.model,
+            input_ids,
+            mask,
+            replace(sampling, max_new_tokens=max(limits)),
+            lm.eos_ids,
+            done,
+            lm.pad_id,
+        )
+        for tokens, step_logprobs in steps:
+            active = (~done).nonzero().flatten().tolist()
+            chosen = tokens.tolist()
+            chosen_logprobs = step_logprobs.tolist() if step_logprobs is not None else None
+            for row in active:
+                token = chosen[row]
+                new[row].append(token)
+                if chosen_logprobs is not None:
+                    logprobs[row].append(chosen_logprobs[row])
+                if token in lm.eos_ids:
+                    reasons[row] = "stop"
+                    continue  # the decoding loop marks the row done
+                piece = texts[row].push(token)
+                if texts[row].stopped:
+                    reasons[row] = "stop"
+                if texts[row].stopped or len(new[row]) >= limits[row]:
+                    done[row] = True
+                if piece:
+                    yield Piece(row, piece)
+        for row, text in enumerate(texts):
+            if rest := text.finish():
+                yield Piece(row, rest)
+        self.results = [
+            Generation(
+                texts[row].text,
+                new[row],
+                reasons[row],
+                len(self.prompts[row]),
+                logprobs[row] if sampling.logprobs else None,
+            )
+            for row in range(count)
+        ]
+
+
+class LanguageModel:
+    """A causal LM, its tokenizer and what ends its turns; made by ``load_lm``."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "model", manifest: dict | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.manifest = manifest
+        self.device = next(model.parameters()).device
+        config = model.config
+        self.context_length: int = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    def encode(self, prompt: str | list[int], special_tokens: bool = True) -> list[int]:
+        """Token ids of a prompt (ids pass through). ``special_tokens=False`` for text that a
+        chat template made, which already holds its special tokens."""
+        if isinstance(prompt, list):
+            return prompt
+        return self.tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
+
+    def check_fits(self, ids: list[int], index: int | None = None) -> None:
+        if len(ids) >= self.context_length:
+            which = "the prompt" if index is None else f"prompt {index}"
+            raise PromptTooLong(
+                f"{which} is {len(ids)} tokens, but this model's maximum context length is {self.context_length} "
+                "tokens, prompt and answer together; shorten the prompt"
+            )
+
+    def pad_left(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def stream(self, prompts: Sequence[str | list[int]], sampling: Sampling | None = None) -> GenerationStream:
+        """Generate for a batch of prompts (text, or token ids such as ``chat_ids`` gives),
+        handing out text as it comes. Raises ``PromptTooLong`` before any work."""
+        if not prompts:
+            raise UserError("no prompt to generate from")
+        ids = [self.encode(p) for p in prompts]
+        for i, prompt in enumerate(ids):
+            if not prompt:
+                raise UserError(f"prompt {i} is empty; give the model some text to continue")
+            self.check_fits(prompt, None if len(ids) == 1 else i)
+        return GenerationStream(self, ids, sampling or Sampling())
+
+    def generate(self, prompts: Sequence[str | list[int]], sampling: Sampling | None = None) -> list[Generation]:
+        stream = self.stream(prompts, sampling)
+        for _ in stream:
+            pass
+        return stream.results
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """The chat template applied to ``messages``, ready for the assistant's turn."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not template:
+            raise UserError(
+                f"{self.name}: the tokenizer has no chat template (chat_template in tokenizer_config.json); "
+                "use plain prompts (modelcycle lm generate --no-chat, or /v1/completions)"
+            )
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(text, special_tokens=False)
+
+
+def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    found = list(dict.fromkeys(i for i in ids if i is not None))
+    if not found:
+        raise UserError(
+            "the tokenizer has no eos_token and generation_config.json no eos_token_id, so generation could "
+            "only end at the token limit; set eos_token in tokenizer_config.json"
+        )
+    return found

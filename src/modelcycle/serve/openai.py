@@ -1,0 +1,274 @@
+"""The OpenAI-compatible API for language models: ``GET /v1/models``, ``POST /v1/chat/completions``
+and ``POST /v1/completions``, whole answers or server-sent events, in OpenAI's wire format, so the
+official ``openai`` client (and anything built on it) works unchanged with ``base_url`` pointed here.
+
+The image server's pieces are reused as they are: the Bearer key (auth.py), body size and time
+limits (limits.py), Prometheus metrics (metrics.py, plus token counters) and uvicorn's graceful
+shutdown (server.py). Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
+so clients raise their usual exceptions; bad input is always a 4xx, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import version as package_version
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import Counter, Gauge
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelcycle.config import ServeSection
+from modelcycle.errors import UserError
+from modelcycle.lm.generate import Generation, GenerationStream, Piece, PromptTooLong
+from modelcycle.progress import info
+from modelcycle.serve.app import docs_routes
+from modelcycle.serve.auth import require_key
+from modelcycle.serve.limits import BodyLimits
+from modelcycle.serve.lm_runner import ServedLM
+from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
+from modelcycle.serve.openai_schemas import ChatRequest, CompletionRequest, SamplingRequest
+
+log = logging.getLogger("modelcycle.serve")
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error", 503: "overloaded"}
+
+
+def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None = None) -> FastAPI:
+    metrics = ServeMetrics()
+    tokens = Counter(
+        "modelcycle_lm_tokens_total", "Tokens read and generated", ["model", "kind"], registry=metrics.registry
+    )
+    waiting = Gauge(
+        "modelcycle_lm_pending_requests", "Requests queued or generating", ["model"], registry=metrics.registry
+    )
+    served = {m.name: m for m in models}
+    for m in models:
+        waiting.labels(m.name).set_function(lambda m=m: m.pending)
+    auth = [Depends(require_key(api_key))] if api_key else []
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        for m in models:  # uvicorn has let in-flight requests finish by now (graceful shutdown)
+            m.close()
+        info("server stopped: in-flight requests answered")
+
+    app = FastAPI(
+        title="modelcycle serve (language models)",
+        version=package_version("modelcycle"),
+        description="OpenAI-compatible: /v1/models, /v1/chat/completions, /v1/completions. Served: "
+        + ", ".join(served),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimits, max_bytes=int(cfg.max_body_mb * 1e6), timeout_s=cfg.body_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    _error_handlers(app)
+    docs_routes(app)  # /docs from the Swagger UI files in a package: works offline
+
+    def pick(name: str) -> ServedLM:
+        if name not in served:
+            raise HTTPException(404, f"The model '{name}' does not exist on this server; it serves {', '.join(served)}")
+        return served[name]
+
+    def describe(m: ServedLM) -> dict:
+        return {
+            "id": m.name,
+            "object": "model",
+            "created": started,
+            "owned_by": "modelcycle",
+            "context_length": m.lm.context_length,
+        }
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v2/health/live", tags=["operations"])
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["operations"])
+    async def ready() -> dict:
+        return {"ready": True}
+
+    @app.get("/v1/models", tags=["v1"], dependencies=auth)
+    async def list_models() -> dict:
+        return {"object": "list", "data": [describe(m) for m in models]}
+
+    @app.get("/v1/models/{name:path}", tags=["v1"], dependencies=auth)
+    async def get_model(name: str) -> dict:
+        return describe(pick(name))
+
+    @app.post("/v1/chat/completions", tags=["v1"], dependencies=auth)
+    async def chat_completions(body: ChatRequest) -> Response:
+        model = pick(body.model)
+        messages = [m.as_template_message() for m in body.messages]
+        stream = prepared(model, body, [_user_error(model.lm.chat_ids, messages, param="messages")])
+        return await answer(model, body, stream, chat=True)
+
+    @app.post("/v1/completions", tags=["v1"], dependencies=auth)
+    async def completions(body: CompletionRequest) -> Response:
+        model = pick(body.model)
+        prompts = _user_error(lambda: body.prompts, param="prompt")
+        return await answer(model, body, prepared(model, body, prompts), chat=False)
+
+    def prepared(model: ServedLM, body: SamplingRequest, prompts: list) -> GenerationStream:
+        """The request's generation, checked before it queues: unsupported fields, the context
+        and the token limit are 400s that cost no model time."""
+        _user_error(body.refuse_unsupported)
+        wanted = body.wanted_tokens
+        if wanted is not None and wanted > cfg.max_new_tokens:
+            raise _Invalid(
+                f"max_tokens={wanted} is over this server's limit of {cfg.max_new_tokens} "
+                "(serve.max_new_tokens); ask for fewer",
+                "max_tokens",
+            )
+        sampling = _user_error(body.sampling, wanted or cfg.max_new_tokens)
+        field = "messages" if isinstance(body, ChatRequest) else "prompt"
+        return _user_error(model.lm.stream, prompts, sampling, param=field)  # tokenizes and checks the context
+
+    async def answer(model: ServedLM, body: SamplingRequest, stream: GenerationStream, chat: bool) -> Response:
+        kind = "chat.completion" if chat else "text_completion"
+        head = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": model.name,
+        }
+
+        def count(results: list[Generation]) -> dict:
+            prompt = sum(r.prompt_tokens for r in results)
+            completion = sum(len(r.token_ids) for r in results)
+            tokens.labels(model.name, "prompt").inc(prompt)
+            tokens.labels(model.name, "completion").inc(completion)
+            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+        if not body.stream:
+            results = await model.generate(stream, cfg.request_timeout_s)
+            choices = [_choice(i, r.text, r.finish_reason, chat) for i, r in enumerate(results)]
+            return JSONResponse({**head, "choices": choices, "usage": count(results)})
+
+        model.check_room()  # a full queue is a 503 now, while the status line can still say so
+        chunk = {**head, "object": kind + ".chunk" if chat else kind}
+
+        async def events() -> AsyncIterator[str]:
+            if chat:
+                yield _sse({**chunk, "choices": [_delta(0, {"role": "assistant", "content": ""}, None)]})
+            try:
+                async for item in model.pieces(stream):
+                    if isinstance(item, Piece):
+                        piece = (
+                            _delta(item.index, {"content": item.text}, None)
+                            if chat
+                            else _choice(item.index, item.text, None, False)
+                        )
+                        yield _sse({**chunk, "choices": [piece]})
+                        continue
+                    ends = [
+                        _delta(i, {}, r.finish_reason) if chat else _choice(i, "", r.finish_reason, False)
+                        for i, r in enumerate(item)
+                    ]
+                    yield _sse({**chunk, "choices": ends})
+                    if body.include_usage:
+                        yield _sse({**chunk, "choices": [], "usage": count(item)})
+                    else:
+                        count(item)
+            except HTTPException as exc:  # queue full: the status line is sent already, so say it in the stream
+                yield _sse(_error_body(exc.status_code, str(exc.detail)))
+            except Exception:
+                log.exception("generation failed")
+                yield _sse(_error_body(500, "internal error during generation; see the server log"))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+class _Invalid(HTTPException):
+    """A 400 that names the request field at fault, as OpenAI's ``param``."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(400, message)
+        self.param, self.code = param, code
+
+
+def _user_error(fn, *args, param: str | None = None):
+    """``fn(*args)``, a UserError (an invalid setting, a prompt too long) becoming a 400 that
+    blames the request field ``param``."""
+    try:
+        return fn(*args)
+    except PromptTooLong as exc:
+        raise _Invalid(str(exc), param, "context_length_exceeded") from None
+    except UserError as exc:
+        raise _Invalid(str(exc), param) from None
+
+
+def _choice(index: int, text: str, finish: str | None, chat: bool) -> dict:
+    if chat:
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+def _delta(index: int, delta: dict, finish: str | None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def _error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint; this server has /v1/models, /v1/chat/completions and /v1/completions"
+        body = _error_body(exc.status_code, message, getattr(exc, "param", None), getattr(exc, "code", None))
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # malformed JSON and wrong fields alike: a 400 naming the field, as OpenAI answers
+        problems, first = [], None
+        for err in exc.errors()[:10]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            first = first or where
+            problems.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse(_error_body(400, "invalid request: " + "; ".join(problems), first), 400)
+
+    @app.exception_handler(Exception)
+    async def bug(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")  # a 500 is always our bug: keep the traceback in the log
+        return JSONResponse(_error_body(500, f"internal error ({type(exc).__name__}); see the server log"), 500)
+
+
+def serve_language_models(specs: list[str], cfg: ServeSection, api_key: str | None) -> None:
+    from modelcycle.serve.lm_runner import load_served
+    from modelcycle.serve.server import run
+
+    models = load_served(specs, cfg.max_queue)
+    for m in models:
+        m.warm_up()
+    lines = [f"serving {m.name} ({m.path}, context {m.lm.context_length} tokens, {m.lm.device})" for m in models]
+    endpoints = "OpenAI API {url}/v1  docs {url}/docs  metrics {url}/metrics"
+    run(create_lm_app(models, cfg, api_key), cfg, lines, endpoints, api_key is not None)
