@@ -227,3 +227,7 @@ def _write_package(run: Run, meta: dict, best_epoch: int, config: Config, packag
             "monitor": config.train.monitor,
         },
     )
+    if meta.get("task") == "classify":  # what `modelcycle monitor` compares served traffic with
+        from modelcycle.monitor.profile import write_profile
+
+        write_profile(run.model_dir, config.monitor)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 import os
+import time
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -94,6 +95,7 @@ class ServeState:
         self.models = {m.name: m for m in models}
         self.default = models[0].name
         self.metrics = metrics
+        self.monitor = None  # a modelcycle.monitor.live.Monitor with `serve --monitor DIR`
         self.decode_pool = DecodePool(cfg.preprocess_threads or os.cpu_count() or 1)
         self.batchers = {
             m.name: DynamicBatcher(
@@ -128,6 +130,7 @@ class ServeState:
         return np.stack(results)
 
     async def logits(self, served: ServedModel, images: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
         try:
             out = await asyncio.wait_for(self.batchers[served.name].submit(images), self.cfg.request_timeout_s)
         except QueueFull as exc:
@@ -135,6 +138,8 @@ class ServeState:
         except TimeoutError:
             raise HTTPException(504, f"no answer within {self.cfg.request_timeout_s:g} s; retry later") from None
         self.metrics.images.labels(served.name).inc(len(images))
+        if self.monitor is not None:  # hands the arrays to its writer thread; nothing else on this path
+            self.monitor.observe(served, images, out, time.perf_counter() - started)
         return out
 
 
@@ -158,9 +163,12 @@ def b64decode(text: str, what: str) -> bytes:
         raise HTTPException(400, f"{what} is not valid base64") from None
 
 
-def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None) -> FastAPI:
+def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None, monitor=None) -> FastAPI:
     metrics = ServeMetrics()
     state = ServeState(models, cfg, metrics)
+    if monitor is not None:  # drift gauges on /metrics next to latency
+        state.monitor = monitor
+        monitor.attach(metrics.registry)
     auth = [Depends(require_key(api_key))] if api_key else []  # no per-request dependency when open
 
     @asynccontextmanager
@@ -172,6 +180,8 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
         for batcher in state.batchers.values():
             await batcher.stop()
         state.decode_pool.shutdown()
+        if state.monitor is not None:
+            state.monitor.close()  # commits the rows still waiting
         info("server stopped: in-flight requests answered")
 
     app = FastAPI(
