@@ -35,37 +35,37 @@ def plot_traffic(windows: list[dict], path: Path) -> None:
 
 def plot_drift(windows: list[dict], limits: Thresholds, path: Path) -> None:
     x = [w["index"] for w in windows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
-    names = [n for n, s in windows[0]["features"].items() if "psi" in s]
-    for name in names:
-        left.plot(x, [w["features"][name]["psi"] for w in windows], marker="o", label=name)
-    left.axhline(limits.psi_warn, color="orange", ls="--", lw=1)
-    left.axhline(limits.psi_alert, color="red", ls="--", lw=1)
-    left.set_yscale("symlog", linthresh=0.1)
-    left.set_title("PSI per feature (dashed: warn, alert)")
-    left.legend(fontsize=7)
-    series = {"OOD rate": [w["features"]["ood_rate"]["rate"] for w in windows]}
-    series["mean confidence"] = [w["features"]["confidence_collapse"]["mean"] for w in windows]
+    fig, (psi_ax, rate_ax, shift_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name in [n for n, s in windows[0]["features"].items() if "psi" in s]:
+        psi_ax.plot(x, [max(w["features"][name]["psi"], 1e-3) for w in windows], marker="o", label=name)
+    psi_ax.axhline(limits.psi_warn, color="orange", ls="--", lw=1)
+    psi_ax.axhline(limits.psi_alert, color="red", ls="--", lw=1)
+    psi_ax.set_yscale("log")
+    psi_ax.set_title("PSI per feature (dashed: warn, alert)")
+    psi_ax.legend(fontsize=7)
+    rate_ax.plot(x, [w["features"]["ood_rate"]["rate"] for w in windows], marker="o", label="OOD rate")
+    rate_ax.plot(x, [w["features"]["confidence_collapse"]["mean"] for w in windows], marker="o", label="confidence")
+    rate_ax.axhline(limits.ood_alert, color="red", ls="--", lw=1)
+    rate_ax.set_ylim(0, 1)
+    rate_ax.set_title("OOD rate (dashed: alert), mean confidence")
+    rate_ax.legend(fontsize=7)
     if "embedding" in windows[0]["features"]:
-        series["embedding shift"] = [w["features"]["embedding"]["shift"] for w in windows]
-    for name, values in series.items():
-        right.plot(x, values, marker="o", label=name)
-    right.axhline(limits.ood_alert, color="red", ls="--", lw=1)
-    right.set_title(f"other tests (dashed: OOD alert {limits.ood_alert:g})")
-    right.legend(fontsize=7)
-    _finish(fig, (left, right), path)
+        shift_ax.plot(x, [w["features"]["embedding"]["shift"] for w in windows], marker="o", color="green")
+        shift_ax.axhline(limits.embedding_alert, color="red", ls="--", lw=1)
+    shift_ax.set_title("embedding mean shift, reference std devs")
+    _finish(fig, (psi_ax, rate_ax, shift_ax), path)
 
 
 def plot_classes(windows: list[dict], reference: list[float], classes: list[str], path: Path) -> None:
     shares = np.asarray([reference] + [np.asarray(w["class_counts"]) / w["images"] for w in windows])
-    labels = ["ref"] + [str(w["index"]) for w in windows]
+    positions = [-1] + [w["index"] for w in windows]
     fig, ax = plt.subplots(figsize=(11, 3.6))
     bottom = np.zeros(len(shares))
     colours = plt.get_cmap("tab20")
     for k, name in enumerate(classes[:20]):  # more than 20 would be an unreadable stack
-        ax.bar(labels, shares[:, k], bottom=bottom, color=colours(k), label=name)
+        ax.bar(positions, shares[:, k], bottom=bottom, color=colours(k), label=name)
         bottom += shares[:, k]
-    ax.set_title("predicted-class mix per window (ref: the reference profile)")
+    ax.set_title("predicted-class mix per window (-1: the reference profile)")
     ax.legend(fontsize=7, ncol=max(1, len(classes[:20]) // 10), bbox_to_anchor=(1.0, 1.0), loc="upper left")
     _finish(fig, (ax,), path)
 
@@ -73,6 +73,7 @@ def plot_classes(windows: list[dict], reference: list[float], classes: list[str]
 def _finish(fig, axes, path: Path) -> None:
     for ax in axes:
         ax.set_xlabel("window")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -11,7 +11,6 @@ from pathlib import Path
 from modelcycle.config import MonitorSection
 from modelcycle.monitor import log
 from modelcycle.monitor.drift import Thresholds
-from modelcycle.monitor.report import write_report
 from modelcycle.monitor.windows import Traffic, open_traffic, score, windows
 
 DRIFT_EXIT = 1
@@ -44,6 +43,8 @@ def report(
 ) -> dict:
     """Score every window of the log in ``folder`` and write monitor.md + monitor.html (into
     ``out``, default ``folder``); returns the summary with ``report`` (the HTML file) added."""
+    from modelcycle.monitor.report import write_report  # matplotlib: not for --watch
+
     limits = Thresholds.from_config(cfg, psi_alert)
     traffic = open_traffic(folder, cfg, reference, model)
     summary = summarize(traffic, cfg, limits, folder)

@@ -14,7 +14,6 @@ from modelcycle.config import MonitorSection
 from modelcycle.errors import UserError
 from modelcycle.monitor import log
 from modelcycle.monitor.drift import Thresholds, score_window
-from modelcycle.monitor.profile import read_profile, write_profile
 
 
 @dataclass
@@ -56,6 +55,8 @@ def open_traffic(folder: str | Path, cfg: MonitorSection, reference: str | Path 
     elif model not in names:
         raise UserError(f"--model {model!r}: {log.db_path(folder)} logs {', '.join(names) or 'no model yet'}")
     if reference is not None:
+        from modelcycle.monitor.profile import read_profile, write_profile  # torch: only when it is needed
+
         profile = read_profile(reference) or write_profile(reference, cfg)
         source = str(reference)
     else:
