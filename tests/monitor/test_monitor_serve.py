@@ -143,6 +143,10 @@ def test_metrics_export_drift_scores_and_the_ood_rate(monitored):
     assert 0 <= value('modelcycle_ood_rate{model="digits"}') <= 1
     assert value('modelcycle_embedding_shift{model="digits"}') > 0.5
     assert "modelcycle_request_latency_seconds_bucket" in metrics
+    # every series the documented Grafana dashboard queries exists
+    dashboard = (Path(__file__).resolve().parents[2] / "docs" / "grafana-monitor.json").read_text()
+    for name in set(re.findall(r"modelcycle_[a-z_]+", dashboard)):
+        assert name in metrics, name
 
 
 def test_bad_input_is_a_clear_error(monitored, tmp_path):

@@ -13,14 +13,11 @@ embedding coordinates (see :mod:`modelcycle.monitor.profile` for why those come 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 
 # named so that an alert says what changed in words an operator can act on
 GREY_FEATURES = ("brightness", "contrast", "sharpness", "horizontal_edges")
 COLOUR_FEATURES = ("red", "green", "blue")
-
-
-def input_feature_names(channels: int) -> tuple[str, ...]:
-    return GREY_FEATURES + (COLOUR_FEATURES if channels == 3 else ())
 
 
 def pixel_scale(preprocessing: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -56,14 +53,9 @@ def input_features(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> dic
     return {k: v.astype(np.float64) for k, v in out.items()}
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def output_features(logits: np.ndarray, to_embedding: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
     """Predicted class, confidence, and the embedding's coordinates when the profile has its map."""
-    probs = softmax(logits.astype(np.float64))
+    probs = softmax(logits.astype(np.float64), axis=1)
     out = {"label": probs.argmax(1), "confidence": probs.max(1)}
     if to_embedding is not None:
         matrix, offset = to_embedding

@@ -55,9 +55,9 @@ def open_traffic(folder: str | Path, cfg: MonitorSection, reference: str | Path 
     elif model not in names:
         raise UserError(f"--model {model!r}: {log.db_path(folder)} logs {', '.join(names) or 'no model yet'}")
     if reference is not None:
-        from modelcycle.monitor.profile import read_profile, write_profile  # torch: only when it is needed
+        from modelcycle.monitor.profile import ensure_profile  # torch: only when it is needed
 
-        profile = read_profile(reference) or write_profile(reference, cfg)
+        profile = ensure_profile(reference, cfg)
         source = str(reference)
     else:
         profile = log.stored_profile(conn, model)
