@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from typer.testing import CliRunner
 
-from helpers import assert_mentions, run_cli
+import modelcycle
+from helpers import assert_mentions
+from modelcycle.cli import app
 from modelcycle.data.manifest import PreparedData
 from modelcycle.evaluation.inference import preprocess
-from modelcycle.monitor.profile import PROFILE, read_profile
+from modelcycle.monitor.profile import PROFILE, embedding_summary, read_profile
 from modelcycle.runs import load_model
 
 
@@ -53,11 +56,27 @@ def test_an_old_package_gets_its_profile_from_the_profile_command(digits_run: Pa
     package = tmp_path / "model"
     shutil.copytree(digits_run / "model", package)
     (package / PROFILE).unlink()
-    result = run_cli("profile", package, "--images", "100")
-    assert result.returncode == 0, result.stderr
+    result = CliRunner().invoke(app, ["profile", str(package), "--images", "100"])
+    assert result.exit_code == 0, result.output
     assert_mentions(result.stderr, "profile of 100 images", str(package / PROFILE), "embedding 8 components")
     assert read_profile(package)["images"] == 100
     # a profile of other weights (the package was retrained) does not count
     stale = json.loads((package / PROFILE).read_text()) | {"weights_sha256": "0" * 64}
     (package / PROFILE).write_text(json.dumps(stale))
     assert read_profile(package) is None
+
+
+def test_a_user_model_file_gets_its_embedding_from_its_last_linear_layer(tiny_config, linear_model_file):
+    """No `head` attribute: the last Linear is the head, and its input (the flattened image) the embedding."""
+    config = tiny_config(model__name=linear_model_file, model__args="{}", train__epochs=1)
+    run = modelcycle.train(config, progress=False)
+    embedding = read_profile(run.path)["embedding"]
+    assert embedding["dim"] == 3 * 16 * 16
+    assert 1 <= len(embedding["basis"]) <= 3  # at most the head's rank: 3 classes
+
+
+def test_no_embedding_when_the_reference_does_not_vary():
+    weight, bias = np.eye(3, 4), np.zeros(3)
+    assert embedding_summary(np.ones((1, 4)), weight, bias) is None
+    summary = embedding_summary(np.random.default_rng(0).normal(size=(50, 4)), weight, bias)
+    assert len(summary["basis"]) == 3 and np.allclose(np.asarray(summary["basis"]) @ [0, 0, 0, 1], 0)

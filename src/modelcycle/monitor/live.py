@@ -131,23 +131,35 @@ class Monitor:
     def _work(self) -> None:
         rows: list[tuple] = []
         first = 0.0
-        while True:
+        running = True
+        while running:
             wait = None if not rows else max(0.0, first + self.cfg.flush_s - time.monotonic())
-            try:
-                item = self.queue.get(timeout=wait)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                break
-            if item is not None:
-                if not rows:
-                    first = time.monotonic()
-                rows += self._rows(*item)
-            if rows and (len(rows) >= self.cfg.flush_rows or time.monotonic() - first >= self.cfg.flush_s):
+            items, running = self._take(wait, self.cfg.flush_rows - len(rows))
+            if items:
+                first = first if rows else time.monotonic()
+                for name, group in itertools.groupby(items, key=lambda item: item[1]):
+                    rows += self._rows(name, list(group))
+            due = len(rows) >= self.cfg.flush_rows or time.monotonic() - first >= self.cfg.flush_s
+            if rows and (due or not running):
                 self._flush(rows)
                 rows = []
-        if rows:
-            self._flush(rows)
+
+    def _take(self, wait: float | None, room: int) -> tuple[list, bool]:
+        """The next item (waiting up to ``wait`` s) and whatever is queued behind it, up to ``room``
+        images: under load the numpy work then runs once over many requests instead of once each.
+        The flag is False once the server asked the writer to stop."""
+        items: list = []
+        try:
+            item = self.queue.get(timeout=wait)
+            while item is not _STOP:
+                items.append(item)
+                room -= len(item[4])
+                if room <= 0:
+                    return items, True
+                item = self.queue.get_nowait()
+            return items, False
+        except queue.Empty:
+            return items, True
 
     def _flush(self, rows: list[tuple]) -> None:
         try:
@@ -157,30 +169,36 @@ class Monitor:
             with contextlib.suppress(Exception):
                 self.conn.execute("ROLLBACK")
 
-    def _rows(self, stamp: float, name: str, request: int, latency_ms: float, images, logits) -> list[tuple]:
+    def _rows(self, name: str, items: list[tuple]) -> list[tuple]:
+        """Rows of consecutive requests to one model, features computed over all their images at once."""
         model = self.models[name]
-        inputs = feats.input_features(images, model.mean, model.std)
-        outputs = feats.output_features(logits, model.to_embedding)
+        images = np.concatenate([item[4] for item in items])
+        logits = np.concatenate([item[5] for item in items])
         n = len(images)
         self.handled += n
-        columns = [inputs.get(f, np.full(n, None, dtype=object)) for f in log.FEATURE_COLUMNS]
+        inputs = feats.input_features(images, model.mean, model.std)
+        outputs = feats.output_features(logits, model.to_embedding)
+        per_request = [(stamp, request, latency) for stamp, _, request, latency, part, _ in items for _ in part]
+        stamps, requests, latencies = zip(*per_request, strict=True)
+        columns = [inputs[f].tolist() if f in inputs else [None] * n for f in log.FEATURE_COLUMNS]
         embedding = outputs.get("embedding")
+        embeddings = [None] * n if embedding is None else [row.tobytes() for row in embedding.astype(np.float32)]
         pngs = self._pngs(images, model) if self.cfg.keep_inputs else [None] * n
-        rows = [
-            (
-                stamp,
-                name,
-                model.version,
-                request,
-                latency_ms,
-                int(outputs["label"][i]),
-                float(outputs["confidence"][i]),
-                *(None if c[i] is None else float(c[i]) for c in columns),
-                None if embedding is None else embedding[i].astype(np.float32).tobytes(),
-                pngs[i],
+        rows = list(
+            zip(
+                stamps,
+                [name] * n,
+                [model.version] * n,
+                requests,
+                latencies,
+                outputs["label"].tolist(),
+                outputs["confidence"].tolist(),
+                *columns,
+                embeddings,
+                pngs,
+                strict=True,
             )
-            for i in range(n)
-        ]
+        )
         self._update_live(model, {**inputs, **outputs})
         if self.gauges is not None:
             self.gauges.logged.labels(name).inc(n)

@@ -199,9 +199,10 @@ def _numeric(values: np.ndarray, rng: np.random.Generator) -> dict:
     }
 
 
-def embedding_summary(embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict:
+def embedding_summary(embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> dict | None:
     """Mean and principal components of the embedding's head-read part, and the logits -> whitened
-    coordinates map ``z = A @ logits + c`` (see the module docstring for why this is exact)."""
+    coordinates map ``z = A @ logits + c`` (see the module docstring for why this is exact).
+    None when the reference images do not vary along anything the head reads (one image, say)."""
     mean = embeddings.mean(0)
     centred = embeddings - mean
     u, s, vt = np.linalg.svd(weight, full_matrices=False)  # W = U S Vt
@@ -211,7 +212,9 @@ def embedding_summary(embeddings: np.ndarray, weight: np.ndarray, bias: np.ndarr
     cov = read.T @ read / max(len(read) - 1, 1)
     values, vectors = np.linalg.eigh(cov)
     order = np.argsort(values)[::-1]
-    k = int(min(COMPONENTS, (values > values.max() * 1e-9).sum()))
+    k = int(min(COMPONENTS, (values > values.max() * 1e-9).sum())) if values.max() > 0 else 0
+    if k == 0:
+        return None
     rotation, variance = vectors[:, order[:k]].T, values[order[:k]]
     scale = 1.0 / np.sqrt(variance)
     matrix = (scale[:, None] * rotation) @ np.diag(1.0 / s) @ u.T
