@@ -68,7 +68,12 @@ class Gauges:
             "modelcycle_monitor_logged", "Images written to the prediction log", ["model"], registry=r
         )
         self.dropped = Counter("modelcycle_monitor_dropped", "Images not logged: the writer was behind", registry=r)
-        self.windows = Counter("modelcycle_monitor_windows", "Drift windows scored", ["model"], registry=r)
+        self.windows = Counter(
+            "modelcycle_monitor_windows",
+            "Times the last window was scored (about one per monitor.step images)",
+            ["model"],
+            registry=r,
+        )
 
     def show(self, model: str, result: dict) -> None:
         for name, scores in result["features"].items():
@@ -221,8 +226,9 @@ class Monitor:
         model.since_scored += len(batch["label"])
         if self.gauges is None or len(model.recent["label"]) < window:
             return
-        if model.since_scored >= (self.cfg.step or window):
-            model.since_scored = 0
+        step = self.cfg.step or window
+        if model.since_scored >= step:
+            model.since_scored %= step  # the overshoot counts towards the next one: a score every `step` rows
             self.gauges.show(model.name, score_window(model.profile, model.recent, self.limits))
 
 
