@@ -153,3 +153,9 @@ def test_bad_input_is_a_clear_error(monitored, tmp_path):
     assert_user_error(run_cli("monitor", tmp_path), "predictions.db", "--monitor")
     with pytest.raises(UserError, match="logs digits"):
         watch.report(monitored["folder"], MonitorSection(), model="flowers")
+
+
+def test_a_reference_run_gives_the_verdicts_of_the_profile_the_server_stored(monitored, digits_run, tmp_path):
+    summary = watch.report(monitored["folder"], MonitorSection(window=WINDOW), reference=digits_run, out=tmp_path)
+    assert summary["reference"] == str(digits_run) and (tmp_path / "monitor.html").is_file()
+    assert [w["drifted"] for w in summary["windows"]] == [w["drifted"] for w in monitored["summary"]["windows"]]
