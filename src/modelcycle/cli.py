@@ -429,7 +429,9 @@ def monitor_log(
     flags = [f"monitor.{k}={v}" for k, v in (("window", window), ("step", step)) if v is not None]
     cfg = load_config(config, [*(settings or []), *flags]).monitor
     if watch:
-        code = monitoring.watch(folder, cfg, reference, model, alert_psi, interval, duration, _watch_printer(as_json))
+        code = monitoring.watch(
+            folder, cfg, reference, model, alert_psi, interval, duration, monitoring.printer(as_json)
+        )
         raise typer.Exit(code)
     summary = monitoring.report(folder, cfg, reference, model, alert_psi, out)
     if as_json:
@@ -447,20 +449,6 @@ def monitor_log(
         )  # fmt: skip
     console.print(table)
     info(f"report: {summary['report']}")
-
-
-def _watch_printer(as_json: bool):
-    from modelcycle.monitor.watch import alert_line
-
-    def emit(window: dict) -> None:
-        if as_json:
-            print(json.dumps(window), flush=True)
-        if window["drifted"]:
-            console.print(Text.assemble(("ALERT ", "bold red"), alert_line(window)))
-        else:
-            info(f"window {window['index']} ({window['end']}): {window['verdict']}")
-
-    return emit
 
 
 @app.command()

@@ -4,6 +4,7 @@ as it completes and exits 1 at the first one that drifted (for cron jobs and CI)
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,24 @@ def alert_line(window: dict) -> str:
         figure = next(f"{k} {s[k]:.3g}" for k in ("psi", "p", "shift", "rate", "mean") if k in s)
         parts.append(f"{name} ({figure})")
     return f"window {window['index']} ({window['start']} .. {window['end']}): drift in " + ", ".join(parts)
+
+
+def printer(as_json: bool) -> Callable[[dict], None]:
+    """What --watch shows per judged window: a line on stderr (ALERT naming the features at a
+    drift) and, with --json, the window as one JSON line on stdout."""
+    from rich.text import Text
+
+    from modelcycle.progress import console, info
+
+    def emit(window: dict) -> None:
+        if as_json:
+            print(json.dumps(window), flush=True)
+        if window["drifted"]:
+            console.print(Text.assemble(("ALERT ", "bold red"), alert_line(window)))
+        else:
+            info(f"window {window['index']} ({window['end']}): {window['verdict']}")
+
+    return emit
 
 
 def watch(
