@@ -228,6 +228,6 @@ def _write_package(run: Run, meta: dict, best_epoch: int, config: Config, packag
         },
     )
     if meta.get("task") == "classify":  # what `modelcycle monitor` compares served traffic with
-        from modelcycle.monitor.profile import write_profile
+        from modelcycle.monitor.profile import profile_after_training
 
-        write_profile(run.model_dir, config.monitor)
+        profile_after_training(run.model_dir, config.monitor)

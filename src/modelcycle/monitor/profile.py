@@ -36,7 +36,7 @@ from modelcycle.evaluation.inference import data_section
 from modelcycle.export.runtime import load_predictor
 from modelcycle.monitor import features as feats
 from modelcycle.monitor.drift import bin_edges, shares
-from modelcycle.progress import progress_bar
+from modelcycle.progress import progress_bar, warn
 from modelcycle.runs import load_model, package_dir, read_manifest
 
 PROFILE = "monitor_profile.json"
@@ -79,6 +79,15 @@ def write_profile(package: str | Path, cfg: MonitorSection, data: str | Path | N
     tmp.write_text(json.dumps(profile))
     os.replace(tmp, path)
     return profile
+
+
+def profile_after_training(package: Path, cfg: MonitorSection) -> None:
+    """The training run's last step. The model is trained and packaged by now: a profile that
+    cannot be made (no images left to profile) is a warning with the fix, not a failed run."""
+    try:
+        write_profile(package, cfg)
+    except UserError as exc:
+        warn(f"no monitoring profile in {package}: {exc}")
 
 
 def _reference_items(manifest: dict, data: str | Path | None, limit: int) -> tuple[list, str]:
