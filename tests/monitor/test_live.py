@@ -56,3 +56,17 @@ def test_sampling_keep_inputs_and_a_graceful_close(digits_run: Path, train_image
     with sqlite3.connect(tmp_path / "some" / "predictions.db") as conn:
         count, kept = conn.execute("SELECT count(*), count(input) FROM predictions").fetchone()
     assert 400 <= count <= 600 and kept == 0  # binomial(2000, 0.25): 500 +- 19
+
+
+def test_rows_beyond_max_pending_are_dropped_and_counted(digits_run: Path, train_images, tmp_path: Path):
+    served = load_models([str(digits_run)], "torch", 10**7)
+    images = _preprocessed(served[0], train_images[:4])
+    monitor = start_monitor(served, MonitorSection(dir=str(tmp_path), max_pending=3))
+    registry = CollectorRegistry()
+    monitor.attach(registry)
+    monitor.observe(served[0], images, served[0].predictor(images), 0.001)  # 4 images > 3 may wait
+    monitor.observe(served[0], images[:2], served[0].predictor(images[:2]), 0.001)
+    monitor.close()
+    assert registry.get_sample_value("modelcycle_monitor_dropped_total") == 4
+    with sqlite3.connect(tmp_path / "predictions.db") as conn:
+        assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == 2
