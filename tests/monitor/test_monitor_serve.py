@@ -159,3 +159,9 @@ def test_a_reference_run_gives_the_verdicts_of_the_profile_the_server_stored(mon
     summary = watch.report(monitored["folder"], MonitorSection(window=WINDOW), reference=digits_run, out=tmp_path)
     assert summary["reference"] == str(digits_run) and (tmp_path / "monitor.html").is_file()
     assert [w["drifted"] for w in summary["windows"]] == [w["drifted"] for w in monitored["summary"]["windows"]]
+
+
+def test_sliding_windows_overlap_by_the_step(monitored, tmp_path):
+    summary = watch.report(monitored["folder"], MonitorSection(window=WINDOW, step=WINDOW // 2), out=tmp_path)
+    assert [w["first_id"] for w in summary["windows"]] == [1 + i * WINDOW // 2 for i in range(7)]
+    assert "brightness" in summary["windows"][1]["drifted"]  # half in-distribution, half inverted
