@@ -121,7 +121,8 @@ def read_rows(conn: sqlite3.Connection, model: str, after: int = 0) -> dict[str,
     out: dict[str, np.ndarray] = {}
     for name, values in zip(names, columns, strict=True):
         if name == "embedding":
-            if values and values[0] is not None:
+            # rows of another model version may have none, or other components: then none at all
+            if values and None not in values and len({len(v) for v in values}) == 1:
                 out[name] = np.stack([np.frombuffer(v, np.float32) for v in values]).astype(np.float64)
         elif name in ("model", "version"):
             out[name] = np.asarray(values, dtype=object)
