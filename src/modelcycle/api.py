@@ -248,3 +248,7 @@ def _write_package(run: Run, meta: dict, best_epoch: int, config: Config, packag
             "monitor": config.train.monitor,
         },
     )
+    if meta.get("task") == "classify":  # what `modelcycle monitor` compares served traffic with
+        from modelcycle.monitor.profile import profile_after_training
+
+        profile_after_training(run.model_dir, config.monitor)

@@ -378,20 +378,104 @@ def serve(
     api_key_env: str | None = typer.Option(
         None, help="Environment variable holding an API key; requests then need 'Authorization: Bearer KEY'."
     ),
-    config: Path | None = typer.Option(None, help="YAML file whose serve: section to use."),
+    config: Path | None = typer.Option(None, help="YAML file whose serve: (and monitor:) section to use."),
+    monitor: Path | None = typer.Option(
+        None,
+        "--monitor",
+        help="Log predictions and input profiles to DIR/predictions.db and export drift on /metrics "
+        "(monitor.KEY=VALUE settings may follow the models; see docs/monitor.md).",
+    ),
 ):
     """Serve models over HTTP: image classifiers on /v1/predict, KServe v2 (/v2/...), a playground at /;
     language models on the OpenAI API (/v1/models, /v1/chat/completions, /v1/completions). /metrics, /docs."""
     from modelcycle.config import load_config
     from modelcycle.serve.server import serve as run_server
 
-    settings = [m for m in models if m.split("=", 1)[0].startswith("serve.")]
+    settings = [m for m in models if m.split("=", 1)[0].startswith(("serve.", "monitor."))]
     specs = [m for m in models if m not in settings]
     if not specs:
         raise UserError("no model to serve; pass a run folder such as runs/digits-demo")
     options = {"host": host, "port": port, "backend": backend, "api_key_env": api_key_env}
     settings += [f"serve.{k}={v}" for k, v in options.items() if v is not None]
-    run_server(specs, load_config(config, settings).serve)
+    settings += [f"monitor.dir={monitor}"] if monitor is not None else []
+    cfg = load_config(config, settings)
+    run_server(specs, cfg.serve, cfg.monitor)
+
+
+@app.command("monitor")
+def monitor_log(
+    folder: Path = typer.Argument(..., help="The folder given to `serve --monitor` (it holds predictions.db)."),
+    settings: list[str] | None = typer.Argument(
+        None, help="monitor.KEY=VALUE settings: monitor.window=200 monitor.psi_warn=0.05 ..."
+    ),
+    reference: Path | None = typer.Option(
+        None,
+        help="Run folder or package whose reference profile to compare with (computed if missing); "
+        "default: the profile the server stored in the log.",
+    ),
+    model: str | None = typer.Option(None, help="Which served model (needed when the log holds several)."),
+    window: int | None = typer.Option(None, help="Images per window (monitor.window, default 500)."),
+    step: int | None = typer.Option(None, help="Images between window starts (default: the window: no overlap)."),
+    alert_psi: float | None = typer.Option(None, help="PSI from which a feature counts as drifted (default 0.2)."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Judge the latest window, then each new one; exit 1 at the first drift (cron, CI)."
+    ),
+    interval: float = typer.Option(5.0, help="With --watch: seconds between looks at the log."),
+    duration: float | None = typer.Option(
+        None, help="With --watch: stop after this many seconds with exit 0 if nothing drifted (0: look once)."
+    ),
+    out: Path | None = typer.Option(None, help="Folder for monitor.md, monitor.html and plots (default FOLDER)."),
+    config: Path | None = typer.Option(None, help="YAML file whose monitor: section to use."),
+    as_json: bool = typer.Option(False, "--json", help="Print the windows, scores and verdicts as JSON."),
+):
+    """Drift report of a served model: PSI/KS per input feature, chi-squared on the class mix, embedding
+    shift, confidence and out-of-distribution rate, per window; writes monitor.md + monitor.html."""
+    from modelcycle.config import load_config
+    from modelcycle.monitor import watch as monitoring
+
+    flags = [f"monitor.{k}={v}" for k, v in (("window", window), ("step", step)) if v is not None]
+    cfg = load_config(config, [*(settings or []), *flags]).monitor
+    if watch:
+        code = monitoring.watch(
+            folder, cfg, reference, model, alert_psi, interval, duration, monitoring.printer(as_json)
+        )
+        raise typer.Exit(code)
+    summary = monitoring.report(folder, cfg, reference, model, alert_psi, out)
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table(title=f"{summary['model']}: {summary['images']} images logged, windows of {summary['window']}")
+    for column in ("window", "start (UTC)", "images", "p99 ms", "verdict", "drifted / warned"):
+        table.add_column(column, justify="right" if column in ("images", "p99 ms") else "left")
+    for w in summary["windows"]:
+        colour = {"drift": "red", "warn": "yellow"}.get(w["verdict"], "green")
+        features = ", ".join(w["drifted"] or w["warned"]) or "-"
+        table.add_row(
+            str(w["index"]), w["start"], str(w["images"]), f"{w['latency_p99_ms']:.1f}",
+            f"[{colour}]{w['verdict']}[/]", escape(features),
+        )  # fmt: skip
+    console.print(table)
+    info(f"report: {summary['report']}")
+
+
+@app.command()
+def profile(
+    run: Path = typer.Argument(..., help="A run folder or a model package."),
+    data: Path | None = typer.Option(None, help="Manifest of typical images (default: the package's val split)."),
+    images: int | None = typer.Option(None, help="At most this many images (monitor.profile_images, default 2000)."),
+):
+    """(Re)compute the reference profile `monitor` compares served traffic with, into the package."""
+    from modelcycle.config import load_config
+    from modelcycle.monitor.profile import profile_path, write_profile
+
+    cfg = load_config(None, [f"monitor.profile_images={images}"] if images is not None else []).monitor
+    result = write_profile(run, cfg, data)
+    embedding = result["embedding"]
+    info(
+        f"profile of {result['images']} images from {result['source']} in {profile_path(run)}: accuracy "
+        f"{result['accuracy']:.2%}, OOD below confidence {result['ood']['threshold']:.3f}, "
+        + (f"embedding {len(embedding['basis'])} components" if embedding else "no embedding (no PyTorch head)")
+    )
 
 
 @app.command()

@@ -177,6 +177,28 @@ class ServeSection(Section):
     max_new_tokens: int = Field(512, ge=1)  # language models: most tokens one request may generate (more: 400)
 
 
+class MonitorSection(Section):
+    """Production monitoring (``modelcycle serve --monitor DIR``, ``modelcycle monitor``): what the
+    server logs and when a window of served traffic counts as drifted (docs/monitor.md)."""
+
+    dir: str | None = None  # folder of the prediction log (predictions.db); None: no monitoring
+    sample_rate: float = Field(1.0, gt=0, le=1)  # fraction of served images logged (each drawn at random)
+    keep_inputs: bool = False  # also store each logged image as the model saw it (PNG); never by default
+    window: int = Field(500, ge=10)  # logged images per drift window
+    step: int | None = Field(None, ge=1)  # images between window starts; None: the window size (no overlap)
+    psi_warn: float = Field(0.1, gt=0)  # Population Stability Index: 0.1 = a shift worth a look (the convention)
+    psi_alert: float = Field(0.2, gt=0)  # 0.2 = a significant shift: the feature drifted
+    class_alpha: float = Field(0.001, gt=0, lt=1)  # chi-squared p-value below which the class mix drifted
+    embedding_alert: float = Field(0.5, gt=0)  # window-mean shift of the embedding, in reference standard deviations
+    ood_quantile: float = Field(0.05, gt=0, lt=0.5)  # calibration: this fraction of validation images counts as OOD
+    ood_alert: float = Field(0.25, gt=0, le=1)  # out-of-distribution rate of a window above which it alerts
+    confidence_drop: float = Field(0.15, gt=0, lt=1)  # mean confidence this far below the reference: collapse
+    profile_images: int = Field(2000, ge=50)  # validation images the reference profile is computed on (at most)
+    flush_rows: int = Field(64, ge=1)  # rows per SQLite transaction: a crash loses at most these
+    flush_s: float = Field(0.5, gt=0)  # ... or what arrived in this many seconds, whichever is first
+    max_pending: int = Field(10_000, ge=1)  # rows waiting for the writer; beyond it rows are dropped (and counted)
+
+
 with warnings.catch_warnings():
     # pydantic warns that `register` shadows ABCMeta.register, a method of the class, never of an instance:
     # as a field it reads and validates like any other, and `track.register` is the name users write
@@ -220,6 +242,7 @@ class Config(Section):
     distill: DistillSection = Field(default_factory=DistillSection)
     tune: TuneSection = Field(default_factory=TuneSection)
     serve: ServeSection = Field(default_factory=ServeSection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
     track: TrackSection = Field(default_factory=TrackSection)
     lm: LMSection = Field(default_factory=LMSection)
 

@@ -107,6 +107,7 @@ _RESUME_SAFE = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.early_stop_patience",
+    "monitor.",  # what serving logs and how drift is judged: not the weights
     "train.strategy",  # ddp and fsdp compute the same steps; a checkpoint resumes under either
 )
 

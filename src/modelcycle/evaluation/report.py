@@ -75,7 +75,7 @@ def plot_mistakes(mistakes: list[tuple[Path, str, str, float]], channels: int, p
     plt.close(fig)
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
+def markdown_table(headers: list[str], rows: list[list]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
@@ -103,7 +103,7 @@ def write_report(
         plots.insert(0, "curves.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
-    summary = _table(
+    summary = markdown_table(
         ["metric", "value"],
         [
             [k, f"{metrics[k]:.4f}"]
@@ -119,7 +119,7 @@ def write_report(
             )
         ],
     )
-    per_class = _table(
+    per_class = markdown_table(
         ["class", "precision", "recall", "f1", "support"],
         [
             [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]

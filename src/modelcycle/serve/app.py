@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -78,6 +79,7 @@ class ServeState:
         self.models = {m.name: m for m in models}
         self.default = models[0].name
         self.metrics = metrics
+        self.monitor = None  # a modelcycle.monitor.live.Monitor with `serve --monitor DIR`
         self.decode_pool = DecodePool(cfg.preprocess_threads or os.cpu_count() or 1)
         self.batchers = {
             m.name: DynamicBatcher(
@@ -112,6 +114,7 @@ class ServeState:
         return np.stack(results)
 
     async def logits(self, served: ServedModel, images: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
         try:
             out = await asyncio.wait_for(self.batchers[served.name].submit(images), self.cfg.request_timeout_s)
         except QueueFull as exc:
@@ -119,12 +122,17 @@ class ServeState:
         except TimeoutError:
             raise HTTPException(504, f"no answer within {self.cfg.request_timeout_s:g} s; retry later") from None
         self.metrics.images.labels(served.name).inc(len(images))
+        if self.monitor is not None:  # hands the arrays to its writer thread; nothing else on this path
+            self.monitor.observe(served, images, out, time.perf_counter() - started)
         return out
 
 
-def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None) -> FastAPI:
+def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None, monitor=None) -> FastAPI:
     metrics = ServeMetrics()
     state = ServeState(models, cfg, metrics)
+    if monitor is not None:  # drift gauges on /metrics next to latency
+        state.monitor = monitor
+        monitor.attach(metrics.registry)
     auth = [Depends(require_key(api_key))] if api_key else []  # no per-request dependency when open
 
     @asynccontextmanager
@@ -136,6 +144,8 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
         for batcher in state.batchers.values():
             await batcher.stop()
         state.decode_pool.shutdown()
+        if state.monitor is not None:
+            state.monitor.close()  # commits the rows still waiting
         info("server stopped: in-flight requests answered")
 
     app = ServeApp(

@@ -11,7 +11,7 @@ import socket
 
 import numpy as np
 
-from modelcycle.config import ServeSection
+from modelcycle.config import MonitorSection, ServeSection
 from modelcycle.errors import UserError
 from modelcycle.progress import info
 from modelcycle.serve.auth import read_api_key
@@ -40,7 +40,8 @@ def warm_up(models: list[ServedModel], batch: int) -> None:
             served.predictor(np.zeros((size, *served.input_shape), np.float32))
 
 
-def serve(specs: list[str], cfg: ServeSection) -> None:
+def serve(specs: list[str], cfg: ServeSection, monitoring: MonitorSection | None = None) -> None:
+    """``monitoring`` with a ``dir``: log predictions there and export drift (docs/monitor.md)."""
     from modelcycle.serve.app import create_app
 
     api_key = read_api_key(cfg.api_key_env)
@@ -49,8 +50,13 @@ def serve(specs: list[str], cfg: ServeSection) -> None:
 
         return serve_language_models(specs, cfg, api_key)
     models = load_models(specs, cfg.backend, cfg.max_pixels)
+    monitor = None
+    if monitoring is not None and monitoring.dir:
+        from modelcycle.monitor.live import start_monitor
+
+        monitor = start_monitor(models, monitoring)
     warm_up(models, cfg.max_batch_size)
-    app = create_app(models, cfg, api_key)
+    app = create_app(models, cfg, api_key, monitor)
     lines = [f"serving {m.name} (version {m.version}, {m.predictor.backend}, {len(m.classes)} classes)" for m in models]
     run(app, cfg, lines, "playground {url}/  docs {url}/docs  metrics {url}/metrics", api_key is not None)
 

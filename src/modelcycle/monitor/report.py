@@ -1,0 +1,177 @@
+"""The monitoring report: monitor.md, a self-contained monitor.html and three PNG time series
+(traffic and latency, drift scores per feature, class mix), one point per window."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from modelcycle.evaluation.report import markdown_table  # noqa: E402
+from modelcycle.monitor.drift import Thresholds  # noqa: E402
+
+PLOTS = ("traffic.png", "drift.png", "classes.png")
+WINDOW_COLUMNS = ["window", "start (UTC)", "end", "images", "requests", "p50 ms", "p99 ms", "verdict", "features"]
+FEATURE_COLUMNS = ["test", "figures", "verdict"]
+
+
+def plot_traffic(windows: list[dict], path: Path) -> None:
+    x = [w["index"] for w in windows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    left.bar(x, [w["requests"] for w in windows], color="#8ab")
+    left.set_title("requests per window")
+    right.plot(x, [w["latency_p50_ms"] for w in windows], marker="o", label="p50")
+    right.plot(x, [w["latency_p99_ms"] for w in windows], marker="o", label="p99")
+    right.set_title("latency (queue + model), ms")
+    right.legend()
+    _finish(fig, (left, right), path)
+
+
+def plot_drift(windows: list[dict], limits: Thresholds, path: Path) -> None:
+    x = [w["index"] for w in windows]
+    fig, (psi_ax, rate_ax, shift_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
+    for name in [n for n, s in windows[0]["features"].items() if "psi" in s]:
+        psi_ax.plot(x, [max(w["features"][name]["psi"], 1e-3) for w in windows], marker="o", label=name)
+    psi_ax.axhline(limits.psi_warn, color="orange", ls="--", lw=1)
+    psi_ax.axhline(limits.psi_alert, color="red", ls="--", lw=1)
+    psi_ax.set_yscale("log")
+    psi_ax.set_title("PSI per feature (dashed: warn, alert)")
+    psi_ax.legend(fontsize=7)
+    rate_ax.plot(x, [w["features"]["ood_rate"]["rate"] for w in windows], marker="o", label="OOD rate")
+    rate_ax.plot(x, [w["features"]["confidence_collapse"]["mean"] for w in windows], marker="o", label="confidence")
+    rate_ax.axhline(limits.ood_alert, color="red", ls="--", lw=1)
+    rate_ax.set_ylim(0, 1)
+    rate_ax.set_title("OOD rate (dashed: alert), mean confidence")
+    rate_ax.legend(fontsize=7)
+    if "embedding" in windows[0]["features"]:
+        shift_ax.plot(x, [w["features"]["embedding"]["shift"] for w in windows], marker="o", color="green")
+        shift_ax.axhline(limits.embedding_alert, color="red", ls="--", lw=1)
+    shift_ax.set_title("embedding mean shift, reference std devs")
+    _finish(fig, (psi_ax, rate_ax, shift_ax), path)
+
+
+def plot_classes(windows: list[dict], reference: list[float], classes: list[str], path: Path) -> None:
+    shares = np.asarray([reference] + [np.asarray(w["class_counts"]) / w["images"] for w in windows])
+    positions = [-1] + [w["index"] for w in windows]
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    bottom = np.zeros(len(shares))
+    colours = plt.get_cmap("tab20")
+    for k, name in enumerate(classes[:20]):  # more than 20 would be an unreadable stack
+        ax.bar(positions, shares[:, k], bottom=bottom, color=colours(k), label=name)
+        bottom += shares[:, k]
+    ax.set_title("predicted-class mix per window (-1: the reference profile)")
+    ax.legend(fontsize=7, ncol=max(1, len(classes[:20]) // 10), bbox_to_anchor=(1.0, 1.0), loc="upper left")
+    _finish(fig, (ax,), path)
+
+
+def _finish(fig, axes, path: Path) -> None:
+    for ax in axes:
+        ax.set_xlabel("window")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _window_rows(windows: list[dict]) -> list[list]:
+    return [
+        [
+            w["index"],
+            w["start"],
+            w["end"],
+            w["images"],
+            w["requests"],
+            f"{w['latency_p50_ms']:.1f}",
+            f"{w['latency_p99_ms']:.1f}",
+            w["verdict"],
+            ", ".join(w["drifted"] or w["warned"]) or "-",
+        ]
+        for w in windows
+    ]
+
+
+def _feature_rows(window: dict) -> list[list]:
+    rows = []
+    for name, s in window["features"].items():
+        if "psi" in s:
+            figure = (
+                f"PSI {s['psi']:.3f}, KS {s['ks']:.3f} (p {s['ks_p']:.1e}), "
+                f"mean {s['mean']:.3f} vs {s['reference_mean']:.3f}"
+            )
+        elif name == "class_mix":
+            figure = f"chi-squared {s['chi2']:.1f}, p {s['p']:.1e}"
+        elif name == "embedding":
+            figure = f"mean shift {s['shift']:.3f} reference std devs"
+        elif name == "ood_rate":
+            figure = f"{s['rate']:.1%} below confidence {s['threshold']:.3f} (expected {s['expected']:.0%})"
+        else:
+            figure = f"mean {s['mean']:.3f} vs {s['reference_mean']:.3f}"
+        rows.append([name, figure, s["drift"]])
+    return rows
+
+
+def write_report(out: Path, summary: dict, limits: Thresholds) -> Path:
+    """``summary`` is what ``modelcycle monitor --json`` prints; returns monitor.html's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    windows = summary["windows"]
+    plots = []
+    if windows:
+        plot_traffic(windows, out / PLOTS[0])
+        plot_drift(windows, limits, out / PLOTS[1])
+        plot_classes(windows, summary["class_shares"], summary["classes"], out / PLOTS[2])
+        plots = list(PLOTS)
+    title = f"Monitoring of {summary['model']}"
+    context = {
+        "prediction log": summary["log"],
+        "reference": summary["reference"],
+        "images logged": summary["images"],
+        "windows": f"{len(windows)} of {summary['window']} images, one every {summary['step']}",
+        "thresholds": ", ".join(f"{k} {v:g}" for k, v in summary["thresholds"].items()),
+    }
+    verdicts = markdown_table(WINDOW_COLUMNS, _window_rows(windows))
+    latest = markdown_table(FEATURE_COLUMNS, _feature_rows(windows[-1])) if windows else ""
+    info = "\n".join(f"- **{k}**: {v}" for k, v in context.items())
+    empty = "" if windows else f"\nNo complete window yet: fewer than {summary['window']} images logged.\n"
+    md = (
+        f"# {title}\n\n{info}\n{empty}\n## Verdict per window\n\n{verdicts}\n\n"
+        + (f"## Latest window, test by test\n\n{latest}\n\n" if windows else "")
+        + "".join(f"## {p[:-4].capitalize()}\n\n![{p}]({p})\n\n" for p in plots)
+    )
+    (out / "monitor.md").write_text(md)
+    (out / "monitor.html").write_text(_html(title, context, windows, plots, out))
+    return out / "monitor.html"
+
+
+def _html(title: str, context: dict, windows: list[dict], plots: list[str], folder: Path) -> str:
+    esc = html.escape
+
+    def table(headers: list[str], rows: list[list]) -> str:
+        """Rows are coloured by their verdict (ok, warn, drift)."""
+        level = headers.index("verdict")
+        head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+        body = "".join(
+            f"<tr class='{esc(str(r[level]))}'>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in rows
+        )
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    verdicts = table(WINDOW_COLUMNS, _window_rows(windows))
+    latest = table(FEATURE_COLUMNS, _feature_rows(windows[-1])) if windows else "<p>No window yet.</p>"
+    images = "".join(
+        f"<h2>{esc(p[:-4].capitalize())}</h2><img alt='{p}' "
+        f"src='data:image/png;base64,{base64.b64encode((folder / p).read_bytes()).decode()}'>"
+        for p in plots
+    )
+    ctx = "".join(f"<li><b>{esc(k)}</b>: {esc(str(v))}</li>" for k, v in context.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+tr.drift td{{background:#fdd}}tr.warn td{{background:#ffe9c0}}img{{max-width:100%;border:1px solid #eee}}</style>
+</head><body><h1>{esc(title)}</h1><ul>{ctx}</ul><h2>Verdict per window</h2>{verdicts}
+<h2>Latest window, test by test</h2>{latest}{images}</body></html>"""
