@@ -114,6 +114,11 @@ def train(
 def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, train_items, val_items):
     """The task's data, model and step, its package metadata and writer, and what fine-tuning
     (``model.init_from``, ``model.freeze``, ``train.unfreeze_at_epoch``) did to the model."""
+    if config.run.task in ("reward", "dpo"):  # preference pairs: tasks/reward.py, tasks/dpo.py
+        if train_items is not None or val_items is not None:
+            raise UserError("cross-validation takes image runs only; reward and dpo runs train on data.root")
+        parts = preference_setup(config)
+        return parts, parts.meta, parts.write_package, transfer.FineTuning(None, [], [])
     if config.run.task == "text_classify":
         if train_items is not None or val_items is not None:
             raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
@@ -150,6 +155,12 @@ def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, back
     if _task(run) == "text_classify":
         return predict_text(run, [str(i) for i in inputs], topk=topk, backend=backend)
     return predict_images(run, inputs, topk=topk, backend=backend)
+
+
+def preference_setup(config: Config):
+    from modelcycle.tasks import dpo, reward
+
+    return (reward if config.run.task == "reward" else dpo).setup(config)
 
 
 def _task(run: str | Path | Run) -> str:

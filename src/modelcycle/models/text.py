@@ -134,22 +134,26 @@ def check_tuning(cfg: ModelSection) -> None:
         )
 
 
-def apply_tuning(model: nn.Module, cfg: ModelSection) -> tuple[nn.Module, dict]:
+def apply_tuning(
+    model: nn.Module, cfg: ModelSection, task_type: str = "SEQ_CLS", targets: list[str] | None = None
+) -> tuple[nn.Module, dict]:
     """Freeze mode or LoRA; returns the model that trains (a peft wrapper with LoRA) and a record
-    of what trains, for the log and the package."""
+    of what trains, for the log and the package. ``task_type`` is peft's (SEQ_CLS keeps the new
+    classifier trainable; CAUSAL_LM for language models), ``targets`` replaces lora.target_modules."""
     check_tuning(cfg)
     lora = cfg.lora
+    targets = list(targets or lora.target_modules)
     if not lora.r:
         report = apply_freeze(model, cfg.freeze)
         return model, {"freeze": report.mode, "lora": None, "trainable": report.trainable, "total": report.total}
     from peft import LoraConfig, TaskType, get_peft_model
 
     settings = LoraConfig(
-        task_type=TaskType.SEQ_CLS,  # keeps the classifier trainable and saved in full (modules_to_save)
+        task_type=TaskType[task_type],
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=targets,
     )
     try:
         with warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question; nothing to act on
@@ -158,12 +162,12 @@ def apply_tuning(model: nn.Module, cfg: ModelSection) -> tuple[nn.Module, dict]:
     except ValueError as exc:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError(
-            f"model.lora.target_modules={list(lora.target_modules)}: {exc}. This model's Linear layers are "
+            f"model.lora.target_modules={targets}: {exc}. This model's Linear layers are "
             f"named {', '.join(names)}"
         ) from None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    record = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": list(lora.target_modules)}
+    record = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": targets}
     return model, {"freeze": "none", "lora": record, "trainable": trainable, "total": total}
 
 
@@ -204,13 +208,15 @@ def package_writer(model: nn.Module, tokenizer) -> Callable[[Path, dict, dict], 
     return write
 
 
-def load_package(path: str | Path) -> tuple[nn.Module, object, dict]:
-    """(model in eval mode, tokenizer, manifest) of a text package, its weights checked first."""
+def load_package(path: str | Path, task: str = "text_classify") -> tuple[nn.Module, object, dict]:
+    """(model in eval mode, tokenizer, manifest) of a sequence-classifier package (a text
+    classifier, or a reward model with ``task="reward"``), its weights checked first."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     manifest = runs.read_manifest(path)
-    if manifest.get("task") != "text_classify":
-        raise UserError(f"{manifest['_dir']} is not a text classifier (task {manifest.get('task', 'classify')!r})")
+    if manifest.get("task") != task:
+        what = "a text classifier" if task == "text_classify" else f"a {task} model"
+        raise UserError(f"{manifest['_dir']} is not {what} (task {manifest.get('task', 'classify')!r})")
     runs.verified_weights(manifest)
     folder = Path(manifest["_dir"])
     with quiet():

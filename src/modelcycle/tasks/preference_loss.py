@@ -31,6 +31,22 @@ DPO_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")
 
 
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """``log p(token_t | tokens_<t)`` for t >= 1, shape (B, L-1): the logits at t-1 predict token t.
+    Gather minus logsumexp instead of a full log-softmax: one (B, L, V) tensor fewer."""
+    logits = logits[:, :-1].float()
+    taken = logits.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return taken - torch.logsumexp(logits, dim=-1)
+
+
+def response_logps(
+    logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities of each row's response tokens, and how many there are."""
+    mask = response_mask[:, 1:].float()
+    return (token_logprobs(logits, input_ids) * mask).sum(-1), mask.sum(-1)
+
+
 def bradley_terry_loss(
     chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | float | None = None
 ) -> torch.Tensor:
