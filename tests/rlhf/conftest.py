@@ -115,3 +115,26 @@ def prefs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sft_policy(tmp_path_factory, prefs: Path) -> Path:
     return build_sft_policy(tmp_path_factory.mktemp("lm-sft") / "model", prefs)
+
+
+@pytest.fixture
+def lm_config(tmp_path: Path, prefs: Path, sft_policy: Path):
+    """A factory: ``lm_config("reward", "train.epochs=3")`` -> a Config over the fixtures."""
+    from modelcycle.config import load_config
+
+    def make(task: str, *more: str):
+        base = [
+            f"run.task={task}",
+            f"run.name={task}",
+            f"run.dir={tmp_path / 'runs'}",
+            f"model.init_from={sft_policy}",
+            f"data.root={prefs}",
+            f"data.max_length={MAX_LENGTH}",
+            "train.batch_size=16",
+            "train.schedule=none",
+            "train.log_every=5",
+            "eval.batch_size=32",
+        ]
+        return load_config(None, base + list(more))
+
+    return make
