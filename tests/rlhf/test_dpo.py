@@ -51,8 +51,7 @@ def test_reference_free_losses_load_no_reference(lm_config, loss):
 
 
 def test_a_reference_with_another_tokenizer_is_refused(lm_config, tmp_path):
-    from conftest import build_tokenizer
-
+    from lm_fixtures import build_tokenizer
     from modelcycle.tasks.lm_standins import load_lm
 
     model, _, _ = load_lm(lm_config("dpo").model.init_from)

@@ -14,30 +14,6 @@ from modelcycle.models.text import load_package
 from modelcycle.tasks.reward import reward_scores
 
 
-@pytest.fixture(scope="module")
-def reward_run(tmp_path_factory, prefs, sft_policy):
-    from modelcycle.config import load_config
-
-    from conftest import MAX_LENGTH
-
-    config = load_config(
-        None,
-        [
-            "run.task=reward",
-            "run.name=reward",
-            f"run.dir={tmp_path_factory.mktemp('runs')}",
-            f"model.init_from={sft_policy}",
-            f"data.root={prefs}",
-            f"data.max_length={MAX_LENGTH}",
-            "train.epochs=5",
-            "train.batch_size=16",
-            "train.lr=3e-3",
-            "train.schedule=none",
-        ],
-    )
-    return api.train(config, progress=False)
-
-
 def test_reward_model_learns_to_rank_pairs_and_reports_held_out_figures(reward_run):
     epochs = reward_run.epoch_metrics()
     assert epochs[-1]["train_accuracy"] >= 0.7
