@@ -145,9 +145,29 @@ def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, tra
 def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None = None, backend: str = "auto") -> dict:
     """Metrics and a report in ``RUN/report/`` for a run's model (or a package) on a split or a
     manifest (images) / JSONL file (texts); the package says which."""
+    if _task(run) == "reward":  # pairwise accuracy on held-out preference pairs
+        from modelcycle.evaluation.policy import evaluate_reward
+
+        return evaluate_reward(run.path if isinstance(run, Run) else run, data=data)
     if _task(run) == "text_classify":
         return evaluate_text(run, split=split, data=data, backend=backend)
     return evaluate_images(run, split=split, data=data, backend=backend)
+
+
+def compare(
+    run: str | Path | Run,
+    against: str | Path | Run,
+    reward: str | Path | None = None,
+    data: str | Path | None = None,
+    samples: int = 32,
+    max_new_tokens: int = 48,
+) -> dict:
+    """Answers to held-out prompts from the policy ``run`` and the baseline ``against``, judged by
+    the reward model (the PPO run's own, or ``reward``): win rate, mean rewards, KL to the baseline."""
+    from modelcycle.evaluation.policy import compare_policies
+
+    path = lambda r: r.path if isinstance(r, Run) else r  # noqa: E731
+    return compare_policies(path(run), path(against), reward, data, samples=samples, max_new_tokens=max_new_tokens)
 
 
 def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, backend: str = "auto") -> list[dict]:
