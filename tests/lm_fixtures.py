@@ -57,7 +57,9 @@ def build_tokenizer(texts: list[str], vocab: int = 600):
     )
 
 
-def build_sft_policy(folder: Path, prefs: Path, steps: int = 60, seed: int = 0) -> Path:
+def build_sft_policy(
+    folder: Path, prefs: Path, steps: int = 60, seed: int = 0, hidden: int = 64, layers: int = 2
+) -> Path:
     """Tokenizer + tiny LlamaForCausalLM, fine-tuned on (prompt, chosen) for ``steps`` steps."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -71,9 +73,9 @@ def build_sft_policy(folder: Path, prefs: Path, steps: int = 60, seed: int = 0) 
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIALS}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=256,
