@@ -41,14 +41,34 @@ def warm_up(models: list[ServedModel], batch: int) -> None:
 
 
 def serve(specs: list[str], cfg: ServeSection) -> None:
-    import uvicorn
-
     from modelcycle.serve.app import create_app
 
     api_key = read_api_key(cfg.api_key_env)
+    if reward_models(specs):  # POST /v1/score (serve/score.py)
+        from modelcycle.serve.score import serve_reward_models
+
+        return serve_reward_models(specs, cfg, api_key)
     models = load_models(specs, cfg.backend, cfg.max_pixels)
     warm_up(models, cfg.max_batch_size)
     app = create_app(models, cfg, api_key)
+    lines = [f"serving {m.name} (version {m.version}, {m.predictor.backend}, {len(m.classes)} classes)" for m in models]
+    run(app, cfg, lines, "playground {url}/  docs {url}/docs  metrics {url}/metrics", api_key is not None)
+
+
+def reward_models(specs: list[str]) -> bool:
+    """True when every model is a reward model; one server hosts either those or classifiers."""
+    from modelcycle.serve.score import is_reward_model
+
+    kinds = {is_reward_model(spec.rpartition("=")[2]) for spec in specs}
+    if len(kinds) > 1:
+        raise UserError("reward models and image classifiers are served by separate servers; start one of each")
+    return kinds == {True}
+
+
+def run(app, cfg: ServeSection, lines: list[str], endpoints: str, keyed: bool) -> None:
+    """Bind and run ``app`` until SIGTERM or Ctrl-C; ``endpoints`` names its pages ({url} filled in)."""
+    import uvicorn
+
     # torch, ONNX Runtime and FastAPI leave ~250k long-lived objects that every full garbage
     # collection would walk again (about a second each on these machines, the event loop blocked):
     # moved out of the collector's sight, collections only see what requests allocate
@@ -57,10 +77,10 @@ def serve(specs: list[str], cfg: ServeSection) -> None:
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    for m in models:
-        info(f"serving {m.name} (version {m.version}, {m.predictor.backend}, {len(m.classes)} classes)")
-    auth = f"Bearer key from ${cfg.api_key_env}" if api_key else "no API key"
-    info(f"listening on {url}  (playground {url}/  docs {url}/docs  metrics {url}/metrics; {auth})")
+    for line in lines:
+        info(line)
+    auth = f"Bearer key from ${cfg.api_key_env}" if keyed else "no API key"
+    info(f"listening on {url}  ({endpoints.format(url=url)}; {auth})")
     server = uvicorn.Server(
         uvicorn.Config(
             app,
