@@ -114,6 +114,8 @@ def train(
 def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, train_items, val_items):
     """The task's data, model and step, its package metadata and writer, and what fine-tuning
     (``model.init_from``, ``model.freeze``, ``train.unfreeze_at_epoch``) did to the model."""
+    if config.run.task == "ppo":
+        raise UserError("run.task=ppo trains in its own loop: `modelcycle lm ppo CONFIG policy=RUN reward=RUN`")
     if config.run.task in ("reward", "dpo"):  # preference pairs: tasks/reward.py, tasks/dpo.py
         if train_items is not None or val_items is not None:
             raise UserError("cross-validation takes image runs only; reward and dpo runs train on data.root")

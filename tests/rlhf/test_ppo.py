@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from modelcycle import api
 from modelcycle.errors import NonFiniteLossError
 from modelcycle.models.text import load_package, package_writer
 from modelcycle.tasks.ppo import train_ppo
@@ -85,3 +86,13 @@ def test_nan_rewards_refuse_the_step_and_keep_the_last_good_checkpoint(tmp_path,
     assert last.read_bytes() == before
     events = (tmp_path / "runs" / "run" / "events.log").read_text()
     assert "resumed from iteration 1" in events and "iteration 2: the reward model returned NaN" in events
+
+
+def test_ppo_needs_its_own_verb_and_both_models(tmp_path):
+    from modelcycle.config import load_config
+    from modelcycle.errors import ConfigError, UserError
+
+    with pytest.raises(UserError, match="modelcycle lm ppo"):
+        api.train(load_config(None, ["run.task=ppo", f"run.dir={tmp_path}"]), progress=False)
+    with pytest.raises(ConfigError, match="ppo.policy and ppo.reward"):
+        train_ppo(None, [f"run.dir={tmp_path}", "policy=runs/x"])
