@@ -101,7 +101,7 @@ def main() -> None:
                 f"ppo.iterations={args.iterations}",
                 "ppo.rollout_batch=16",
                 "ppo.minibatch=8",
-                "ppo.epochs=4",
+                "ppo.update_epochs=4",
                 "ppo.max_new_tokens=32",
             ],
         )

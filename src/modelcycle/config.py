@@ -218,7 +218,7 @@ class PPOSection(Section):
     iterations: int = Field(50, ge=1)  # rollout + update rounds
     rollout_batch: int = Field(16, ge=1)  # prompts answered per iteration
     minibatch: int = Field(8, ge=1)  # responses per optimizer step
-    epochs: int = Field(4, ge=1)  # passes over each rollout batch
+    update_epochs: int = Field(4, ge=1)  # passes over each rollout batch
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, gt=0)
     kl_coef: float = Field(0.05, ge=0)  # the start value of the per-token KL penalty's coefficient

@@ -42,7 +42,7 @@ def ppo_overrides(tmp_path, prefs, sft_policy, reward, *more):
         "ppo.iterations=3",
         "ppo.rollout_batch=6",
         "ppo.minibatch=3",
-        "ppo.epochs=2",
+        "ppo.update_epochs=2",
         "ppo.max_new_tokens=16",
         "ppo.checkpoint_every=1",
         "train.lr=1e-3",
@@ -57,7 +57,7 @@ def test_ppo_with_lora_logs_every_figure_and_writes_a_causal_lm(tmp_path, prefs,
     assert [m["iteration"] for m in lines] == [1, 2, 3]
     assert all(set(m) >= FIGURES and all(map(lambda v: v == v, m.values())) for m in lines)
     assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference's own
-    assert lines[-1]["kl"] > 0  # the update moved the adapters
+    assert abs(lines[-1]["kl"]) > 1e-3  # the updates moved the policy off the reference (a sampled estimate)
     assert lines[-1]["kl_coef"] != lines[0]["kl_coef"]  # adaptive: the KL is off its target
     manifest = json.loads((run.model_dir / "modelcycle.json").read_text())
     assert manifest["task"] == "ppo" and manifest["fine_tuning"]["lora"]["r"] == 4

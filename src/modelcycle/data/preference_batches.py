@@ -119,4 +119,3 @@ def pair_loader(
         collate_fn=PairCollate(tokenizer.pad_token_id),
         generator=torch.Generator().manual_seed(seed),
     )
-

@@ -129,4 +129,3 @@ def compare_policies(
             )
         ],
     }
-

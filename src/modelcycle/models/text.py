@@ -162,8 +162,7 @@ def apply_tuning(
     except ValueError as exc:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError(
-            f"model.lora.target_modules={targets}: {exc}. This model's Linear layers are "
-            f"named {', '.join(names)}"
+            f"model.lora.target_modules={targets}: {exc}. This model's Linear layers are named {', '.join(names)}"
         ) from None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

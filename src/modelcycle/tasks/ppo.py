@@ -1,7 +1,7 @@
 """PPO for language models (``modelcycle lm ppo``, Ouyang et al. 2022 / Ziegler et al. 2019).
 
 Each iteration: sample answers to a batch of prompts from the policy (rollout), score them with
-the frozen reward model (scoring), then take ``ppo.epochs`` passes of clipped policy and value
+the frozen reward model (scoring), then take ``ppo.update_epochs`` passes of clipped policy and value
 updates over that batch (update). The reward per token is ``-β·KL`` to the frozen reference (the
 starting policy) plus the reward model's score on the last token; GAE turns those into
 advantages. The pieces are tasks/ppo_loss.py; the sampler and value head tasks/ppo_rollout.py.
@@ -193,7 +193,7 @@ def _iteration(config, policy, reference, scorer, score_tokenizer, tokenizer, st
     figures: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "entropy": 0.0}
     updates = 0
     policy.train()
-    for _ in range(p.epochs):
+    for _ in range(p.update_epochs):
         for chunk in torch.randperm(len(prompts)).split(p.minibatch):
             part = Rollout(rollout.sequences[chunk], rollout.attention_mask[chunk], rollout.prompt_width, mask[chunk])
             logp, values, logits = response_figures(policy, part, p.temperature)
