@@ -119,6 +119,13 @@ def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, tra
             raise UserError("cross-validation takes image runs only; language-model runs train on lm.train_files")
         parts = language_model_setup(config)
         return parts, parts.meta, parts.write_package, transfer.FineTuning(None, [], parts.callbacks)
+    if config.run.task == "ppo":
+        raise UserError("run.task=ppo trains in its own loop: `modelcycle lm ppo CONFIG policy=RUN reward=RUN`")
+    if config.run.task in ("reward", "dpo"):  # preference pairs: tasks/reward.py, tasks/dpo.py
+        if train_items is not None or val_items is not None:
+            raise UserError("cross-validation takes image runs only; reward and dpo runs train on data.root")
+        parts = preference_setup(config)
+        return parts, parts.meta, parts.write_package, transfer.FineTuning(None, [], [])
     if config.run.task == "text_classify":
         if train_items is not None or val_items is not None:
             raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
@@ -146,13 +153,33 @@ def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None 
     """Metrics and a report in ``RUN/report/`` for a run's model (or a package) on a split or a
     manifest (images) / JSONL file (texts); the package says which."""
     task = _task(run)
-    if task in ("lm", "sft"):
+    if task in ("lm", "sft", "dpo", "ppo"):  # causal LMs: perplexity, answer loss, sample answers
         from modelcycle.evaluation.lm import evaluate_lm
 
         return evaluate_lm(run, data=data)
+    if task == "reward":  # pairwise accuracy on held-out preference pairs
+        from modelcycle.evaluation.policy import evaluate_reward
+
+        return evaluate_reward(run.path if isinstance(run, Run) else run, data=data)
     if task == "text_classify":
         return evaluate_text(run, split=split, data=data, backend=backend)
     return evaluate_images(run, split=split, data=data, backend=backend)
+
+
+def compare(
+    run: str | Path | Run,
+    against: str | Path | Run,
+    reward: str | Path | None = None,
+    data: str | Path | None = None,
+    samples: int = 32,
+    max_new_tokens: int = 48,
+) -> dict:
+    """Answers to held-out prompts from the policy ``run`` and the baseline ``against``, judged by
+    the reward model (the PPO run's own, or ``reward``): win rate, mean rewards, KL to the baseline."""
+    from modelcycle.evaluation.policy import compare_policies
+
+    path = lambda r: r.path if isinstance(r, Run) else r  # noqa: E731
+    return compare_policies(path(run), path(against), reward, data, samples=samples, max_new_tokens=max_new_tokens)
 
 
 def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, backend: str = "auto") -> list[dict]:
@@ -160,6 +187,12 @@ def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, back
     if _task(run) == "text_classify":
         return predict_text(run, [str(i) for i in inputs], topk=topk, backend=backend)
     return predict_images(run, inputs, topk=topk, backend=backend)
+
+
+def preference_setup(config: Config):
+    from modelcycle.tasks import dpo, reward
+
+    return (reward if config.run.task == "reward" else dpo).setup(config)
 
 
 def _task(run: str | Path | Run) -> str:

@@ -174,6 +174,15 @@ def distill(
     )
 
 
+def _is_reward(run: Path) -> bool:
+    from modelcycle import runs
+
+    try:
+        return runs.read_manifest(run).get("task") == "reward"
+    except UserError:
+        return False
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder (runs/NAME) or a model package."),
@@ -183,10 +192,20 @@ def evaluate(
     ),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+    against: Path | None = typer.Option(
+        None, help="A baseline policy (run or model folder): compare RUN's answers to its on held-out prompts."
+    ),
+    reward: Path | None = typer.Option(None, help="With --against: the reward run that judges (default: PPO's own)."),
+    samples: int = typer.Option(32, help="With --against: how many held-out prompts to answer."),
 ):
-    """Accuracy, top-5, per-class precision/recall/F1 and a report with plots in RUN/report/ (images or texts)."""
+    """Accuracy, top-5, per-class precision/recall/F1 and a report with plots in RUN/report/ (images or texts);
+    pairwise accuracy for a reward model; win rate, rewards and KL of a policy with --against."""
     from modelcycle.api import evaluate as run_evaluate
 
+    if against is not None or _is_reward(run):
+        from modelcycle.cli_lm import show_policy_evaluation
+
+        return show_policy_evaluation(run, against, reward, data, samples, as_json)
     metrics = run_evaluate(run, split=split, data=data, backend=backend)
     if "perplexity" in metrics:  # a language model: perplexity, answer loss, sample answers
         from modelcycle.cli_lm import show_lm_metrics

@@ -35,18 +35,28 @@ def tokenizer(
     info(f"tokenizer: {len(trained):,} tokens in {out}/ (eos {trained.eos_token}, pad {trained.pad_token})")
 
 
+# what each training verb puts under the recipe file, and the figures it prints at the end
+TASK_DEFAULTS = {
+    "lm": {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}},
+    "sft": {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}},
+    "reward": {},
+    "dpo": {},
+}
+SHOWN = {"lm": ("val_loss", "val_perplexity"), "sft": ("val_loss", "val_perplexity")}
+
+
 def _train(task: str, config: str, overrides: list[str] | None, resume: bool, overwrite: bool) -> None:
     from modelcycle.api import train
     from modelcycle.cli import _split_config
     from modelcycle.config import load_config
 
     path, overrides = _split_config(config, overrides)
-    # the language-model defaults under the file, the task over it: `lm sft` always fine-tunes
-    base = {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}}
-    cfg = load_config(path, [*overrides, f"run.task={task}"], base=base)
+    # the task's defaults under the file, the task over it: `lm sft` always fine-tunes
+    cfg = load_config(path, [*overrides, f"run.task={task}"], base=TASK_DEFAULTS[task])
     run = train(cfg, resume=resume, overwrite=overwrite)
     last = run.epoch_metrics()[-1:] or [{}]
-    shown = "  ".join(f"{k}={last[0][k]:.4f}" for k in ("val_loss", "val_perplexity") if k in last[0])
+    keys = SHOWN.get(task, ("val_accuracy", "val_margin", "val_loss"))
+    shown = "  ".join(f"{k}={last[0][k]:.4f}" for k in keys if k in last[0])
     info(f"run {run.path}: model package in {run.model_dir}  {shown}")
 
 
@@ -241,3 +251,95 @@ def chat(
             console.print("[bold]you>[/bold] ", end="")
 
     repl(session, sys.stdin, write, info, prompt)
+
+
+# ---------------------------------------------------------------- reward model, DPO, PPO (docs/lm-rlhf.md)
+
+PREF_OVERRIDES = "Config overrides as key=value, e.g. model.init_from=runs/lm-sft dpo.beta=0.1 train.epochs=3"
+
+
+@lm_app.command()
+def reward(
+    config: str = typer.Argument(..., help="YAML recipe (configs/lm-reward.yaml) or a first key=value override."),
+    overrides: list[str] | None = typer.Argument(None, help=PREF_OVERRIDES),
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+):
+    """Train a reward model on preference pairs (Bradley-Terry loss; run.task=reward): a scalar head on the
+    model in model.init_from; reports held-out pairwise accuracy; the package is served by `modelcycle serve`."""
+    _train("reward", config, overrides, resume, overwrite)
+
+
+@lm_app.command()
+def dpo(
+    config: str = typer.Argument(..., help="YAML recipe (configs/lm-dpo.yaml) or a first key=value override."),
+    overrides: list[str] | None = typer.Argument(None, help=PREF_OVERRIDES),
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+):
+    """Tune the policy in model.init_from on preference pairs with DPO (dpo.loss sigmoid/hinge/ipo, or the
+    reference-free simpo/orpo; dpo.beta); logs implicit reward accuracy and margins."""
+    _train("dpo", config, overrides, resume, overwrite)
+
+
+@lm_app.command()
+def ppo(
+    config: str = typer.Argument(..., help="YAML recipe (configs/lm-ppo.yaml) or a first key=value override."),
+    overrides: list[str] | None = typer.Argument(
+        None, help="policy=RUN reward=RUN (short for ppo.policy, ppo.reward) and key=value overrides."
+    ),
+    resume: bool = RESUME,
+    overwrite: bool = OVERWRITE,
+):
+    """Tune a policy against a reward model with PPO (rollouts, per-token KL to the reference, GAE, clipped
+    updates); logs reward, KL, entropy, clip fraction and value loss per iteration."""
+    from modelcycle.cli import _split_config
+    from modelcycle.tasks.ppo import train_ppo
+
+    path, overrides = _split_config(config, overrides)
+    run = train_ppo(path, overrides, resume=resume, overwrite=overwrite)
+    last = run.metrics[-1:] or [{}]
+    shown = "  ".join(f"{k}={last[0][k]:.4f}" for k in ("reward", "kl") if k in last[0])
+    info(f"run {run.path}: model package in {run.model_dir}  {shown}")
+
+
+def show_policy_evaluation(
+    run: Path, against: Path | None, reward: Path | None, data: Path | None, samples: int, as_json: bool
+) -> None:
+    """`modelcycle evaluate` on a reward run, or on a policy with --against."""
+    from rich.table import Table
+
+    from modelcycle.api import compare, evaluate
+
+    if against is None:
+        metrics = evaluate(run, data=data)
+        if as_json:
+            stdout.print_json(json.dumps(metrics))
+        else:
+            info(
+                f"{run}: pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {metrics['num_pairs']} held-out "
+                f"pairs, mean margin {metrics['mean_margin']:.3f}"
+            )
+        return
+    result = compare(run, against, reward=reward, data=data, samples=samples)
+    if as_json:
+        stdout.print_json(json.dumps({k: result[k] for k in ("win_rate", "mean_reward", "baseline_reward", "kl")}))
+        return
+    table = Table(title=f"{run} against {against} ({result['num_prompts']} held-out prompts)")
+    for column in ("prompt", "answer", "reward", "baseline answer", "baseline reward"):
+        table.add_column(column, overflow="fold")
+    for s in result["samples"][:8]:
+        table.add_row(
+            s["prompt"],
+            s["answer"][:160],
+            f"{s['reward']:.2f}",
+            s["baseline_answer"][:160],
+            f"{s['baseline_reward']:.2f}",
+        )
+    stdout.print(table)
+    kl = "n/a (different tokenizers)" if result["kl"] is None else f"{result['kl']:.3f} nats"
+    stdout.print(
+        f"win rate {result['win_rate']:.1%}  mean reward {result['mean_reward']:.3f} (baseline "
+        f"{result['baseline_reward']:.3f})  KL to the baseline {kl}",
+        highlight=False,
+    )

@@ -27,8 +27,9 @@ class RunSection(Section):
     dir: str = "runs"
     # what one step computes, and so what data.root holds and how the package is laid out:
     # classify = images (a folder made by `modelcycle prepare`), text_classify = JSONL texts (docs/text.md),
-    # lm = causal language model pretraining, sft = supervised fine-tuning on chats (docs/lm.md)
-    task: Literal["classify", "text_classify", "lm", "sft"] = "classify"
+    # lm = causal language model pretraining, sft = supervised fine-tuning on chats (docs/lm.md),
+    # reward, dpo, ppo = the preference stages of a language model (docs/lm-rlhf.md)
+    task: Literal["classify", "text_classify", "lm", "sft", "reward", "dpo", "ppo"] = "classify"
 
 
 class DataSection(Section):
@@ -233,6 +234,45 @@ class LMSection(Section):
     eval_tokens: int = Field(160, ge=1)  # new tokens per answer in `modelcycle evaluate`
 
 
+class RewardSection(Section):
+    """``modelcycle lm reward``: a scalar score learned from preference pairs (docs/lm-rlhf.md)."""
+
+    margin_scale: float = Field(1.0, ge=0)  # times each pair's "margin" in the loss; 0 ignores the margins
+
+
+class DPOSection(Section):
+    """``modelcycle lm dpo``: the policy learns from preference pairs directly (docs/lm-rlhf.md)."""
+
+    loss: Literal["sigmoid", "hinge", "ipo", "simpo", "orpo"] = "sigmoid"
+    beta: float = Field(0.1, gt=0)  # how far from the reference the policy may move; for orpo, the odds term's weight
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # sigmoid/simpo: the share of pairs assumed mislabelled
+    simpo_gamma: float = Field(0.5, ge=0)  # simpo: the reward margin asked for
+    cache_reference: bool = True  # reference log-probabilities computed once before training, not every step
+    reference: str | None = None  # a model folder or run; None: the model the run starts from
+
+
+class PPOSection(Section):
+    """``modelcycle lm ppo``: the policy learns to please a reward model (docs/lm-rlhf.md)."""
+
+    policy: str | None = None  # the run or model folder PPO starts from (also the frozen reference)
+    reward: str | None = None  # a reward run (`modelcycle lm reward`) or its package
+    iterations: int = Field(50, ge=1)  # rollout + update rounds
+    rollout_batch: int = Field(16, ge=1)  # prompts answered per iteration
+    minibatch: int = Field(8, ge=1)  # responses per optimizer step
+    update_epochs: int = Field(4, ge=1)  # passes over each rollout batch
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    kl_coef: float = Field(0.05, ge=0)  # the start value of the per-token KL penalty's coefficient
+    kl_target: float | None = Field(6.0, gt=0)  # nats per response the adaptive coefficient aims at; None: fixed
+    kl_horizon: int = Field(10000, ge=1)  # how slowly the adaptive coefficient moves
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)  # GAE's lambda
+    clip: float = Field(0.2, gt=0)  # policy ratio clip
+    value_clip: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)  # weight of the value loss
+    checkpoint_every: int = Field(10, ge=1)  # iterations between checkpoints
+
+
 class Config(Section):
     run: RunSection = Field(default_factory=RunSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -245,6 +285,9 @@ class Config(Section):
     monitor: MonitorSection = Field(default_factory=MonitorSection)
     track: TrackSection = Field(default_factory=TrackSection)
     lm: LMSection = Field(default_factory=LMSection)
+    reward: RewardSection = Field(default_factory=RewardSection)
+    dpo: DPOSection = Field(default_factory=DPOSection)
+    ppo: PPOSection = Field(default_factory=PPOSection)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -16,6 +16,7 @@ encoder's cost grows with the padded length. The training loader draws its order
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,22 @@ def read_jsonl(path: Path) -> list[Record]:
     if not path.is_file():
         raise DataError(f"{path} does not exist; {LINE_FORMAT}")
     records, problems = [], []
+    for number, record in json_records(path, problems):
+        problem = _problem(record)
+        if problem:
+            problems.append(f"{path}:{number}: {problem}")
+        else:
+            records.append(Record(record["text"], record["label"], number))
+    if problems:
+        refuse_lines(path, problems, LINE_FORMAT + "; fix or delete these lines")
+    if not records:
+        raise DataError(f"{path} holds no examples; {LINE_FORMAT}")
+    return records
+
+
+def json_records(path: Path, problems: list[str]) -> Iterator[tuple[int, object]]:
+    """(line number, decoded JSON value) for each non-blank line; a line that is not UTF-8 or not
+    JSON is added to ``problems`` as ``file:line: what`` instead, so a caller reports them all."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -52,20 +69,9 @@ def read_jsonl(path: Path) -> list[Record]:
             if not line.strip():
                 continue  # blank lines (a trailing newline, a separator) carry nothing
             try:
-                record = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            problem = _problem(record)
-            if problem:
-                problems.append(f"{path}:{number}: {problem}")
-            else:
-                records.append(Record(record["text"], record["label"], number))
-    if problems:
-        _refuse(path, problems, LINE_FORMAT + "; fix or delete these lines")
-    if not records:
-        raise DataError(f"{path} holds no examples; {LINE_FORMAT}")
-    return records
 
 
 def _problem(record: object) -> str | None:
@@ -81,7 +87,7 @@ def _problem(record: object) -> str | None:
     return None
 
 
-def _refuse(path: Path, problems: list[str], what_to_do: str) -> None:
+def refuse_lines(path: Path, problems: list[str], what_to_do: str) -> None:
     more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
     raise DataError(
         f"{path}: {len(problems)} bad line{'s' * (len(problems) > 1)}:\n  "
@@ -96,7 +102,7 @@ def labelled(records: list[Record], classes: list[str], path: Path) -> list[tupl
     index = {name: i for i, name in enumerate(classes)}
     unknown = [f"{path}:{r.line}: label {r.label!r}" for r in records if r.label not in index]
     if unknown:
-        _refuse(
+        refuse_lines(
             path,
             unknown,
             f"the classes are the train labels ({', '.join(classes)}): a class needs training examples, "

@@ -207,13 +207,15 @@ def package_writer(model: nn.Module, tokenizer) -> Callable[[Path, dict, dict], 
     return write
 
 
-def load_package(path: str | Path) -> tuple[nn.Module, object, dict]:
-    """(model in eval mode, tokenizer, manifest) of a text package, its weights checked first."""
+def load_package(path: str | Path, task: str = "text_classify") -> tuple[nn.Module, object, dict]:
+    """(model in eval mode, tokenizer, manifest) of a sequence-classifier package (a text
+    classifier, or a reward model with ``task="reward"``), its weights checked first."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     manifest = runs.read_manifest(path)
-    if manifest.get("task") != "text_classify":
-        raise UserError(f"{manifest['_dir']} is not a text classifier (task {manifest.get('task', 'classify')!r})")
+    if manifest.get("task") != task:
+        what = "a text classifier" if task == "text_classify" else f"a {task} model"
+        raise UserError(f"{manifest['_dir']} is not {what} (task {manifest.get('task', 'classify')!r})")
     runs.verified_weights(manifest)
     folder = Path(manifest["_dir"])
     with quiet():

@@ -45,6 +45,10 @@ def serve(specs: list[str], cfg: ServeSection, monitoring: MonitorSection | None
     from modelcycle.serve.app import create_app
 
     api_key = read_api_key(cfg.api_key_env)
+    if reward_models(specs):  # POST /v1/score (serve/score.py)
+        from modelcycle.serve.score import serve_reward_models
+
+        return serve_reward_models(specs, cfg, api_key)
     if language_models(specs):
         from modelcycle.serve.openai import serve_language_models
 
@@ -62,13 +66,24 @@ def serve(specs: list[str], cfg: ServeSection, monitoring: MonitorSection | None
 
 
 def language_models(specs: list[str]) -> bool:
-    """True when every model is a language model (served by the OpenAI-compatible app); one
-    server answers either images or text, since both APIs own ``/v1/models``."""
+    """True when every model is a causal language model (served by the OpenAI-compatible app)."""
     from modelcycle.lm.load import is_language_model
 
-    kinds = {is_language_model(spec.rpartition("=")[2]) for spec in specs}
+    return _all_of(specs, is_language_model, "language models")
+
+
+def reward_models(specs: list[str]) -> bool:
+    """True when every model is a reward model (served for ``POST /v1/score``)."""
+    from modelcycle.serve.score import is_reward_model
+
+    return _all_of(specs, is_reward_model, "reward models")
+
+
+def _all_of(specs: list[str], is_kind, kind: str) -> bool:
+    """One server hosts one kind of model: their APIs share paths such as ``/v1/models``."""
+    kinds = {is_kind(spec.rpartition("=")[2]) for spec in specs}
     if len(kinds) > 1:
-        raise UserError("language models and image classifiers are served by separate servers; start one of each")
+        raise UserError(f"{kind} and other models are served by separate servers; start one for each kind")
     return kinds == {True}
 
 

@@ -1,0 +1,121 @@
+"""Preference pairs as token batches: the prompt through the tokenizer's chat template, each
+answer after it and closed with the end-of-turn token (the tokenizer's ``eos_token``), chosen and
+rejected rows stacked in one batch so a model scores both in one forward pass.
+
+Only the answer tokens differ between the two rows of a pair; ``response_mask`` marks them, so the
+DPO task sums log-probabilities over exactly the tokens the preference is about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from modelcycle.data.datasets import batching
+from modelcycle.data.preferences import Pair
+from modelcycle.errors import ConfigError
+
+
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt rendered by the tokenizer's chat template up to the assistant's turn; a
+    tokenizer without a template (a plain pretrained LM) gets the turns' text on lines."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "".join(m["content"] + "\n" for m in messages)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def answer_ids(tokenizer, text: str) -> list[int]:
+    """The answer's tokens closed by the end-of-turn token, as the model is to produce them."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
+
+
+def fit(prompt: list[int], answers: list[list[int]], max_length: int) -> tuple[list[int], list[list[int]]]:
+    """Cut to ``max_length`` tokens: answers keep their beginning, the prompt its end (where the
+    question and the assistant marker are); the prompt gives up at most half the budget."""
+    longest = max(len(a) for a in answers)
+    if len(prompt) + longest <= max_length:
+        return prompt, answers
+    keep = min(len(prompt), max(max_length - longest, max_length // 2))
+    prompt = prompt[len(prompt) - keep :]
+    return prompt, [a[: max_length - keep] for a in answers]
+
+
+@dataclass
+class EncodedPair:
+    chosen: list[int]
+    rejected: list[int]
+    prompt_length: int
+    margin: float
+
+
+def encode_pairs(pairs: list[Pair], tokenizer, max_length: int) -> list[EncodedPair]:
+    out = []
+    for pair in pairs:
+        prompt, (chosen, rejected) = fit(
+            prompt_ids(tokenizer, pair.messages),
+            [answer_ids(tokenizer, pair.chosen), answer_ids(tokenizer, pair.rejected)],
+            max_length,
+        )
+        out.append(EncodedPair(prompt + chosen, prompt + rejected, len(prompt), pair.margin or 0.0))
+    return out
+
+
+class PairDataset(Dataset):
+    def __init__(self, pairs: list[EncodedPair]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, EncodedPair]:
+        index = key[0] if isinstance(key, tuple) else key  # EpochSampler adds a seed pairs do not use
+        return index, self.pairs[index]
+
+
+class PairCollate:
+    """``input_ids``/``attention_mask``/``response_mask`` of shape (2B, L), the B chosen rows first,
+    right-padded; ``margin`` and ``index`` (the pairs' places in the dataset) of shape (B,)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[tuple[int, EncodedPair]]) -> dict[str, torch.Tensor]:
+        rows = [p.chosen for _, p in batch] + [p.rejected for _, p in batch]
+        starts = [p.prompt_length for _, p in batch] * 2
+        longest = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), longest), dtype=torch.long)
+        response = torch.zeros((len(rows), longest), dtype=torch.long)
+        for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention[i, : len(row)] = 1
+            response[i, start : len(row)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "response_mask": response,
+            "margin": torch.tensor([p.margin for _, p in batch], dtype=torch.float32),
+            "index": torch.tensor([i for i, _ in batch]),
+        }
+
+
+def pair_loader(
+    pairs: list[EncodedPair], tokenizer, batch_size: int, train: bool, seed: int = 0, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """Batches of :class:`PairCollate`; the order comes from the engine's EpochSampler, so a run
+    resumes exactly, and no worker processes (the tokens are in memory)."""
+    if tokenizer.pad_token_id is None:
+        raise ConfigError("the model's tokenizer has no padding token; choose a model whose tokenizer defines one")
+    dataset = PairDataset(pairs)
+    return DataLoader(
+        dataset,
+        **batching(len(dataset), batch_size, train, seed, rank, world),
+        num_workers=0,
+        collate_fn=PairCollate(tokenizer.pad_token_id),
+        generator=torch.Generator().manual_seed(seed),
+    )

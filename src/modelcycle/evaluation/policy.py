@@ -1,0 +1,131 @@
+"""Evaluation of the preference stages: a reward model's pairwise accuracy, and two policies
+compared on held-out prompts (``modelcycle evaluate RUN --against BASELINE``).
+
+The comparison samples one answer per held-out prompt from each policy (the same seed for both),
+scores both with the reward model and reports the mean rewards, the win rate (ties count half)
+and the KL from the baseline: the mean over the policy's own answers of ``Σ_t log π - log ρ``,
+with the baseline as ρ, which for a PPO or DPO run against its SFT start is the KL to the
+reference the run was held to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from modelcycle.data.preference_batches import prompt_ids
+from modelcycle.data.preferences import VAL_FILE, read_pairs, unique_prompts
+from modelcycle.errors import UserError
+from modelcycle.models.text import load_package
+from modelcycle.progress import progress_bar
+from modelcycle.tasks.lm_standins import eos_ids, load_lm
+from modelcycle.tasks.ppo_rollout import response_figures, sample
+from modelcycle.tasks.reward import reward_scores
+
+
+def held_out_pairs(manifest: dict, data: str | Path | None) -> tuple[list, Path]:
+    """The pairs in ``data`` (a prefs JSONL file or a folder holding prefs-val.jsonl), else in the
+    held-out file of the data the run trained on."""
+    path = Path(data) if data else Path(manifest.get("preprocessing", {}).get("data_root", "")) / VAL_FILE
+    if path.is_dir():
+        path = path / VAL_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{path} does not exist; pass --data with a preference JSONL file (or a folder with {VAL_FILE})"
+        )
+    return read_pairs(path), path
+
+
+def evaluate_reward(run: str | Path, data: str | Path | None = None) -> dict:
+    """``pairwise_accuracy`` (chosen scored higher), the mean score margin, and pair count."""
+    model, tokenizer, manifest = load_package(run, task="reward")
+    pairs, path = held_out_pairs(manifest, data)
+    max_length = manifest["preprocessing"]["max_length"]
+    prompts = [p.messages for p in pairs]
+    chosen = reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], max_length)
+    rejected = reward_scores(model, tokenizer, prompts, [p.rejected for p in pairs], max_length)
+    return {
+        "task": "reward",
+        "pairwise_accuracy": float((chosen > rejected).float().mean()),
+        "mean_margin": float((chosen - rejected).mean()),
+        "num_pairs": len(pairs),
+        "data": str(path),
+    }
+
+
+def reward_model_of(run_manifest: dict | None, reward: str | Path | None) -> str:
+    if reward:
+        return str(reward)
+    recorded = (run_manifest or {}).get("reward_model", {}).get("package")
+    if recorded:
+        return recorded
+    raise UserError("no reward model to judge with: pass --reward RUN (a `modelcycle lm reward` run)")
+
+
+def compare_policies(
+    run: str | Path,
+    against: str | Path,
+    reward: str | Path | None = None,
+    data: str | Path | None = None,
+    samples: int = 32,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,  # the policy's own distribution, so the KL estimate is unbiased
+    seed: int = 0,
+) -> dict:
+    """Win rate, mean rewards and KL of ``run`` against the baseline policy ``against``."""
+    policy, tokenizer, manifest = load_lm(run)
+    baseline, base_tokenizer, _ = load_lm(against)
+    scorer, score_tokenizer, score_manifest = load_package(reward_model_of(manifest, reward), task="reward")
+    if data is None and manifest and "data_root" not in manifest.get("preprocessing", {}):
+        data = score_manifest["preprocessing"]["data_root"]  # a PPO run: the reward model's held-out prompts
+    pairs, path = held_out_pairs(manifest or score_manifest, data)
+    prompts = unique_prompts(pairs)[:samples]
+    max_length = score_manifest["preprocessing"]["max_length"]
+    answers, figures = {}, {}
+    with progress_bar("sampling answers", 2) as advance:
+        for name, model, tok in (("policy", policy, tokenizer), ("baseline", baseline, base_tokenizer)):
+            torch.manual_seed(seed)
+            encoded = [prompt_ids(tok, m)[-(max_length - max_new_tokens) :] for m in prompts]
+            stop = eos_ids(tok, getattr(model, "generation_config", None))
+            rollout = sample(model, encoded, tok.pad_token_id, stop, max_new_tokens, temperature)
+            counts = rollout.mask.sum(1).long()
+            answers[name] = [
+                tok.decode(row[:n].tolist(), skip_special_tokens=True)
+                for row, n in zip(rollout.responses, counts, strict=True)
+            ]
+            figures[name] = rollout
+            advance()
+    same_tokens = tokenizer.get_vocab() == base_tokenizer.get_vocab()
+    kl = None
+    if same_tokens:
+        rollout = figures["policy"]
+        with torch.no_grad():
+            own, _, _ = response_figures(policy, rollout, 1.0, with_values=False)
+            ref, _, _ = response_figures(baseline, rollout, 1.0, with_values=False)
+        kl = float(((own - ref) * rollout.mask).sum(1).mean())
+    scores = {k: reward_scores(scorer, score_tokenizer, prompts, answers[k], max_length) for k in answers}
+    wins = (scores["policy"] > scores["baseline"]).float() + 0.5 * (scores["policy"] == scores["baseline"]).float()
+    return {
+        "win_rate": float(wins.mean()),
+        "mean_reward": float(scores["policy"].mean()),
+        "baseline_reward": float(scores["baseline"].mean()),
+        "kl": kl,
+        "num_prompts": len(prompts),
+        "policy": str(run),
+        "baseline": str(against),
+        "reward_model": score_manifest["_dir"],
+        "data": str(path),
+        "samples": [
+            {
+                "prompt": m[-1]["content"],
+                "answer": a,
+                "reward": float(r),
+                "baseline_answer": b,
+                "baseline_reward": float(s),
+            }
+            for m, a, b, r, s in zip(
+                prompts, answers["policy"], answers["baseline"], scores["policy"], scores["baseline"], strict=True
+            )
+        ],
+    }

@@ -1,0 +1,147 @@
+"""Reward models over HTTP: ``POST /v1/score`` scores answers to a prompt with a package made
+by ``modelcycle lm reward`` (``modelcycle serve runs/lm-reward``).
+
+Request: ``{"model": "lm-reward", "prompt": "question" | [messages], "responses": ["answer", ...]}``
+(``model`` may be left out when one model is served); answer: ``{"model", "scores": [...]}``, one
+score per response, higher is better. Scoring runs in a worker thread, one request at a time per
+model, so the event loop keeps answering health checks. The image server's Bearer key, body
+limits and Prometheus metrics are reused as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from threading import Lock
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelcycle import runs
+from modelcycle.config import ServeSection
+from modelcycle.errors import UserError
+from modelcycle.models.text import load_package
+from modelcycle.serve.auth import require_key
+from modelcycle.serve.limits import BodyLimits
+from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
+from modelcycle.serve.models import model_name
+from modelcycle.tasks.reward import reward_scores
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: str = Field(pattern="^(system|user|assistant)$")
+    content: str
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    prompt: str | list[Message] = Field(min_length=1)
+    responses: list[str] = Field(min_length=1, max_length=256)
+
+
+class ScoreResponse(BaseModel):
+    object: str = "score"
+    model: str
+    scores: list[float]
+
+
+@dataclass
+class ServedReward:
+    name: str
+    version: str
+    model: object
+    tokenizer: object
+    max_length: int
+    lock: Lock = field(default_factory=Lock)
+
+    def score(self, messages: list[dict[str, str]], responses: list[str]) -> list[float]:
+        with self.lock:
+            return reward_scores(
+                self.model, self.tokenizer, [messages] * len(responses), responses, self.max_length
+            ).tolist()
+
+
+def is_reward_model(path: str | Path) -> bool:
+    try:
+        return runs.read_manifest(path).get("task") == "reward"
+    except UserError:
+        return False
+
+
+def load_reward_models(specs: list[str]) -> list[ServedReward]:
+    models: list[ServedReward] = []
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        name = name or model_name(Path(path))
+        if any(m.name == name for m in models):
+            raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
+        model, tokenizer, manifest = load_package(path, task="reward")
+        version = manifest["weights"]["sha256"][:12]
+        models.append(ServedReward(name, version, model, tokenizer, manifest["preprocessing"]["max_length"]))
+    return models
+
+
+def create_score_app(models: list[ServedReward], cfg: ServeSection, api_key: str | None = None) -> FastAPI:
+    metrics = ServeMetrics()
+    served = {m.name: m for m in models}
+    auth = [Depends(require_key(api_key))] if api_key else []
+    app = FastAPI(title="modelcycle reward models", docs_url="/docs")
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimits, max_bytes=int(cfg.max_body_mb * 1e6), timeout_s=cfg.body_timeout_s)
+
+    @app.get("/v1/models", dependencies=auth)
+    async def list_models() -> dict:
+        data = [
+            {"id": m.name, "object": "model", "owned_by": "modelcycle", "task": "reward", "version": m.version}
+            for m in models
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=auth)
+    async def score(body: ScoreRequest) -> dict:
+        if body.model is None and len(served) > 1:
+            raise HTTPException(400, f'several models are served; name one in "model": {", ".join(served)}')
+        name = body.model or next(iter(served))
+        if name not in served:
+            raise HTTPException(404, f"no model named {name!r}; served: {', '.join(served)}")
+        messages = (
+            [{"role": "user", "content": body.prompt}]
+            if isinstance(body.prompt, str)
+            else [m.model_dump() for m in body.prompt]
+        )
+        try:
+            scores = await asyncio.wait_for(
+                asyncio.to_thread(served[name].score, messages, body.responses), cfg.request_timeout_s
+            )
+        except TimeoutError:
+            raise HTTPException(
+                504, f"scoring took longer than serve.request_timeout_s={cfg.request_timeout_s}"
+            ) from None
+        return {"model": name, "scores": scores}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v2/health/live")
+    async def live() -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict:
+        return {"ready": True}
+
+    return app
+
+
+def serve_reward_models(specs: list[str], cfg: ServeSection, api_key: str | None) -> None:
+    from modelcycle.serve.server import run
+
+    models = load_reward_models(specs)
+    app = create_score_app(models, cfg, api_key)
+    lines = [f"serving {m.name} (version {m.version}, reward model)" for m in models]
+    run(app, cfg, lines, "POST {url}/v1/score  docs {url}/docs  metrics {url}/metrics", api_key is not None)
