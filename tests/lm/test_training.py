@@ -98,6 +98,16 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_refused(pretrained, pydocs, 
         modelcycle.train(load_config(None, overrides), progress=False)
 
 
+def test_a_sample_prompt_longer_than_the_context_is_refused_before_training(pydocs, tokenizer_dir, tmp_path):
+    long = " ".join(["for"] * 200)  # 200 tokens at least: each " for" is one or more
+    overrides = lm_overrides(
+        pydocs, tokenizer_dir, tmp_path, "long", "lm.sample_every=5", f"lm.sample_prompts=[ok, {long}]"
+    )
+    with pytest.raises(ConfigError, match=r"lm.sample_prompts\[1\] is \d+ tokens.*lm.context_length=128"):
+        modelcycle.train(load_config(None, overrides), progress=False)
+    assert not (tmp_path / "long" / "samples.jsonl").exists()
+
+
 def test_interrupted_pretraining_resumes_bit_identical(pydocs, tokenizer_dir, tmp_path):
     def config(name):
         return load_config(None, lm_overrides(pydocs, tokenizer_dir, tmp_path, name, "train.epochs=1"))

@@ -150,31 +150,43 @@ def check_files(config: Config) -> None:
         raise ConfigError(f"train.monitor={config.train.monitor} needs lm.val_files; or set train.monitor=train_loss")
 
 
-def setup(config: Config) -> LMSetup:
-    """Packed token sequences, model and task for a pretraining run."""
+def language_setup(config: Config, task: str, rows: Callable[[list[str], object, bool], list[dict]]) -> LMSetup:
+    """What pretraining and SFT share around their data: the model, the sharded loaders of
+    ``rows(files, tokenizer, train)``, the package and the sample log (chat prompts for SFT)."""
     check_files(config)
     built = prepare_model(config)
-    t, lm = config.train, config.lm
+    t, lm, tokenizer = config.train, config.lm, built.tokenizer
     world = distributed.world_size()
     distributed.split_batch(t.batch_size, world)
     shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
-    pad = built.tokenizer.pad_token_id if built.tokenizer.pad_token_id is not None else built.tokenizer.eos_token_id
-    train = pack(token_stream(lm.train_files, built.tokenizer), lm.context_length, ", ".join(lm.train_files))
-    train_loader = lm_loader(packed_rows(train), pad, t.batch_size, train=True, **shard)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_loader = lm_loader(rows(lm.train_files, tokenizer, True), pad, t.batch_size, train=True, **shard)
     val_loader = None
     if lm.val_files:
-        val = pack(token_stream(lm.val_files, built.tokenizer), lm.context_length, ", ".join(lm.val_files))
-        val_loader = lm_loader(packed_rows(val), pad, config.eval.batch_size, train=False, **shard)
-    info(f"pretraining on {train.numel():,} tokens ({len(train):,} sequences of {lm.context_length})")
+        val = rows(lm.val_files, tokenizer, False)
+        val_loader = lm_loader(val, pad, config.eval.batch_size, train=False, **shard)
     return LMSetup(
         NextTokenTask(),
         built.model,
         train_loader,
         val_loader,
-        package_meta(config, built, "lm"),
-        package_writer(built.model, built.tokenizer, built.base),
-        sample_callbacks(config, built.tokenizer, chat=False),
+        package_meta(config, built, task),
+        package_writer(built.model, tokenizer, built.base),
+        sample_callbacks(config, tokenizer, chat=task != "lm"),
     )
+
+
+def setup(config: Config) -> LMSetup:
+    """Packed token sequences, model and task for a pretraining run."""
+    length = config.lm.context_length
+
+    def rows(files: list[str], tokenizer, train: bool) -> list[dict]:
+        packed = pack(token_stream(files, tokenizer), length, ", ".join(files))
+        if train:
+            info(f"pretraining on {packed.numel():,} tokens ({len(packed):,} sequences of {length})")
+        return packed_rows(packed)
+
+    return language_setup(config, "lm", rows)
 
 
 def sample_callbacks(config: Config, tokenizer, chat: bool) -> list[Callback]:
