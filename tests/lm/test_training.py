@@ -1,7 +1,8 @@
 """Pretraining and SFT end to end on a small Llama: the packages load in transformers as they
 are, pretraining beats an add-one bigram on held-out topics, SFT lowers the held-out answer
-loss and makes the end-of-turn token likelier, LoRA trains adapters only and merges back, a
-mismatched tokenizer is refused, and an interrupted run resumes bit-identical."""
+loss and makes the end-of-turn token likelier, LoRA trains adapters only and merges back (and
+a bare adapter folder opens merged), a mismatched tokenizer is refused, and an interrupted run
+resumes bit-identical."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from modelcycle.data.lm_data import IGNORE, chat_rows, encode_chats, read_conver
 from modelcycle.engine.trainer import TrainingInterrupted
 from modelcycle.errors import ConfigError
 from modelcycle.evaluation.lm import evaluate_lm
+from modelcycle.lm.load import open_lm
 from modelcycle.lm.merge import merge
-from modelcycle.lm.model import load_lm
 from modelcycle.runs import read_manifest
 from modelcycle.tasks.lm import next_token_sums
 
@@ -58,7 +59,7 @@ def test_sft_lowers_answer_loss_and_learns_to_end_the_turn(pretrained, fine_tune
     base = evaluate_lm(pretrained, data=held_out, samples=0, report=False)
     assert tuned["answer_loss"] < base["answer_loss"]
     assert len(tuned["samples"]) == 4 and all(s["prompt"] and "reference" in s for s in tuned["samples"])
-    (sft_model, tok, _), (base_model, _, _) = load_lm(fine_tuned), load_lm(pretrained)
+    (sft_model, tok, _), (base_model, _, _) = open_lm(fine_tuned), open_lm(pretrained)
     assert _end_of_turn_loss(sft_model, tok, held_out) < _end_of_turn_loss(base_model, tok, held_out)
 
 
@@ -85,12 +86,26 @@ def test_lora_trains_adapters_only_and_merges_into_a_plain_package(pretrained, p
     assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
     assert torch.equal(a["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
     AutoModelForCausalLM.from_pretrained(tmp_path / "merged")  # plain transformers, no peft
+    # the adapter folder alone opens too: merged into the base its config names, with the base's tokenizer
+    opened, tokenizer, _ = open_lm(run / "model" / "adapter")
+    assert len(tokenizer) == opened.config.vocab_size
+    assert all(torch.allclose(opened.state_dict()[k], a[k], atol=1e-6) for k in a)
 
 
 def test_a_tokenizer_that_does_not_fit_the_model_is_refused(pretrained, pydocs, other_tokenizer, tmp_path):
     overrides = sft_overrides(pydocs, pretrained, tmp_path / "runs", "mismatch", f"lm.tokenizer={other_tokenizer}")
     with pytest.raises(ConfigError, match="2,400 tokens but the model"):
         modelcycle.train(load_config(None, overrides), progress=False)
+
+
+def test_a_sample_prompt_longer_than_the_context_is_refused_before_training(pydocs, tokenizer_dir, tmp_path):
+    long = " ".join(["for"] * 200)  # 200 tokens at least: each " for" is one or more
+    overrides = lm_overrides(
+        pydocs, tokenizer_dir, tmp_path, "long", "lm.sample_every=5", f"lm.sample_prompts=[ok, {long}]"
+    )
+    with pytest.raises(ConfigError, match=r"lm.sample_prompts\[1\] is \d+ tokens.*lm.context_length=128"):
+        modelcycle.train(load_config(None, overrides), progress=False)
+    assert not (tmp_path / "long" / "samples.jsonl").exists()
 
 
 def test_interrupted_pretraining_resumes_bit_identical(pydocs, tokenizer_dir, tmp_path):

@@ -26,7 +26,9 @@ from modelcycle.data.lm_data import (
     token_stream,
 )
 from modelcycle.errors import UserError
-from modelcycle.lm.model import greedy_generate, load_lm
+from modelcycle.lm.generate import LanguageModel
+from modelcycle.lm.load import open_lm
+from modelcycle.lm.sampling import Sampling
 from modelcycle.progress import progress_bar
 from modelcycle.runs import Run
 from modelcycle.tasks.lm import NextTokenTask
@@ -75,7 +77,7 @@ def evaluate_lm(
     ``report/samples.md``. ``samples`` overrides lm.eval_samples (0: no answers generated)."""
     path = run.path if isinstance(run, Run) else Path(run)
     run_obj = Run.open(path) if (path / "config.yaml").is_file() else None
-    model, tokenizer, manifest = load_lm(path)
+    model, tokenizer, manifest = open_lm(path)
     lm = run_obj.config.lm if run_obj else None
     context = lm.context_length if lm else (manifest or {}).get("lm", {}).get("context_length", DEFAULT_CONTEXT)
     files = _data_files(run_obj, manifest, data)
@@ -87,7 +89,7 @@ def evaluate_lm(
         loss, tokens = mean_loss(model, rows, pad, batch, "answer loss")
         count = (lm.eval_samples if lm else 8) if samples is None else samples
         result |= {"answer_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
-        result["samples"] = sample_answers(model, tokenizer, files, count, lm.eval_tokens if lm else 160)
+        result["samples"] = sample_answers(LanguageModel(model, tokenizer), files, count, lm.eval_tokens if lm else 160)
         ended = [s["ended"] for s in result["samples"]]
         result["samples_ended"] = sum(ended) / len(ended) if ended else None
     else:
@@ -107,22 +109,24 @@ def evaluate_lm(
     return result
 
 
-def sample_answers(model, tokenizer, files: list[str], count: int, tokens: int) -> list[dict]:
-    """Greedy answers to the first held-out prompts with distinct reference answers."""
-    chosen, seen = [], set()
+def sample_answers(lm: LanguageModel, files: list[str], count: int, tokens: int) -> list[dict]:
+    """Greedy answers to the first held-out prompts with distinct reference answers (those that
+    leave the model room to answer); ``ended``: the answer ended with the end-of-turn token."""
+    chosen, prompts, seen = [], [], set()
     for messages in (c for f in files for c in read_conversations(f)):
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        if messages[last]["content"] in seen:
+        ids = lm.chat_ids(messages[:last])
+        if messages[last]["content"] in seen or len(ids) >= lm.context_length:
             continue
         seen.add(messages[last]["content"])
         chosen.append((messages[:last], messages[last]["content"]))
+        prompts.append(ids)
         if len(chosen) >= count:
             break
-    prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m, _ in chosen]
-    answers = greedy_generate(model, tokenizer, prompts, tokens) if prompts else []
+    answers = lm.generate(prompts, Sampling(temperature=0, max_new_tokens=tokens)) if prompts else []
     return [
-        {"prompt": m[-1]["content"], "answer": text, "reference": ref, "ended": ended}
-        for (m, ref), (text, ended) in zip(chosen, answers, strict=True)
+        {"prompt": m[-1]["content"], "answer": a.text, "reference": ref, "ended": a.finish_reason == "stop"}
+        for (m, ref), a in zip(chosen, answers, strict=True)
     ]
 
 

@@ -26,6 +26,7 @@ import torch
 from modelcycle.errors import UserError
 from modelcycle.lm.sampling import Sampling, choose
 from modelcycle.lm.textstream import TextStream
+from modelcycle.lm.tokenizer import end_of_turn_ids
 
 
 class PromptTooLong(UserError):
@@ -189,7 +190,7 @@ class LanguageModel:
         self.device = next(model.parameters()).device
         config = model.config
         self.context_length: int = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     def encode(self, prompt: str | list[int], special_tokens: bool = True) -> list[int]:
@@ -244,17 +245,3 @@ class LanguageModel:
             )
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.encode(text, special_tokens=False)
-
-
-def _eos_ids(model: torch.nn.Module, tokenizer) -> list[int]:
-    ids = [tokenizer.eos_token_id]
-    config = getattr(model, "generation_config", None)
-    configured = getattr(config, "eos_token_id", None)
-    ids += configured if isinstance(configured, list) else [configured]
-    found = list(dict.fromkeys(i for i in ids if i is not None))
-    if not found:
-        raise UserError(
-            "the tokenizer has no eos_token and generation_config.json no eos_token_id, so generation could "
-            "only end at the token limit; set eos_token in tokenizer_config.json"
-        )
-    return found

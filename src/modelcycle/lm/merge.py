@@ -12,7 +12,8 @@ from pathlib import Path
 
 from modelcycle import runs
 from modelcycle.errors import UserError
-from modelcycle.lm.model import ADAPTER, merge_adapter, package_writer
+from modelcycle.lm.load import merge_adapter
+from modelcycle.lm.model import ADAPTER, package_writer
 
 
 def adapter_folder(source: Path) -> Path:

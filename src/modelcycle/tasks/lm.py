@@ -25,15 +25,10 @@ from modelcycle.data.lm_data import IGNORE, lm_loader, pack, packed_rows, token_
 from modelcycle.engine import distributed
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.errors import ConfigError
-from modelcycle.lm.model import (
-    build_lm,
-    check_vocabulary,
-    greedy_generate,
-    load_lm,
-    lora_targets,
-    model_folder,
-    package_writer,
-)
+from modelcycle.lm.generate import LanguageModel
+from modelcycle.lm.load import check_vocabulary, lm_folder, open_lm
+from modelcycle.lm.model import build_lm, lora_targets, package_writer
+from modelcycle.lm.sampling import Sampling
 from modelcycle.progress import info
 
 
@@ -109,10 +104,10 @@ def prepare_model(config: Config) -> LMModel:
     else:
         if cfg.args:
             raise ConfigError("model.args: a model loaded from a folder keeps its architecture; drop model.args")
-        base = model_folder(source)
+        base = lm_folder(source)
         if cfg.name not in ("llama", "simple_cnn") and cfg.init_from:
             raise ConfigError("set model.init_from or a folder in model.name, not both")
-        model, tokenizer, _ = load_lm(base)
+        model, tokenizer, _ = open_lm(base)
         model.train()
         if lm.tokenizer:
             tokenizer = load_tokenizer(lm.tokenizer)
@@ -155,61 +150,88 @@ def check_files(config: Config) -> None:
         raise ConfigError(f"train.monitor={config.train.monitor} needs lm.val_files; or set train.monitor=train_loss")
 
 
-def setup(config: Config) -> LMSetup:
-    """Packed token sequences, model and task for a pretraining run."""
+def language_setup(config: Config, task: str, rows: Callable[[list[str], object, bool], list[dict]]) -> LMSetup:
+    """What pretraining and SFT share around their data: the model, the sharded loaders of
+    ``rows(files, tokenizer, train)``, the package and the sample log (chat prompts for SFT)."""
     check_files(config)
     built = prepare_model(config)
-    t, lm = config.train, config.lm
+    t, lm, tokenizer = config.train, config.lm, built.tokenizer
     world = distributed.world_size()
     distributed.split_batch(t.batch_size, world)
     shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
-    pad = built.tokenizer.pad_token_id if built.tokenizer.pad_token_id is not None else built.tokenizer.eos_token_id
-    train = pack(token_stream(lm.train_files, built.tokenizer), lm.context_length, ", ".join(lm.train_files))
-    train_loader = lm_loader(packed_rows(train), pad, t.batch_size, train=True, **shard)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_loader = lm_loader(rows(lm.train_files, tokenizer, True), pad, t.batch_size, train=True, **shard)
     val_loader = None
     if lm.val_files:
-        val = pack(token_stream(lm.val_files, built.tokenizer), lm.context_length, ", ".join(lm.val_files))
-        val_loader = lm_loader(packed_rows(val), pad, config.eval.batch_size, train=False, **shard)
-    info(f"pretraining on {train.numel():,} tokens ({len(train):,} sequences of {lm.context_length})")
+        val = rows(lm.val_files, tokenizer, False)
+        val_loader = lm_loader(val, pad, config.eval.batch_size, train=False, **shard)
     return LMSetup(
         NextTokenTask(),
         built.model,
         train_loader,
         val_loader,
-        package_meta(config, built, "lm"),
-        package_writer(built.model, built.tokenizer, built.base),
-        sample_callbacks(config, built.tokenizer, chat=False),
+        package_meta(config, built, task),
+        package_writer(built.model, tokenizer, built.base),
+        sample_callbacks(config, tokenizer, chat=task != "lm"),
     )
+
+
+def setup(config: Config) -> LMSetup:
+    """Packed token sequences, model and task for a pretraining run."""
+    length = config.lm.context_length
+
+    def rows(files: list[str], tokenizer, train: bool) -> list[dict]:
+        packed = pack(token_stream(files, tokenizer), length, ", ".join(files))
+        if train:
+            info(f"pretraining on {packed.numel():,} tokens ({len(packed):,} sequences of {length})")
+        return packed_rows(packed)
+
+    return language_setup(config, "lm", rows)
 
 
 def sample_callbacks(config: Config, tokenizer, chat: bool) -> list[Callback]:
     lm = config.lm
     if not (lm.sample_every and lm.sample_prompts):
         return []
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        if chat
-        else p
-        for p in lm.sample_prompts
-    ]
+    prompts = []
+    for i, prompt in enumerate(lm.sample_prompts):
+        if chat:  # the template's text holds its special tokens already
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(prompt)["input_ids"]
+        if len(ids) >= lm.context_length:
+            raise ConfigError(
+                f"lm.sample_prompts[{i}] is {len(ids)} tokens{' as a chat turn' if chat else ''}, which leaves no "
+                f"room for an answer within lm.context_length={lm.context_length}; shorten it"
+            )
+        prompts.append(ids)
     return [SampleLog(lm.sample_every, list(lm.sample_prompts), prompts, tokenizer, lm.sample_tokens)]
 
 
 class SampleLog(Callback):
     """Greedy continuations of fixed prompts every ``every`` steps, to ``samples.jsonl`` and the
-    terminal: the quickest way to see whether a language model is learning anything."""
+    terminal: the quickest way to see whether a language model is learning anything. Greedy
+    decoding draws no random numbers, so logging samples leaves a resumed run exact."""
 
-    def __init__(self, every: int, shown: list[str], prompts: list[str], tokenizer, tokens: int):
-        self.every, self.shown, self.prompts, self.tokenizer, self.tokens = every, shown, prompts, tokenizer, tokens
+    def __init__(self, every: int, shown: list[str], prompts: list[list[int]], tokenizer, tokens: int):
+        self.every, self.shown, self.prompts, self.tokenizer = every, shown, prompts, tokenizer
+        self.sampling = Sampling(temperature=0, max_new_tokens=tokens)
 
     def on_step_end(self, trainer) -> None:
         step = trainer.state.step
         if step % self.every or not distributed.is_main():
             return
-        answers = greedy_generate(trainer.model, self.tokenizer, self.prompts, self.tokens)
+        was_training = trainer.model.training  # LanguageModel switches the model to eval mode
+        try:
+            answers = LanguageModel(trainer.model, self.tokenizer).generate(self.prompts, self.sampling)
+        finally:
+            trainer.model.train(was_training)
         lines = [
-            {"step": step, "prompt": p, "text": text, "ended": ended}
-            for p, (text, ended) in zip(self.shown, answers, strict=True)
+            {"step": step, "prompt": p, "text": a.text, "ended": a.finish_reason == "stop"}
+            for p, a in zip(self.shown, answers, strict=True)
         ]
         if trainer.run_dir is not None:
             with open(trainer.run_dir / "samples.jsonl", "a") as handle:

@@ -9,12 +9,10 @@ learns to stop), full fine-tuning or LoRA; the step is pretraining's (tasks/lm.p
 from __future__ import annotations
 
 from modelcycle.config import Config
-from modelcycle.data.lm_data import EncodedChats, chat_rows, encode_chats, lm_loader, read_conversations
-from modelcycle.engine import distributed
+from modelcycle.data.lm_data import EncodedChats, chat_rows, encode_chats, read_conversations
 from modelcycle.errors import ConfigError
-from modelcycle.lm.model import package_writer
 from modelcycle.progress import info, warn
-from modelcycle.tasks.lm import LMSetup, NextTokenTask, check_files, package_meta, prepare_model, sample_callbacks
+from modelcycle.tasks.lm import LMSetup, language_setup
 
 
 def chats(files: list[str], tokenizer, length: int) -> EncodedChats:
@@ -40,27 +38,13 @@ def chats(files: list[str], tokenizer, length: int) -> EncodedChats:
 
 def setup(config: Config) -> LMSetup:
     """Tokenised conversations, model (full or LoRA) and task for an SFT run."""
-    check_files(config)
-    built = prepare_model(config)
-    t, lm = config.train, config.lm
-    world = distributed.world_size()
-    distributed.split_batch(t.batch_size, world)
-    shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
-    tokenizer = built.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train = chat_rows(chats(lm.train_files, tokenizer, lm.context_length), lm.context_length, lm.packing)
-    train_loader = lm_loader(train, pad, t.batch_size, train=True, **shard)
-    val_loader = None
-    if lm.val_files:
-        val = chat_rows(chats(lm.val_files, tokenizer, lm.context_length), lm.context_length, packing=False)
-        val_loader = lm_loader(val, pad, config.eval.batch_size, train=False, **shard)
-    info(f"fine-tuning on {len(train):,} {'packed sequences' if lm.packing else 'conversations'}")
-    return LMSetup(
-        NextTokenTask(),
-        built.model,
-        train_loader,
-        val_loader,
-        package_meta(config, built, "sft"),
-        package_writer(built.model, tokenizer, built.base),
-        sample_callbacks(config, tokenizer, chat=True),
-    )
+    lm = config.lm
+
+    def rows(files: list[str], tokenizer, train: bool) -> list[dict]:
+        packing = lm.packing and train  # held-out answers are scored one conversation a row
+        encoded = chat_rows(chats(files, tokenizer, lm.context_length), lm.context_length, packing)
+        if train:
+            info(f"fine-tuning on {len(encoded):,} {'packed sequences' if packing else 'conversations'}")
+        return encoded
+
+    return language_setup(config, "sft", rows)
