@@ -52,9 +52,9 @@ def test_reference_free_losses_load_no_reference(lm_config, loss):
 
 def test_a_reference_with_another_tokenizer_is_refused(lm_config, tmp_path):
     from lm_fixtures import build_tokenizer
-    from modelcycle.tasks.lm_standins import load_lm
+    from modelcycle.lm.load import open_lm
 
-    model, _, _ = load_lm(lm_config("dpo").model.init_from)
+    model, _, _ = open_lm(lm_config("dpo").model.init_from)
     other = tmp_path / "other"
     model.save_pretrained(other)
     build_tokenizer(["some other text entirely, with other merges"] * 20, vocab=300).save_pretrained(other)

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from modelcycle.data.datasets import batching
-from modelcycle.data.text import _refuse
+from modelcycle.data.text import json_records, refuse_lines
 from modelcycle.errors import DataError
 from modelcycle.lm.tokenizer import ENDOFTEXT
 
@@ -40,21 +40,14 @@ def _jsonl(path: Path, check, what_to_do: str) -> list:
     if not path.is_file():
         raise DataError(f"{path} does not exist; {what_to_do}")
     values, problems = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})")
-            continue
+    for number, record in json_records(path, problems):
         value, problem = check(record) if isinstance(record, dict) else (None, "not a JSON object")
         if problem:
             problems.append(f"{path}:{number}: {problem}")
         else:
             values.append(value)
     if problems:
-        _refuse(path, problems, what_to_do + "; fix or delete these lines")
+        refuse_lines(path, problems, what_to_do + "; fix or delete these lines")
     if not values:
         raise DataError(f"{path} holds no examples; {what_to_do}")
     return values

@@ -17,9 +17,10 @@ import torch
 from modelcycle.data.preference_batches import prompt_ids
 from modelcycle.data.preferences import VAL_FILE, read_pairs, unique_prompts
 from modelcycle.errors import UserError
+from modelcycle.lm.load import open_lm
+from modelcycle.lm.tokenizer import end_of_turn_ids
 from modelcycle.models.text import load_package
 from modelcycle.progress import progress_bar
-from modelcycle.tasks.lm_standins import eos_ids, load_lm
 from modelcycle.tasks.ppo_rollout import response_figures, sample
 from modelcycle.tasks.reward import reward_scores
 
@@ -74,8 +75,8 @@ def compare_policies(
     seed: int = 0,
 ) -> dict:
     """Win rate, mean rewards and KL of ``run`` against the baseline policy ``against``."""
-    policy, tokenizer, manifest = load_lm(run)
-    baseline, base_tokenizer, _ = load_lm(against)
+    policy, tokenizer, manifest = open_lm(run)
+    baseline, base_tokenizer, _ = open_lm(against)
     scorer, score_tokenizer, score_manifest = load_package(reward_model_of(manifest, reward), task="reward")
     if data is None and manifest and "data_root" not in manifest.get("preprocessing", {}):
         data = score_manifest["preprocessing"]["data_root"]  # a PPO run: the reward model's held-out prompts
@@ -87,7 +88,7 @@ def compare_policies(
         for name, model, tok in (("policy", policy, tokenizer), ("baseline", baseline, base_tokenizer)):
             torch.manual_seed(seed)
             encoded = [prompt_ids(tok, m)[-(max_length - max_new_tokens) :] for m in prompts]
-            stop = eos_ids(tok, getattr(model, "generation_config", None))
+            stop = end_of_turn_ids(tok, getattr(model, "generation_config", None))
             rollout = sample(model, encoded, tok.pad_token_id, stop, max_new_tokens, temperature)
             counts = rollout.mask.sum(1).long()
             answers[name] = [

@@ -21,8 +21,10 @@ from modelcycle.config import Config, DPOSection
 from modelcycle.engine import distributed
 from modelcycle.engine.trainer import to_device
 from modelcycle.errors import ConfigError
+from modelcycle.lm.load import open_lm
+from modelcycle.lm.model import package_writer
 from modelcycle.progress import info, progress_bar
-from modelcycle.tasks.lm_standins import load_lm, package_writer, prepare_model
+from modelcycle.tasks.lm import prepare_model
 from modelcycle.tasks.preference_loss import REFERENCE_FREE, PairLogps, dpo_loss, response_logps
 from modelcycle.tasks.reward import PairSetup, preference_loaders
 
@@ -104,7 +106,7 @@ def setup(config: Config) -> PairSetup:
     train_loader, val_loader, preprocessing = preference_loaders(config, tokenizer)
     reference = None
     if cfg.loss not in REFERENCE_FREE:
-        reference, ref_tokenizer, _ = load_lm(cfg.reference or built.base)
+        reference, ref_tokenizer, _ = open_lm(cfg.reference or built.base)
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ConfigError(
                 f"dpo.reference={cfg.reference}: its tokenizer differs from the policy's, so their log-probabilities "

@@ -28,10 +28,13 @@ from modelcycle.engine import checkpoint, distributed
 from modelcycle.engine.loggers import EventLog, MetricsLog
 from modelcycle.engine.optim import build_optimizer
 from modelcycle.errors import ConfigError, NonFiniteLossError
+from modelcycle.lm.load import open_lm
+from modelcycle.lm.model import package_writer
+from modelcycle.lm.tokenizer import end_of_turn_ids
 from modelcycle.models.text import load_package
 from modelcycle.progress import info, progress_bar
 from modelcycle.tasks import ppo_loss as L
-from modelcycle.tasks.lm_standins import eos_ids, load_lm, package_writer, prepare_model
+from modelcycle.tasks.lm import prepare_model
 from modelcycle.tasks.ppo_rollout import PolicyWithValue, Rollout, response_figures, sample
 from modelcycle.tasks.reward import reward_scores
 
@@ -63,7 +66,7 @@ def train_ppo(
     built = prepare_model(config.model_copy(update={"model": config.model.model_copy(update={"init_from": p.policy})}))
     tokenizer = built.tokenizer
     policy = PolicyWithValue(built.model).to(device)
-    reference, _, _ = load_lm(built.base)
+    reference, _, _ = open_lm(built.base)
     reference = reference.to(device).requires_grad_(False)
     scorer, score_tokenizer, score_manifest = load_package(p.reward, task="reward")
     scorer = scorer.to(device).requires_grad_(False)
@@ -104,7 +107,7 @@ def train_ppo(
         checkpoint.atomic_save({**state, "rng": checkpoint.rng_state(), "iteration": iteration}, ckpt)
         event(f"checkpoint iteration={iteration}")
 
-    stop = eos_ids(tokenizer, getattr(built.model, "generation_config", None))
+    stop = end_of_turn_ids(tokenizer, getattr(built.model, "generation_config", None))
     event(f"ppo start iteration={start} of {p.iterations}")
     last: dict = {}
     with progress_bar("ppo iterations", p.iterations - start) as advance:
