@@ -10,7 +10,7 @@ from PIL import Image
 DATASETS = {
     "digits": "scikit-learn's 1,797 handwritten digits (8x8 greyscale), one folder per class",
     "pydoc-topics": "paragraphs of Python's reference docs labelled with their topic group, as train/val JSONL",
-    "pydocs": "Python's docs as a pretraining corpus, chat instructions and preference pairs, held-out topics apart (for `lm`)",
+    "pydocs": "Python's docs as a pretraining corpus, chat instructions and preference pairs (for `lm`)",
 }
 
 
