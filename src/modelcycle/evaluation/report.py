@@ -81,6 +81,20 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def html_plots(folder: Path, plots: list[str]) -> str:
+    """The PNG plots inline (base64), each under its name as a heading: the page is one file
+    that can be mailed or attached to a ticket."""
+    return "".join(
+        f"<h2>{html.escape(p[:-4].replace('_', ' ').capitalize())}</h2><img alt='{p}' "
+        f"src='data:image/png;base64,{base64.b64encode((folder / p).read_bytes()).decode()}'>"
+        for p in plots
+    )
+
+
+def html_context(context: dict) -> str:
+    return "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in context.items())
+
+
 def write_report(
     out: Path,
     title: str,
@@ -150,12 +164,7 @@ def _html(title: str, context: dict, metrics: dict, plots: list[str], folder: Pa
             for n, m in metrics["per_class"].items()
         ]
     )
-    images = "".join(
-        f"<h2>{esc(p[:-4].replace('_', ' ').capitalize())}</h2><img alt='{p}' "
-        f"src='data:image/png;base64,{base64.b64encode((folder / p).read_bytes()).decode()}'>"
-        for p in plots
-    )
-    ctx = "".join(f"<li><b>{esc(k)}</b>: {esc(str(v))}</li>" for k, v in context.items())
+    images, ctx = html_plots(folder, plots), html_context(context)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 
@@ -13,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from modelcycle.evaluation.report import markdown_table  # noqa: E402
+from modelcycle.evaluation.report import html_context, html_plots, markdown_table  # noqa: E402
 from modelcycle.monitor.drift import Thresholds  # noqa: E402
 
 PLOTS = ("traffic.png", "drift.png", "classes.png")
@@ -163,12 +162,7 @@ def _html(title: str, context: dict, windows: list[dict], plots: list[str], fold
 
     verdicts = table(WINDOW_COLUMNS, _window_rows(windows))
     latest = table(FEATURE_COLUMNS, _feature_rows(windows[-1])) if windows else "<p>No window yet.</p>"
-    images = "".join(
-        f"<h2>{esc(p[:-4].capitalize())}</h2><img alt='{p}' "
-        f"src='data:image/png;base64,{base64.b64encode((folder / p).read_bytes()).decode()}'>"
-        for p in plots
-    )
-    ctx = "".join(f"<li><b>{esc(k)}</b>: {esc(str(v))}</li>" for k, v in context.items())
+    images, ctx = html_plots(folder, plots), html_context(context)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
