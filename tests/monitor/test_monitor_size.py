@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from monitor_images import b64_png
 from PIL import Image
 
-from conftest import b64_png
 from modelcycle.config import MonitorSection
 from modelcycle.monitor import log, watch
 from modelcycle.serve.models import load_models
