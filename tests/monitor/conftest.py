@@ -1,9 +1,8 @@
-"""A digits classifier trained for the monitoring tests, and shifted copies of its images."""
+"""A digits classifier trained for the monitoring tests, and its training images (monitor_images.py
+shifts and encodes them)."""
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +31,3 @@ def train_images(digits_run: Path) -> list[np.ndarray]:
     items = PreparedData.open(digits_run.parents[1] / "data").split("train")
     order = np.random.default_rng(1).permutation(len(items))
     return [np.asarray(Image.open(items[i][0])) for i in order]
-
-
-def shift(kind: str, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if kind == "inverted":
-        return 255 - image
-    if kind == "noised":
-        return np.clip(image + rng.normal(0, 60, image.shape), 0, 255).astype(np.uint8)
-    if kind == "rotated":
-        return np.ascontiguousarray(np.rot90(image))
-    return image
-
-
-def b64_png(image: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode()

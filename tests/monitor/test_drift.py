@@ -7,6 +7,8 @@ import pytest
 
 from modelcycle.monitor.drift import Thresholds, bin_edges, class_mix, psi, score_window, shares
 
+LIMITS = Thresholds()
+
 
 def test_psi_is_zero_for_the_same_mix_and_matches_the_textbook_formula():
     assert psi([0.5, 0.5], [0.5, 0.5]) == 0
@@ -49,3 +51,48 @@ def test_a_window_names_the_feature_that_moved_and_only_that_one():
     assert moved["drifted"] == ["brightness"], moved
     assert moved["features"]["brightness"]["psi"] > 0.2 and moved["features"]["brightness"]["ks_p"] < 1e-6
     assert score_window(profile, window, Thresholds(psi_warn=1e-6, psi_alert=1e-5))["verdict"] == "drift"
+
+
+def test_a_reference_of_one_size_flags_smaller_and_larger_images_alike():
+    """Every reference image 500 px: thumbnails must not share the 500 px bin (-inf, 500]."""
+    reference = np.full(1000, 500.0)
+    edges = bin_edges(reference)
+    expected = shares(reference, edges)
+    assert psi(expected, shares(np.full(200, 500.0), edges)) == 0
+    assert psi(expected, shares(np.full(200, 120.0), edges)) > 0.2  # thumbnails
+    assert psi(expected, shares(np.full(200, 2000.0), edges)) > 0.2  # 4K photos
+    # continuous values have no value that repeats: the deciles alone, as before
+    assert len(bin_edges(np.random.default_rng(0).normal(size=1000))) == 9
+
+
+def test_missing_values_are_left_out_and_too_few_are_not_measured():
+    """NaN is what the log gives for an image sent as a tensor (no size) or a row an older log wrote."""
+    rng = np.random.default_rng(0)
+    profile = _profile(rng)
+    labels = rng.integers(0, 2, 300)
+    half_missing = np.r_[rng.normal(size=150), np.full(150, np.nan)]
+    result = score_window(
+        profile, {"brightness": half_missing, "confidence": rng.normal(size=300), "label": labels}, LIMITS
+    )
+    brightness = result["features"]["brightness"]
+    assert brightness["values"] == 150 and brightness["drift"] != "drift" and np.isfinite(brightness["psi"])
+    moved = score_window(
+        profile, {"brightness": half_missing + 1.0, "confidence": rng.normal(size=300), "label": labels}, LIMITS
+    )
+    assert moved["drifted"] == ["brightness"]  # the values it has still count
+
+    few = np.r_[rng.normal(size=10) + 5.0, np.full(290, np.nan)]  # 10 values far off: noise, not a verdict
+    result = score_window(profile, {"brightness": few, "confidence": rng.normal(size=300), "label": labels}, LIMITS)
+    assert result["features"]["brightness"] == {"values": 10, "reference_mean": 0.0, "drift": "unmeasured"}
+    assert "brightness" not in result["drifted"] + result["warned"] and result["verdict"] != "drift"
+    none = score_window(
+        profile, {"brightness": np.full(300, np.nan), "confidence": rng.normal(size=300), "label": labels}, LIMITS
+    )
+    assert none["features"]["brightness"]["drift"] == "unmeasured"
+    # a window smaller than MIN_VALUES is measured when every row has the feature
+    small = score_window(
+        profile,
+        {"brightness": rng.normal(size=20) + 1.0, "confidence": rng.normal(size=20), "label": labels[:20]},
+        LIMITS,
+    )
+    assert small["features"]["brightness"]["drift"] == "drift"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from monitor_images import b64_png
 
-from conftest import b64_png
 from modelcycle.monitor import log
 from modelcycle.serve.process import ServerProcess
 
@@ -61,5 +61,5 @@ def test_kill_9_during_logging_loses_at_most_the_uncommitted_batch(digits_run: P
     assert not np.isnan(rows["brightness"]).any() and (rows["latency_ms"] > 0).all()
     # and the log takes new rows again
     writer = log.create(folder, {})
-    log.insert(writer, [(time.time(), "digits", "v", 1, 1.0, 0, 0.9, *[0.5] * 7, None, None)])
+    log.insert(writer, [(time.time(), "digits", "v", 1, 1.0, 0, 0.9, *[0.5] * len(log.FEATURE_COLUMNS), None, None)])
     assert conn.execute("SELECT count(*) FROM predictions").fetchone()[0] == count + 1

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from monitor_images import b64_png, shift
 from typer.testing import CliRunner
 
-from conftest import b64_png, shift
 from helpers import assert_user_error, run_cli
 from modelcycle.cli import app
 from modelcycle.config import MonitorSection

@@ -24,7 +24,9 @@ def test_training_writes_a_profile_of_the_validation_data(digits_run: Path):
     assert profile is not None and (digits_run / "model" / PROFILE).is_file()
     val = PreparedData.open(digits_run.parents[1] / "data").split("val")
     assert profile["images"] == len(val) and "val split" in profile["source"]
-    assert set(profile["features"]) == {"brightness", "contrast", "sharpness", "horizontal_edges", "confidence"}
+    assert set(profile["features"]) == {"brightness", "contrast", "sharpness", "horizontal_edges", "size", "confidence"}
+    # size is the file's, read from its header: the bundled digits are all 8 x 8 pixels
+    assert profile["features"]["size"]["mean"] == 8.0 and set(profile["features"]["size"]["sample"]) == {8.0}
     assert abs(sum(profile["class_shares"]) - 1) < 1e-9
     assert profile["accuracy"] > 0.8
     # the OOD threshold is calibrated: ood_quantile of the validation images fall under it

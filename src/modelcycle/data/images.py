@@ -36,6 +36,16 @@ def probe_image(path: Path) -> tuple[int, int, str]:
         raise DataError(f"damaged image: {exc}") from None
 
 
+def header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, no pixel decoded. EXIF rotation is ignored: it
+    swaps the sides, not the area."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read the header of image {path}: {exc}") from None
+
+
 def _rotated(img: Image.Image) -> bool:
     try:
         return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap w/h
@@ -63,6 +73,14 @@ def load_image(path: Path, channels: int, min_size: int | None = None) -> np.nda
 def decode_bytes(data: bytes, channels: int, min_size: int | None = None, max_pixels: int | None = None) -> np.ndarray:
     """:func:`load_image` for an uploaded file. ``max_pixels`` is checked on the header, before
     any pixel is decoded, so a decompression bomb costs nothing."""
+    return decode_sized(data, channels, min_size, max_pixels)[0]
+
+
+def decode_sized(
+    data: bytes, channels: int, min_size: int | None = None, max_pixels: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`decode_bytes` and the (width, height) of the file as sent, read from its header:
+    the array may be smaller (JPEG draft mode), the monitor wants what the client sent."""
     if not data:
         raise DataError("empty image (0 bytes)")
     try:
@@ -73,7 +91,7 @@ def decode_bytes(data: bytes, channels: int, min_size: int | None = None, max_pi
                     f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
                     "send a smaller image"
                 )
-            return _to_array(img, channels, min_size)
+            return _to_array(img, channels, min_size), (width, height)
     except UnidentifiedImageError:
         raise DataError("not an image Pillow can read (send PNG, JPEG, WebP, BMP, GIF or TIFF)") from None
     except Image.DecompressionBombError as exc:

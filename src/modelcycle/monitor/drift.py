@@ -25,11 +25,19 @@ from modelcycle.config import MonitorSection
 
 EPS = 1e-4  # floor of a bin's share, so an empty bin costs a large but finite PSI
 DECILES = np.linspace(0.1, 0.9, 9)
+ATOM = 0.01  # a value this share of the reference holds gets a bin of its own
+MIN_VALUES = 50  # fewer values of a feature in a window: not measured (PSI over ten bins is noise)
 
 
 def bin_edges(reference: np.ndarray) -> np.ndarray:
-    """Inner bin edges at the reference's deciles (fewer when values repeat)."""
-    return np.unique(np.quantile(reference, DECILES))
+    """Inner bin edges at the reference's deciles (fewer when values repeat).
+
+    A decile that many reference values equal (every training image 500 px, say) also gets an
+    edge just below it, so that value has a bin of its own: else (-inf, value] would hold it and
+    everything smaller, and images smaller than all the reference ones would not show."""
+    edges = np.unique(np.quantile(reference, DECILES))
+    atoms = [e for e in edges if np.mean(reference == e) >= ATOM]
+    return np.unique(np.concatenate([edges, np.nextafter(atoms, -np.inf)]))
 
 
 def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -86,10 +94,20 @@ def score_window(profile: dict, window: dict[str, np.ndarray], limits: Threshold
     """Every test on one window. ``window`` holds one array per feature (as the log stores them),
     ``label``, ``confidence`` and, when the profile has an embedding, ``embedding`` (n, k).
 
-    Returns ``{"features": {name: {...scores, "drift": ok|warn|drift}}, "drifted": [names], "verdict"}``."""
+    A feature's NaN values (no size for an image sent as a tensor, a column an older log lacked)
+    are left out of its tests; with fewer than ``MIN_VALUES`` left (or than the window's rows, for
+    a smaller window) it is ``"drift": "unmeasured"``, neither an alarm nor an all-clear.
+
+    Returns ``{"features": {name: {...scores, "drift": ok|warn|drift|unmeasured}}, "drifted": [names],
+    "verdict"}``."""
     out: dict[str, dict] = {}
+    rows = len(window["label"])
     for name, ref in profile["features"].items():
         values = window[name]
+        values = values[~np.isnan(values)]
+        if len(values) < min(MIN_VALUES, rows) or not len(values):
+            out[name] = {"values": len(values), "reference_mean": ref["mean"], "drift": "unmeasured"}
+            continue
         value = psi(ref["shares"], shares(values, np.asarray(ref["edges"])))
         ks = stats.ks_2samp(np.asarray(ref["sample"]), values)
         out[name] = {
@@ -97,6 +115,7 @@ def score_window(profile: dict, window: dict[str, np.ndarray], limits: Threshold
             "ks": float(ks.statistic),
             "ks_p": float(ks.pvalue),
             "mean": float(values.mean()),
+            "values": len(values),
             "reference_mean": ref["mean"],
             "drift": _level(value, limits.psi_warn, limits.psi_alert),
         }

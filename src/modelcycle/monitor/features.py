@@ -6,11 +6,18 @@ pixel values, so the reference profile and the served traffic are measured the s
 change of preprocessing shows up as drift instead of hiding it. They are cheap (a few numpy
 reductions over a batch) because the server computes them for every logged image.
 
+One input feature comes from the file instead: ``size``, the side of a square of the image's
+area as the client sent it, sqrt(width * height) in pixels (the resized tensor has forgotten it).
+It is read from the file's header, where the bytes are decoded, so an image that arrives as a
+tensor (``/v2`` infer with ``input``) has none: NULL in the log, left out of that window's test.
+
 Output features come from the logits: the predicted class, the confidence (max softmax) and the
 embedding coordinates (see :mod:`modelcycle.monitor.profile` for why those come from the logits).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy.special import softmax
@@ -18,6 +25,12 @@ from scipy.special import softmax
 # named so that an alert says what changed in words an operator can act on
 GREY_FEATURES = ("brightness", "contrast", "sharpness", "horizontal_edges")
 COLOUR_FEATURES = ("red", "green", "blue")
+SIZE = "size"  # from the file's header, not the tensor (see the module docstring)
+
+
+def image_side(width: int, height: int) -> float:
+    """The ``size`` feature: the geometric mean of the sides, so a 4x upscale reads as 4x."""
+    return math.sqrt(width * height)
 
 
 def pixel_scale(preprocessing: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from modelcycle.monitor import log
 from modelcycle.monitor.drift import Thresholds, score_window
 from modelcycle.monitor.profile import logit_map
 
-LEVELS = {"ok": 0, "warn": 1, "drift": 2}
+LEVELS = {"ok": 0, "warn": 1, "drift": 2, "unmeasured": float("nan")}  # NaN: no value, not a stale one
 _STOP = object()
 logger = logging.getLogger("modelcycle.monitor")
 
@@ -78,9 +78,9 @@ class Gauges:
     def show(self, model: str, result: dict) -> None:
         for name, scores in result["features"].items():
             self.level.labels(model, name).set(LEVELS[scores["drift"]])
-            if "psi" in scores:
-                self.psi.labels(model, name).set(scores["psi"])
-                self.ks.labels(model, name).set(scores["ks"])
+            if "psi" in scores or scores["drift"] == "unmeasured":
+                self.psi.labels(model, name).set(scores.get("psi", float("nan")))
+                self.ks.labels(model, name).set(scores.get("ks", float("nan")))
         tests = result["features"]
         self.class_p.labels(model).set(tests["class_mix"]["p"])
         if "embedding" in tests:
@@ -110,20 +110,24 @@ class Monitor:
     def attach(self, registry: CollectorRegistry) -> None:
         self.gauges = Gauges(registry)
 
-    def observe(self, served, images: np.ndarray, logits: np.ndarray, latency_s: float) -> None:
-        """Called on the event loop once a request's logits are known: sample and hand over."""
+    def observe(
+        self, served, images: np.ndarray, logits: np.ndarray, latency_s: float, sizes: np.ndarray | None = None
+    ) -> None:
+        """Called on the event loop once a request's logits are known: sample and hand over.
+        ``sizes``: each image's ``size`` feature as sent, None when it came as a tensor."""
         rate = self.cfg.sample_rate
         if rate < 1.0:
             keep = [i for i in range(len(images)) if self.random.random() < rate]
             if not keep:
                 return
             images, logits = images[keep], logits[keep]
+            sizes = None if sizes is None else sizes[keep]
         if self.queued - self.handled + len(images) > self.cfg.max_pending:
             if self.gauges is not None:
                 self.gauges.dropped.inc(len(images))
             return
         self.queued += len(images)
-        self.queue.put((time.time(), served.name, next(self.requests), latency_s * 1e3, images, logits))
+        self.queue.put((time.time(), served.name, next(self.requests), latency_s * 1e3, images, logits, sizes))
 
     def close(self) -> None:
         """Write what is left and stop (graceful shutdown: nothing is lost)."""
@@ -182,10 +186,13 @@ class Monitor:
         n = len(images)
         self.handled += n
         inputs = feats.input_features(images, model.mean, model.std)
+        inputs[feats.SIZE] = np.concatenate(
+            [np.full(len(item[4]), np.nan) if item[6] is None else item[6] for item in items]
+        ).astype(np.float64)
         outputs = feats.output_features(logits, model.to_embedding)
-        per_request = [(stamp, request, latency) for stamp, _, request, latency, part, _ in items for _ in part]
+        per_request = [(stamp, request, latency) for stamp, _, request, latency, part, *_ in items for _ in part]
         stamps, requests, latencies = zip(*per_request, strict=True)
-        columns = [inputs[f].tolist() if f in inputs else [None] * n for f in log.FEATURE_COLUMNS]
+        columns = [_nullable(inputs[f]) if f in inputs else [None] * n for f in log.FEATURE_COLUMNS]
         embedding = outputs.get("embedding")
         embeddings = [None] * n if embedding is None else [row.tobytes() for row in embedding.astype(np.float32)]
         pngs = self._pngs(images, model) if self.cfg.keep_inputs else [None] * n
@@ -230,6 +237,11 @@ class Monitor:
         if model.since_scored >= step:
             model.since_scored %= step  # the overshoot counts towards the next one: a score every `step` rows
             self.gauges.show(model.name, score_window(model.profile, model.recent, self.limits))
+
+
+def _nullable(values: np.ndarray) -> list:
+    """NaN (a size not known) as SQL NULL, so SQL's avg() and count() skip it."""
+    return [None if v != v else v for v in values.tolist()]
 
 
 def start_monitor(served: list, cfg: MonitorSection) -> Monitor:

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from modelcycle.errors import UserError
-from modelcycle.monitor.features import COLOUR_FEATURES, GREY_FEATURES
+from modelcycle.monitor.features import COLOUR_FEATURES, GREY_FEATURES, SIZE
 
 DB = "predictions.db"
-SCHEMA_VERSION = "1"
-FEATURE_COLUMNS = GREY_FEATURES + COLOUR_FEATURES
+SCHEMA_VERSION = "2"  # 2: the size column
+FEATURE_COLUMNS = (*GREY_FEATURES, *COLOUR_FEATURES, SIZE)
 COLUMNS = ("time", "model", "version", "request", "latency_ms", "label", "confidence", *FEATURE_COLUMNS)
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS predictions (
@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     latency_ms REAL NOT NULL,    -- queue + batch + model, for the request this image came in
     label INTEGER NOT NULL,      -- predicted class index
     confidence REAL NOT NULL,    -- max softmax
-    {", ".join(f"{name} REAL" for name in FEATURE_COLUMNS)},  -- input features; colour ones NULL for greyscale
+    {", ".join(f"{name} REAL" for name in FEATURE_COLUMNS)},  -- input features; colour ones NULL for greyscale,
+                                 -- size (sqrt(width * height) as sent) NULL for images sent as tensors
     embedding BLOB,              -- float32 whitened embedding coordinates (see monitor/profile.py)
     input BLOB                   -- PNG of the image as the model saw it; only with monitor.keep_inputs
 );
@@ -68,10 +69,23 @@ def create(folder: str | Path, profiles: dict[tuple[str, str], dict]) -> sqlite3
         raise UserError(
             f"cannot open the prediction log {db_path(folder)}: {exc}; choose another --monitor folder"
         ) from None
-    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+    upgrade(conn)
     for (model, version), profile in profiles.items():
         conn.execute("INSERT OR REPLACE INTO profiles VALUES (?, ?, ?)", (model, version, json.dumps(profile)))
     return conn
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a log written by an older server up to this schema: feature columns it lacks are
+    added (their old rows read NULL there, which the drift tests leave out), so a server can
+    keep appending to its log across an upgrade and the reader can read it."""
+    present = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+    for name in FEATURE_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} REAL")
+    stored = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if stored != (SCHEMA_VERSION,):  # a reader of an up-to-date log writes nothing
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
 
 
 def insert(conn: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -92,6 +106,7 @@ def open_log(folder: str | Path) -> sqlite3.Connection:
     try:
         conn = connect(path)
         conn.execute("SELECT count(*) FROM predictions").fetchone()
+        upgrade(conn)
     except sqlite3.Error as exc:
         raise UserError(f"{path} is not a readable prediction log: {exc}") from None
     return conn

@@ -29,6 +29,7 @@ from torch import nn
 
 from modelcycle.config import MonitorSection
 from modelcycle.data.datasets import make_loader
+from modelcycle.data.images import header_size
 from modelcycle.data.manifest import PreparedData
 from modelcycle.errors import UserError
 from modelcycle.evaluation.evaluate import items_for
@@ -121,7 +122,8 @@ def _head(model: nn.Module) -> nn.Linear | None:
 
 
 def _run_all(manifest: dict, items: list) -> tuple[dict, np.ndarray, np.ndarray | None, nn.Linear | None]:
-    """Input features, logits and (PyTorch packages) embeddings of every reference image."""
+    """Input features, logits and (PyTorch packages) embeddings of every reference image; its
+    size from the file's header (the loader hands over resized tensors)."""
     cfg = data_section(manifest, workers=0)
     loader = make_loader(items, PreparedData(Path("."), manifest["classes"], {}), cfg, cfg.channels, 128, False)
     mean, std = feats.pixel_scale(manifest["preprocessing"])
@@ -145,8 +147,9 @@ def _run_all(manifest: dict, items: list) -> tuple[dict, np.ndarray, np.ndarray 
             logits.append(run(batch))
             advance(len(batch))
     embeddings = torch.cat(captured).numpy().astype(np.float64) if captured else None
+    sizes = np.asarray([feats.image_side(*header_size(path)) for path, _ in items])
     return (
-        {k: np.concatenate(v) for k, v in columns.items()},
+        {**{k: np.concatenate(v) for k, v in columns.items()}, feats.SIZE: sizes},
         np.concatenate(logits).astype(np.float64),
         embeddings,
         head,

@@ -35,8 +35,10 @@ def plot_traffic(windows: list[dict], path: Path) -> None:
 def plot_drift(windows: list[dict], limits: Thresholds, path: Path) -> None:
     x = [w["index"] for w in windows]
     fig, (psi_ax, rate_ax, shift_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
-    for name in [n for n, s in windows[0]["features"].items() if "psi" in s]:
-        psi_ax.plot(x, [max(w["features"][name]["psi"], 1e-3) for w in windows], marker="o", label=name)
+    tested = dict.fromkeys(n for w in windows for n, s in w["features"].items() if "psi" in s)
+    for name in tested:  # a gap where a window could not measure the feature (no sizes from /v2 tensors)
+        psi = [max(w["features"].get(name, {}).get("psi", np.nan), 1e-3) for w in windows]
+        psi_ax.plot(x, psi, marker="o", label=name)
     psi_ax.axhline(limits.psi_warn, color="orange", ls="--", lw=1)
     psi_ax.axhline(limits.psi_alert, color="red", ls="--", lw=1)
     psi_ax.set_yscale("log")
@@ -104,6 +106,8 @@ def _feature_rows(window: dict) -> list[list]:
                 f"PSI {s['psi']:.3f}, KS {s['ks']:.3f} (p {s['ks_p']:.1e}), "
                 f"mean {s['mean']:.3f} vs {s['reference_mean']:.3f}"
             )
+        elif s["drift"] == "unmeasured":
+            figure = f"{s['values']} values in the window: too few to test (reference mean {s['reference_mean']:.3f})"
         elif name == "class_mix":
             figure = f"chi-squared {s['chi2']:.1f}, p {s['p']:.1e}"
         elif name == "embedding":

@@ -102,18 +102,23 @@ class ServeState:
             raise HTTPException(404, f"model {served.name!r} has version {served.version}, not {version!r}")
         return served
 
-    async def decode(self, served: ServedModel, blobs: list[bytes]) -> np.ndarray:
-        """Decode and preprocess in the pool, all images of a request in parallel."""
-        jobs = [self.decode_pool.submit(served.preprocess, blob) for blob in blobs]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+    async def decode(self, served: ServedModel, blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode and preprocess in the pool, all images of a request in parallel. With a monitor,
+        also each file's ``size`` feature (from the header the decoder reads anyway); else None."""
+        sized = self.monitor is not None
+        work = served.preprocess_sized if sized else served.preprocess
+        results = await asyncio.gather(*[self.decode_pool.submit(work, blob) for blob in blobs], return_exceptions=True)
         for i, result in enumerate(results):
             if isinstance(result, DataError):
                 raise HTTPException(400, f"image {i}: {result}")
             if isinstance(result, BaseException):
                 raise result
-        return np.stack(results)
+        if sized:
+            images, sizes = zip(*results, strict=True)
+            return np.stack(images), np.asarray(sizes)
+        return np.stack(results), None
 
-    async def logits(self, served: ServedModel, images: np.ndarray) -> np.ndarray:
+    async def logits(self, served: ServedModel, images: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
         started = time.perf_counter()
         try:
             out = await asyncio.wait_for(self.batchers[served.name].submit(images), self.cfg.request_timeout_s)
@@ -123,7 +128,7 @@ class ServeState:
             raise HTTPException(504, f"no answer within {self.cfg.request_timeout_s:g} s; retry later") from None
         self.metrics.images.labels(served.name).inc(len(images))
         if self.monitor is not None:  # hands the arrays to its writer thread; nothing else on this path
-            self.monitor.observe(served, images, out, time.perf_counter() - started)
+            self.monitor.observe(served, images, out, time.perf_counter() - started, sizes)
         return out
 
 
@@ -227,8 +232,8 @@ def _v2_model_routes(app: FastAPI, state: ServeState, prefix: str, auth: list, p
 
     @app.post(prefix + "/infer", tags=["v2"], response_model=schemas.InferResponse, responses=ERRORS, dependencies=auth)
     async def infer(body: schemas.InferRequest, served: ServedModel = Depends(pick)) -> JSONResponse:
-        images = await _v2_images(state, served, body.inputs[0])
-        logits = await state.logits(served, images)
+        images, sizes = await _v2_images(state, served, body.inputs[0])
+        logits = await state.logits(served, images, sizes)
         wanted = [o.name for o in body.outputs] if body.outputs else ["probabilities", "logits", "label"]
         values = {
             "probabilities": lambda: softmax(logits),
@@ -246,7 +251,10 @@ def _v2_model_routes(app: FastAPI, state: ServeState, prefix: str, auth: list, p
         )
 
 
-async def _v2_images(state: ServeState, served: ServedModel, tensor: schemas.InferTensor) -> np.ndarray:
+async def _v2_images(
+    state: ServeState, served: ServedModel, tensor: schemas.InferTensor
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The request's images, and their sizes as sent when they came as files and a monitor wants them."""
     count = tensor.shape[0]
     if count < 1 or any(d < 1 for d in tensor.shape):
         raise HTTPException(400, f"input {tensor.name!r}: shape {tensor.shape} has an empty or negative dimension")
@@ -268,7 +276,7 @@ async def _v2_images(state: ServeState, served: ServedModel, tensor: schemas.Inf
             raise HTTPException(400, f"input 'input': {array.size} values for shape {expected} ({np.prod(expected)})")
         if not np.isfinite(array).all():
             raise HTTPException(400, "input 'input': NaN or infinite values")
-        return array.reshape(expected)
+        return array.reshape(expected), None  # a tensor: the size it had as a file is unknown
     shape = served.input_shape
     raise HTTPException(
         400,

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from modelcycle.data.images import decode_bytes
+from modelcycle.data.images import decode_bytes, decode_sized
 from modelcycle.data.transforms import build_transform
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import data_section
 from modelcycle.export.runtime import Predictor, load_predictor
+from modelcycle.monitor.features import image_side
 
 PLATFORMS = {"torch": "pytorch_safetensors", "onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
 
@@ -41,7 +42,14 @@ class ServedModel:
 
     def preprocess(self, data: bytes) -> np.ndarray:
         """Encoded image file -> (C, H, W) float32, exactly as `evaluate` feeds the model."""
-        image = decode_bytes(data, self.channels, min_size=self.size, max_pixels=self.max_pixels)
+        return self._tensor(decode_bytes(data, self.channels, min_size=self.size, max_pixels=self.max_pixels))
+
+    def preprocess_sized(self, data: bytes) -> tuple[np.ndarray, float]:
+        """:meth:`preprocess` and the file's ``size`` monitor feature, for ``serve --monitor``."""
+        image, (width, height) = decode_sized(data, self.channels, min_size=self.size, max_pixels=self.max_pixels)
+        return self._tensor(image), image_side(width, height)
+
+    def _tensor(self, image: np.ndarray) -> np.ndarray:
         image = self.transform(image=image)["image"]
         if image.ndim == 2:
             image = image[:, :, None]

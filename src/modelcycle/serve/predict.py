@@ -95,8 +95,8 @@ class PredictEndpoint:
         model, topk = _query(request)
         served = state.model(model)
         blobs, body_topk = await _read_images(request, state.cfg)
-        images = await state.decode(served, blobs)
-        probs = softmax(await state.logits(served, images))
+        images, sizes = await state.decode(served, blobs)
+        probs = softmax(await state.logits(served, images, sizes))
         k = min(topk or body_topk or state.cfg.topk, len(served.classes))
         # no re-validation against PredictResponse (it documents the reply): it is built right here
         return JSONResponse(
