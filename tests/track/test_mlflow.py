@@ -105,7 +105,9 @@ def test_the_run_files_and_the_model_package_are_artifacts(tracked: dict, tmp_pa
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "metrics.jsonl", "events.log", "model"} <= top
     package = {a.path for a in client.list_artifacts(run_id, "model")}
-    assert package == {"model/model.safetensors", "model/modelcycle.json"}
+    # every file of the package: weights, manifest and the monitor's reference profile
+    assert package == {f"model/{f.name}" for f in tracked["run"].model_dir.iterdir()}
+    assert {"model/model.safetensors", "model/modelcycle.json", "model/monitor_profile.json"} <= package
     local = Path(client.download_artifacts(run_id, "model", str(tmp_path)))
     assert (local / "model.safetensors").read_bytes() == (tracked["run"].model_dir / "model.safetensors").read_bytes()
 
