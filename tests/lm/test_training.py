@@ -126,3 +126,22 @@ def test_gates_command_reports_each_gate_and_fails_when_one_does(pretrained, fin
     gates = json.loads(result.stdout)
     assert len(gates) == 3 and gates[0]["passed"] and gates[1]["passed"], gates
     assert result.returncode == (0 if all(g["passed"] for g in gates) else 1), result.stderr
+
+
+def test_pretraining_on_two_processes_ends_where_one_process_does(pydocs, tokenizer_dir, tmp_path):
+    """`modelcycle train --nproc 2` on an LM recipe (DDP, gloo): the global batch is the same, so
+    the losses and the weights match a one-process run of the same recipe."""
+    overrides = lm_overrides(pydocs, tokenizer_dir, tmp_path, "one", "train.epochs=1")
+    one = modelcycle.train(load_config(None, overrides), progress=False).path
+    two = [o.replace("run.name=one", "run.name=two") for o in overrides]
+    result = run_cli("train", *two, "--nproc", "2", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "processes=2 strategy=ddp backend=gloo" in (tmp_path / "two" / "events.log").read_text()
+    ours, theirs = (
+        json.loads((r / "model" / "modelcycle.json").read_text())["metrics"] for r in (tmp_path / "two", one)
+    )
+    assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+    assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+    a, b = load_file(tmp_path / "two" / "model" / "model.safetensors"), load_file(one / "model" / "model.safetensors")
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
