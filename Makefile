@@ -27,14 +27,19 @@ demo: $(STAMP)
 	@echo "Report: runs/digits-demo/report/report.html"
 
 # The language-model pipeline on Python's own docs, offline, a few minutes on CPU (docs/lm.md),
-# ending with the quality gates (exit 1 if one fails).
+# then reward model, DPO and PPO (docs/lm-rlhf.md), ending with the quality gates (exit 1 if one fails).
 demo-lm: $(STAMP)
 	$(BIN)/modelcycle datasets pydocs --out data/pydocs
 	$(BIN)/modelcycle lm tokenizer data/pydocs/corpus.txt --vocab 4000 --out runs/tok
 	$(BIN)/modelcycle lm pretrain configs/lm-pretrain.yaml --overwrite
 	$(BIN)/modelcycle lm sft configs/lm-sft.yaml model.init_from=runs/lm-pretrain --overwrite
 	$(BIN)/modelcycle evaluate runs/lm-sft
-	$(BIN)/modelcycle lm gates runs/lm-pretrain runs/lm-sft
+	$(BIN)/modelcycle lm reward configs/lm-reward.yaml model.init_from=runs/lm-sft --overwrite
+	$(BIN)/modelcycle lm dpo configs/lm-dpo.yaml model.init_from=runs/lm-sft --overwrite
+	$(BIN)/modelcycle lm ppo configs/lm-ppo.yaml policy=runs/lm-sft reward=runs/lm-reward --overwrite
+	$(BIN)/modelcycle evaluate runs/lm-dpo --against runs/lm-sft --reward runs/lm-reward
+	$(BIN)/modelcycle evaluate runs/lm-ppo --against runs/lm-sft
+	$(BIN)/modelcycle lm gates runs/lm-pretrain runs/lm-sft --reward runs/lm-reward --dpo runs/lm-dpo --ppo runs/lm-ppo
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q

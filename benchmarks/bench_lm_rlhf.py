@@ -8,8 +8,7 @@ in every step, as a DPO loop without caching does. The PPO run answers pydocs pr
 judged by a reward model trained for one epoch on the same pairs.
 
 The models are Llama-style with part 1's ``tiny`` shape (hidden 128, 4 layers) on a byte-level
-BPE of 600 tokens. STAND-IN: tests/lm_fixtures.py builds the tokenizer and the short SFT start
-until part 1's ``lm tokenizer`` / ``lm sft`` are merged.
+BPE of 600 tokens, fine-tuned (``run.task=sft``) on the pairs' good answers by tests/lm_fixtures.py.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ def dpo_seconds_per_step(root, policy, prefs, cache: bool, epochs: int, batch: i
             f"run.dir={root}",
             f"model.init_from={policy}",
             f"data.root={prefs}",
-            f"data.max_length={MAX_LENGTH}",
+            f"lm.context_length={MAX_LENGTH}",
             f"dpo.cache_reference={cache}",
             f"train.epochs={epochs}",
             f"train.batch_size={batch}",
@@ -61,7 +60,7 @@ def main() -> None:
     threads = common.set_threads(args.threads)
     with common.temp_dir("bench-rlhf", args.workdir, args.keep) as root:
         prefs = write_prefs(root / "prefs")
-        policy = build_sft_policy(root / "sft", prefs, steps=40, hidden=128, layers=4)
+        policy = build_sft_policy(root / "sft", prefs, epochs=3, shape="{}")
         cached, cached_wall = dpo_seconds_per_step(root, policy, prefs, True, args.epochs, args.batch_size)
         live, live_wall = dpo_seconds_per_step(root, policy, prefs, False, args.epochs, args.batch_size)
         common.print_table(
@@ -82,7 +81,7 @@ def main() -> None:
                     f"run.dir={root}",
                     f"model.init_from={policy}",
                     f"data.root={prefs}",
-                    f"data.max_length={MAX_LENGTH}",
+                    f"lm.context_length={MAX_LENGTH}",
                     "train.epochs=1",
                     "train.batch_size=16",
                 ],
@@ -97,7 +96,7 @@ def main() -> None:
                 f"policy={policy}",
                 f"reward={reward.model_dir}",
                 f"data.root={prefs}",
-                f"data.max_length={MAX_LENGTH}",
+                f"lm.context_length={MAX_LENGTH}",
                 f"ppo.iterations={args.iterations}",
                 "ppo.rollout_batch=16",
                 "ppo.minibatch=8",

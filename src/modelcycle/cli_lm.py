@@ -105,12 +105,26 @@ def merge(
 def gates(
     pretrain_run: Path = typer.Argument(..., help="The pretraining run (runs/lm-pretrain)."),
     sft_run: Path = typer.Argument(..., help="The SFT run fine-tuned from it (runs/lm-sft)."),
+    reward: Path | None = typer.Option(
+        None, help="A reward run (runs/lm-reward): adds its held-out pairwise accuracy, and judges --dpo/--ppo."
+    ),
+    dpo: Path | None = typer.Option(None, help="With --reward, a DPO run: implicit-reward accuracy, win rate vs SFT."),
+    ppo: Path | None = typer.Option(None, help="With --reward, a PPO run: win rate against the SFT policy."),
+    samples: int = typer.Option(32, help="Held-out prompts each policy answers for the win rates."),
     as_json: bool = typer.Option(False, "--json", help="Print the gates as JSON."),
 ):
-    """The quality gates: pretraining beats a bigram model, SFT lowers answer loss, answers end. Exit 1 if one fails."""
+    """The quality gates: pretraining beats a bigram model, SFT lowers answer loss, answers end; with --reward
+    (and --dpo/--ppo) the preference gates of docs/lm-rlhf.md. Exit 1 if one fails."""
+    from modelcycle.errors import UserError
     from modelcycle.evaluation.lm import quality_gates
 
+    if (dpo or ppo) and not reward:
+        raise UserError("--dpo and --ppo are judged by a reward model: pass --reward runs/lm-reward too")
     rows = quality_gates(pretrain_run, sft_run)
+    if reward:
+        from modelcycle.evaluation.preference_gates import preference_gates
+
+        rows += preference_gates(sft_run, reward, dpo, ppo, samples)
     if as_json:
         stdout.print_json(json.dumps(rows))
     else:

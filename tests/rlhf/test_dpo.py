@@ -51,12 +51,12 @@ def test_reference_free_losses_load_no_reference(lm_config, loss):
 
 
 def test_a_reference_with_another_tokenizer_is_refused(lm_config, tmp_path):
-    from lm_fixtures import build_tokenizer
+    from lm_fixtures import train_small_tokenizer
     from modelcycle.lm.load import open_lm
 
     model, _, _ = open_lm(lm_config("dpo").model.init_from)
     other = tmp_path / "other"
     model.save_pretrained(other)
-    build_tokenizer(["some other text entirely, with other merges"] * 20, vocab=300).save_pretrained(other)
+    train_small_tokenizer(other, ["some other text entirely, with other merges"] * 20, vocab=300)
     with pytest.raises(ConfigError, match="tokenizer differs"):
         dpo.setup(lm_config("dpo", f"dpo.reference={other}"))

@@ -33,7 +33,7 @@ def test_evaluate_against_prints_win_rate_rewards_and_kl(reward_run, sft_policy)
 def test_comparison_against_a_different_policy_judges_each_prompt(reward_run, sft_policy, prefs, tmp_path):
     from lm_fixtures import VAL_TOPICS, build_sft_policy
 
-    other = build_sft_policy(tmp_path / "other", prefs, steps=5, seed=1)
+    other = build_sft_policy(tmp_path / "other", prefs, epochs=1, seed=1)
     result = compare_policies(sft_policy, other, reward=reward_run.path, samples=50, max_new_tokens=16)
     assert len(result["samples"]) == len(VAL_TOPICS)  # one prompt per held-out topic
     assert result["kl"] is not None and result["kl"] > 0  # same tokenizer: the KL from a barely trained model
@@ -45,4 +45,21 @@ def test_comparison_against_a_different_policy_judges_each_prompt(reward_run, sf
 
 def test_evaluate_against_without_a_reward_model_says_what_to_pass(sft_policy):
     result = run_cli("evaluate", sft_policy, "--against", sft_policy)
+    assert_user_error(result, "--reward")
+
+
+def test_preference_gates_score_the_reward_model_and_a_policy_against_sft(reward_run, sft_policy):
+    from modelcycle.evaluation.policy import evaluate_reward
+    from modelcycle.evaluation.preference_gates import preference_gates
+
+    # the SFT policy as "PPO": every held-out prompt is a tie, so the win rate is 0.5 and the gate fails
+    reward_row, ppo_row = preference_gates(sft_policy, reward_run.path, ppo=sft_policy, samples=4)
+    accuracy = evaluate_reward(reward_run.path)["pairwise_accuracy"]
+    assert reward_row["value"] == pytest.approx(accuracy) and reward_row["passed"] == (accuracy >= 0.9)
+    assert ppo_row["value"] == pytest.approx(0.5) and not ppo_row["passed"]
+    assert ppo_row["kl"] == pytest.approx(0.0, abs=1e-5) and "KL to SFT" in ppo_row["gate"]
+
+
+def test_gates_with_a_policy_but_no_reward_model_say_what_to_pass(sft_policy):
+    result = run_cli("lm", "gates", sft_policy, sft_policy, "--ppo", sft_policy)
     assert_user_error(result, "--reward")

@@ -38,7 +38,7 @@ def ppo_overrides(tmp_path, prefs, sft_policy, reward, *more):
         f"policy={sft_policy}",
         f"reward={reward}",
         f"data.root={prefs}",
-        "data.max_length=96",
+        "lm.context_length=96",
         "ppo.iterations=3",
         "ppo.rollout_batch=6",
         "ppo.minibatch=3",

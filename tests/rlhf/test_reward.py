@@ -19,7 +19,7 @@ def test_reward_model_learns_to_rank_pairs_and_reports_held_out_figures(reward_r
     assert epochs[-1]["train_accuracy"] >= 0.7
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] - 0.1
     # held-out topics: measured and reported every epoch; the >= 90 % gate needs the demo's
-    # backbone pretrained on the whole corpus, not this 60-step fixture (docs/lm-rlhf.md)
+    # backbone pretrained on the whole corpus, not this short SFT fixture (docs/lm-rlhf.md)
     for m in epochs:
         assert 0.0 <= m["val_accuracy"] <= 1.0 and {"val_margin", "val_loss"} <= set(m)
 
@@ -52,3 +52,11 @@ def test_a_text_classifier_is_not_taken_for_a_reward_model(reward_run):
 def test_reward_run_without_data_root_says_what_to_do(lm_config):
     with pytest.raises(ConfigError, match="data.root is not set"):
         api.train(lm_config("reward", "data.root=null"), progress=False)
+
+
+def test_preference_runs_read_lm_context_length_and_refuse_data_max_length(lm_config):
+    from modelcycle.tasks.reward import pair_length
+
+    assert pair_length(lm_config("reward", "lm.context_length=80")) == 80
+    with pytest.raises(ConfigError, match=r"data.max_length=64: .*set lm.context_length=64"):
+        pair_length(lm_config("dpo", "data.max_length=64"))

@@ -36,7 +36,7 @@ from modelcycle.progress import info, progress_bar
 from modelcycle.tasks import ppo_loss as L
 from modelcycle.tasks.lm import prepare_model
 from modelcycle.tasks.ppo_rollout import PolicyWithValue, Rollout, response_figures, sample
-from modelcycle.tasks.reward import reward_scores
+from modelcycle.tasks.reward import pair_length, reward_scores
 
 
 def ppo_config(config: Config | str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -76,10 +76,12 @@ def train_ppo(
     if not config.data.root:
         raise ConfigError("data.root is not set; pass the folder with prefs-train.jsonl whose prompts PPO answers")
     prompts = unique_prompts(open_pairs(config.data.root)[0])
-    budget = config.data.max_length - p.max_new_tokens
+    length = pair_length(config)
+    budget = length - p.max_new_tokens
     if budget < 8:
         raise ConfigError(
-            f"data.max_length={config.data.max_length} leaves no room for prompts after ppo.max_new_tokens"
+            f"lm.context_length={length} leaves no room for prompts after ppo.max_new_tokens={p.max_new_tokens}; "
+            "raise the one or lower the other"
         )
     encoded = [prompt_ids(tokenizer, m)[-budget:] for m in prompts]
     optimizer = build_optimizer(policy, t)
@@ -181,7 +183,7 @@ def _iteration(config, policy, reference, scorer, score_tokenizer, tokenizer, st
         tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True)
         for row, n in zip(rollout.responses, rollout.mask.sum(1), strict=True)
     ]
-    scores = reward_scores(scorer, score_tokenizer, messages, texts, config.data.max_length).to(rollout.mask.device)
+    scores = reward_scores(scorer, score_tokenizer, messages, texts, pair_length(config)).to(rollout.mask.device)
     scored = time.perf_counter()
     if not torch.isfinite(scores).all():
         return {"reward": float("nan")}

@@ -1,10 +1,10 @@
 """What PPO needs from a language model: a value head beside the policy, sampling with the
 log-probabilities of what was sampled, and per-token figures of a (prompt + response) batch.
 
-:func:`sample` is the one place that draws answers. STAND-IN: it calls ``transformers``'
-``generate`` (sampling, KV cache) because part 1's ``lm/generate.py`` lives on another branch;
-the log-probabilities come from a separate forward pass either way, so swapping the sampler
-changes nothing else.
+:func:`sample` is the one place that draws answers, through part 1's decoding loop
+(``lm/generate.py::decode_steps``, KV cache, the global RNG that a PPO checkpoint saves). The
+log-probabilities for the update come from a separate forward pass (:func:`response_figures`),
+so the sampler only has to hand over the tokens and which of them are real.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modelcycle.lm.generate import decode_steps
+from modelcycle.lm.sampling import Sampling
 from modelcycle.tasks.preference_loss import token_logprobs
 
 
@@ -68,7 +70,6 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-@torch.no_grad()
 def sample(
     lm: nn.Module, prompts: list[list[int]], pad_id: int, stop: list[int], max_new_tokens: int, temperature: float
 ) -> Rollout:
@@ -79,24 +80,18 @@ def sample(
     ids, mask = ids.to(device), mask.to(device)
     was_training = lm.training
     lm.eval()
-    out = lm.generate(
-        input_ids=ids,
-        attention_mask=mask,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stop,
-        pad_token_id=pad_id,
-    )
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    # the loop writes pad_id for rows already done; a row's end token is its last real one
+    steps = [tokens for tokens, _ in decode_steps(lm, ids, mask, sampling, stop, done, pad_id)]
     lm.train(was_training)
-    response = out[:, ids.shape[1] :]
+    # a copy made outside inference mode: the update's forward passes take these ids
+    response = torch.stack(steps, 1).clone()
     ended = torch.isin(response, torch.tensor(stop, device=device))
-    # real tokens: up to and including the first end token (generate pads finished rows)
     after_end = (ended.cumsum(-1) - ended.long()) > 0
     response_mask = (~after_end).long()
-    return Rollout(out, torch.cat([mask, response_mask], 1), ids.shape[1], response_mask.float())
+    sequences = torch.cat([ids, response], 1)
+    return Rollout(sequences, torch.cat([mask, response_mask], 1), ids.shape[1], response_mask.float())
 
 
 def response_figures(

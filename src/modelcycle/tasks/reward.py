@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from modelcycle.config import Config
+from modelcycle.config import Config, DataSection
 from modelcycle.data.preference_batches import answer_ids, encode_pairs, fit, pair_loader, prompt_ids
 from modelcycle.data.preferences import open_pairs
 from modelcycle.engine import distributed
@@ -77,6 +77,20 @@ class PairSetup:
     write_package: Callable[[Path, dict, dict], Path]
 
 
+def pair_length(config: Config) -> int:
+    """Tokens per (prompt + answer) row of the preference tasks (reward, DPO, PPO): ``lm.context_length``,
+    as for every language-model task. ``data.max_length`` belongs to text classification; a value
+    set there that disagrees would be silently ignored, so it is refused."""
+    default = DataSection.model_fields["max_length"].default
+    given, length = config.data.max_length, config.lm.context_length
+    if given not in (default, length):
+        raise ConfigError(
+            f"data.max_length={given}: run.task={config.run.task} reads lm.context_length (now {length}) for "
+            f"prompt + answer tokens, like every language-model task; set lm.context_length={given} instead"
+        )
+    return length
+
+
 def preference_loaders(config: Config, tokenizer) -> tuple[DataLoader, DataLoader | None, dict]:
     """Loaders over ``data.root``'s prefs-train/prefs-val files and the package's preprocessing record."""
     if not config.data.root:
@@ -85,7 +99,7 @@ def preference_loaders(config: Config, tokenizer) -> tuple[DataLoader, DataLoade
             "(`modelcycle datasets pydocs --out data/pydocs` writes one)"
         )
     train, val = open_pairs(config.data.root)
-    t, max_length = config.train, config.data.max_length
+    t, max_length = config.train, pair_length(config)
     world = distributed.world_size()
     distributed.split_batch(t.batch_size, world)
     shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
@@ -111,7 +125,7 @@ def setup(config: Config) -> PairSetup:
     source = cfg.init_from or cfg.name
     torch.manual_seed(config.train.seed)
     model, tokenizer, architecture = build_text_model(
-        cfg.model_copy(update={"name": source, "init_from": None}), ["reward"], config.data.max_length
+        cfg.model_copy(update={"name": source, "init_from": None}), ["reward"], pair_length(config)
     )
     if tokenizer.pad_token_id is None:
         raise ConfigError(f"{source}: the tokenizer has no padding token, so a batch of pairs cannot be padded")
