@@ -16,10 +16,10 @@ from pathlib import Path
 
 from torch import nn
 
-from modelcycle import runs
 from modelcycle.errors import ConfigError
 from modelcycle.lm.tokenizer import ENDOFTEXT
-from modelcycle.models.text import plain_model, quiet
+from modelcycle.models.text import package_writer as text_package_writer
+from modelcycle.models.text import quiet
 
 # Llama-style shapes; parameters for a 4,000-token vocabulary with tied embeddings
 PRESETS: dict[str, dict[str, int]] = {
@@ -75,29 +75,18 @@ def lora_targets(model: nn.Module, given: list[str] | None) -> list[str]:
 
 
 def package_writer(model: nn.Module, tokenizer, base: Path | None) -> Callable[[Path, dict, dict], Path]:
-    """``write(out, weights, manifest)``: the merged model as a Hugging Face folder, and with
-    LoRA the adapter alone in ``adapter/`` (its config naming ``base``, the folder it adapts)."""
-    import transformers
+    """``write(out, weights, manifest)``: the merged model as a Hugging Face folder (the text
+    package's writer) with its generation_config.json, and with LoRA the adapter alone in
+    ``adapter/`` (its config naming ``base``, the folder it adapts)."""
 
-    def write(out: Path, weights: dict, manifest: dict) -> Path:
-        plain = plain_model(model, weights)
-        adapter = None
+    def also(folder: Path, plain: nn.Module, weights: dict) -> None:
+        plain.generation_config.save_pretrained(folder)
         if hasattr(model, "peft_config"):
             adapter = _copy_with(model, weights)
             adapter.peft_config["default"].base_model_name_or_path = str(base.resolve()) if base else None
+            adapter.save_pretrained(folder / ADAPTER)
 
-        def hugging_face_files(folder: Path) -> None:
-            plain.config.architectures = [type(plain).__name__]
-            plain.config.save_pretrained(folder)
-            plain.generation_config.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-            if adapter is not None:
-                adapter.save_pretrained(folder / ADAPTER)
-
-        manifest = {**manifest, "transformers_version": transformers.__version__}
-        return runs.write_package(out, plain.state_dict(), manifest, extra=hugging_face_files)
-
-    return write
+    return text_package_writer(model, tokenizer, also)
 
 
 def _copy_with(model: nn.Module, weights: dict) -> nn.Module:

@@ -187,10 +187,13 @@ def plain_model(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module
     return plain.eval()
 
 
-def package_writer(model: nn.Module, tokenizer) -> Callable[[Path, dict, dict], Path]:
+def package_writer(
+    model: nn.Module, tokenizer, also: Callable[[Path, nn.Module, dict], None] | None = None
+) -> Callable[[Path, dict, dict], Path]:
     """``write(out, weights, manifest)`` for the run's package: ``runs.write_package``'s
     model.safetensors + modelcycle.json, plus config.json and the tokenizer files, so that
-    ``AutoModelForSequenceClassification`` and ``AutoTokenizer`` load the folder as it is."""
+    ``AutoModelForSequenceClassification`` (or ``AutoModelForCausalLM``) and ``AutoTokenizer``
+    load the folder as it is. ``also(folder, plain_model, weights)`` adds files of its own."""
     import transformers
 
     def write(out: Path, weights: dict, manifest: dict) -> Path:
@@ -200,6 +203,8 @@ def package_writer(model: nn.Module, tokenizer) -> Callable[[Path, dict, dict], 
             plain.config.architectures = [type(plain).__name__]
             plain.config.save_pretrained(folder)
             tokenizer.save_pretrained(folder)
+            if also is not None:
+                also(folder, plain, weights)
 
         manifest = {**manifest, "transformers_version": transformers.__version__}
         return runs.write_package(out, plain.state_dict(), manifest, extra=hugging_face_files)
