@@ -148,7 +148,8 @@ def test_a_study_whose_first_trials_all_fail_stops_with_their_message(tmp_path, 
 def test_two_workers_share_one_sqlite_study(tmp_path, linear):
     space = _write(tmp_path / "space.yaml", "train.lr: {type: float, low: 0.001, high: 0.1, log: true}\n")
     result = api.tune(None, space, linear(name="two"), trials=4, workers=2)  # two spawned processes
-    assert "sqlite" in result.storage and result.finished == 4
+    # two workers may both start the last trial at once (a known race: up to workers - 1 extra)
+    assert "sqlite" in result.storage and 4 <= result.finished <= 5
     trials = _study(result.folder, "two-tune").trials
     assert [t.state.name for t in trials].count("COMPLETE") >= 4
     assert {t.user_attrs["worker"] for t in trials} == {0, 1}
