@@ -9,11 +9,14 @@ full fine-tuning.
    figure comes from its own log windows (``samples_per_s`` x length), which leave out set-up,
    validation and the checkpoint; the rounds alternate so load spikes hit both sides.
    Target: modelcycle >= 0.97 x the hand-written loop.
-2. LoRA r=8 (q_proj/v_proj) against full fine-tuning, SFT from the pretrained model: trainable
-   parameters, and the peak resident memory (RSS, ``ru_maxrss``) of a fresh process that
-   trains a few steps, with the same process's RSS after imports shown for reference. RSS
-   counts everything (Python, torch, the data), so the difference is what LoRA saves: gradients
-   and AdamW state for the frozen weights.
+2. LoRA r=8 (q_proj/v_proj) against full fine-tuning: SFT on the pydocs instructions of a
+   ``--lora-size`` Llama (``base`` by default, 27 M parameters, built fresh: memory does not
+   depend on the weights' values): trainable parameters, and the peak resident memory of a
+   fresh process that trains an epoch, with its RSS after imports for reference. The peak is
+   the kernel's high-water mark of the process (``VmHWM``), which starts afresh at ``exec``;
+   ``ru_maxrss`` would not do, since a spawned child inherits its parent's. RSS counts
+   everything (Python, torch, the data), so the difference is what LoRA saves: gradients and
+   AdamW state for the frozen weights.
 """
 
 from __future__ import annotations
@@ -94,6 +97,18 @@ def hand_rate(data: Path, tok: Path, args) -> float:
     return (steps - warm) * args.batch * args.length / (time.perf_counter() - start)
 
 
+def memory_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, from /proc (Linux); elsewhere the
+    peak RSS that getrusage reports, which may include the parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _sft_child(overrides: list[str], queue) -> None:
     import torch
 
@@ -101,15 +116,14 @@ def _sft_child(overrides: list[str], queue) -> None:
     from modelcycle import load_config, train
     from modelcycle.runs import read_manifest
 
-    idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    idle = memory_mb("VmRSS")
     start = time.perf_counter()
     run = train(load_config(None, overrides), progress=False, overwrite=True)
     tuning = read_manifest(run.path)["fine_tuning"]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    queue.put((tuning["trainable"], tuning["total"], idle, peak, time.perf_counter() - start))
+    queue.put((tuning["trainable"], tuning["total"], idle, memory_mb("VmHWM"), time.perf_counter() - start))
 
 
-def lora_rows(root: Path, data: Path, base: Path, args) -> list[list]:
+def lora_rows(root: Path, data: Path, tok: Path, args) -> list[list]:
     chats = data / "sft-train.jsonl"
     if args.quick:  # 80 conversations: the memory figures need a few steps, not the whole epoch
         (data / "sft-quick.jsonl").write_text("".join(chats.read_text().splitlines(keepends=True)[:80]))
@@ -121,7 +135,9 @@ def lora_rows(root: Path, data: Path, base: Path, args) -> list[list]:
             "run.task=sft",
             f"run.dir={root / 'runs'}",
             f"run.name=sft-{label.split()[0]}",
-            f"model.init_from={base}",
+            "model.name=llama",
+            f"lm.size={args.lora_size}",
+            f"lm.tokenizer={tok}",
             f"lm.context_length={args.length}",
             f"lm.train_files=[{chats}]",
             "train.epochs=1",
@@ -147,6 +163,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the pydocs corpus per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side")
+    parser.add_argument("--lora-size", default="base", help="lm.size preset of the LoRA / full fine-tuning comparison")
     args = parser.parse_args()
     common.quick_default(args, "epochs", 1)
     common.quick_default(args, "rounds", 1)
@@ -173,12 +190,12 @@ def main() -> None:
             ],
         )
         common.verdict(ours >= 0.97 * theirs, f"modelcycle at {common.ratio(ours, theirs):.3f} x (target >= 0.97)")
-        rows = lora_rows(root, data, root / "runs" / "tp-0", args)
+        rows = lora_rows(root, data, tok, args)
         common.print_table(
-            "SFT from the pretrained model, one epoch of pydocs instructions (80 with --quick): LoRA against full",
+            f"SFT of a {args.lora_size} Llama, one epoch of pydocs instructions (80 with --quick): LoRA against full",
             ["method", "trainable", "total", "share", "RSS after imports MB", "peak RSS MB", "seconds"],
             rows,
-            note="peak RSS: ru_maxrss of a fresh process that trained the epoch (CPU)",
+            note="peak RSS: VmHWM of a fresh process that trained the epoch (CPU)",
         )
 
 

@@ -148,14 +148,35 @@ def test_a_study_whose_first_trials_all_fail_stops_with_their_message(tmp_path, 
 def test_two_workers_share_one_sqlite_study(tmp_path, linear):
     space = _write(tmp_path / "space.yaml", "train.lr: {type: float, low: 0.001, high: 0.1, log: true}\n")
     result = api.tune(None, space, linear(name="two"), trials=4, workers=2)  # two spawned processes
-    # two workers may both start the last trial at once (a known race: up to workers - 1 extra)
-    assert "sqlite" in result.storage and 4 <= result.finished <= 5
-    trials = _study(result.folder, "two-tune").trials
-    assert [t.state.name for t in trials].count("COMPLETE") >= 4
+    assert "sqlite" in result.storage and result.finished == 4
+    # two workers may both ask for the last trial at once: the later-numbered one gives way unrun
+    trials = [t for t in _study(result.folder, "two-tune").trials if not t.user_attrs.get("surplus")]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     assert {t.user_attrs["worker"] for t in trials} == {0, 1}
     assert len({t.params["train.lr"] for t in trials}) == len(trials)  # each worker draws its own values
     for trial in trials:
         assert (Path(trial.user_attrs["run"]) / "model" / "modelcycle.json").is_file()
+
+
+def test_a_trial_asked_when_earlier_ones_fill_the_budget_gives_way_unrun(tmp_path):
+    """The race of two workers at the last trial, played out by hand: three finished trials and
+    one running leave no room in a budget of 4 for trial 4 (a budget of 5 would); a trial that
+    gives way fails without suggesting or training, and stays out of the count."""
+    from modelcycle.tuning.search import Objective
+    from modelcycle.tuning.study import Tally
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="race")
+    for _ in range(3):
+        study.tell(study.ask(), 1.0)
+    study.ask()  # another worker's trial, still running
+    config = load_config(None, [f"run.dir={tmp_path}"])
+    trial = study.ask()
+    assert not Objective(config, None, tmp_path, 1, budget=5)._surplus(trial)
+    assert Objective(config, None, tmp_path, 1, budget=4)._surplus(trial)
+    study.optimize(Objective(config, None, tmp_path, 1, budget=4), n_trials=1, catch=(Exception,))
+    last = study.trials[-1]
+    assert last.state.name == "FAIL" and last.user_attrs == {"surplus": True} and last.params == {}
+    assert Tally.of(study.trials).finished == 3 and not list(tmp_path.glob("trial-*"))
 
 
 def test_a_worker_killed_mid_trial_leaves_it_failed_and_the_study_completes(tmp_path, linear):

@@ -47,6 +47,10 @@ class TrialFailed(Exception):
     """A trial's own settings failed it (NaN loss, an invalid combination): record and go on."""
 
 
+class TrialSurplus(TrialFailed):
+    """Two workers asked for the last trial at once: the later-numbered one gives way, unrun."""
+
+
 @dataclass
 class TuneResult:
     study: str
@@ -101,10 +105,22 @@ class PruningCallback(Callback):
 
 
 class Objective:
-    def __init__(self, base: Config, space: SearchSpace, folder: Path, worker: int):
-        self.base, self.space, self.folder, self.worker = base, space, folder, worker
+    def __init__(self, base: Config, space: SearchSpace, folder: Path, worker: int, budget: int):
+        self.base, self.space, self.folder, self.worker, self.budget = base, space, folder, worker, budget
+
+    def _surplus(self, trial: optuna.Trial) -> bool:
+        """Do the trials numbered before this one already fill the budget (finished or running)?
+        The storage numbers trials atomically, so of two workers that both saw room for one more
+        trial, exactly the later-numbered one finds the other ahead of it. Should the earlier one
+        be lost with its worker, the study loop starts another: the budget is still met."""
+        earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+        tally = Tally.of(earlier)
+        return tally.finished + tally.running >= self.budget
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self._surplus(trial):
+            trial.set_user_attr("surplus", True)  # FAIL without "error": it does not count toward --trials
+            raise TrialSurplus(f"trial {trial.number} is over the budget of {self.budget}")
         params = self.space.suggest(trial)
         run_dir = self.folder / f"trial-{trial.number:04d}"
         trial.set_user_attr("run", str(run_dir))
@@ -148,7 +164,7 @@ def _work(job: Job, index: int) -> None:
     # worker k of the n-th session draws its own stream: a resumed study does not replay trial 0
     seed = int(np.random.SeedSequence([tune.seed, index, len(study.trials)]).generate_state(1)[0])
     study.sampler = make_sampler(tune, space, seed)
-    objective = Objective(config, space, Path(job.folder), index)
+    objective = Objective(config, space, Path(job.folder), index, job.budget)
     tag = f" (worker {index})" if tune.workers > 1 else ""
     while True:
         optuna.storages.fail_stale_trials(study)
@@ -177,6 +193,8 @@ def _work(job: Job, index: int) -> None:
 
 
 def _progress_line(study: optuna.Study, trial: FrozenTrial, budget: int, monitor: str, tag: str) -> None:
+    if trial.user_attrs.get("surplus"):
+        return
     trials = study.get_trials(deepcopy=False)
     if trial.state == TrialState.COMPLETE:
         outcome = f"{monitor}={trial.value:.4f}"
@@ -272,6 +290,7 @@ def _tune(config: Config) -> TuneResult:
             _run_processes(job, settings.workers)
     finally:  # also after an error or Ctrl-C: the report shows what the study has so far
         trials = optuna.load_study(study_name=name, storage=open_storage(url, settings)).trials
+        trials = [t for t in trials if not t.user_attrs.get("surplus")]  # given way unrun: nothing to report
         written = report.write(trials, study.direction, folder, config, space, redact(url), budget)
     return _result(trials, study.direction, name, url, folder, config, written)
 
