@@ -1,9 +1,10 @@
 """Evaluation of the preference stages: a reward model's pairwise accuracy, and two policies
 compared on held-out prompts (``modelcycle evaluate RUN --against BASELINE``).
 
-The comparison samples one answer per held-out prompt from each policy (the same seed for both),
-scores both with the reward model and reports the mean rewards, the win rate (ties count half)
-and the KL from the baseline: the mean over the policy's own answers of ``Σ_t log π - log ρ``,
+The comparison samples ``samples`` answers to each held-out prompt from each policy (the same
+seed for both; several per prompt, so that no win rate rests on one draw per prompt), scores all
+with the reward model and reports the mean rewards, the win rate over the paired answers (ties
+count half) and the KL from the baseline: the mean over the policy's own answers of ``Σ_t log π - log ρ``,
 with the baseline as ρ, which for a PPO or DPO run against its SFT start is the KL to the
 reference the run was held to.
 """
@@ -69,19 +70,22 @@ def compare_policies(
     against: str | Path,
     reward: str | Path | None = None,
     data: str | Path | None = None,
-    samples: int = 32,
+    samples: int = 4,
+    prompts: int | None = None,
     max_new_tokens: int = 48,
     temperature: float = 1.0,  # the policy's own distribution, so the KL estimate is unbiased
     seed: int = 0,
 ) -> dict:
-    """Win rate, mean rewards and KL of ``run`` against the baseline policy ``against``."""
+    """Win rate, mean rewards and KL of ``run`` against the baseline policy ``against``: ``samples``
+    answers from each to each of the first ``prompts`` distinct held-out prompts (all by default)."""
     policy, tokenizer, manifest = open_lm(run)
     baseline, base_tokenizer, _ = open_lm(against)
     scorer, score_tokenizer, score_manifest = load_package(reward_model_of(manifest, reward), task="reward")
     if data is None and manifest and "data_root" not in manifest.get("preprocessing", {}):
         data = score_manifest["preprocessing"]["data_root"]  # a PPO run: the reward model's held-out prompts
     pairs, path = held_out_pairs(manifest or score_manifest, data)
-    prompts = unique_prompts(pairs)[:samples]
+    distinct = unique_prompts(pairs)[:prompts]
+    prompts = [m for m in distinct for _ in range(samples)]
     max_length = score_manifest["preprocessing"]["max_length"]
     answers, figures = {}, {}
     with progress_bar("sampling answers", 2) as advance:
@@ -112,7 +116,8 @@ def compare_policies(
         "mean_reward": float(scores["policy"].mean()),
         "baseline_reward": float(scores["baseline"].mean()),
         "kl": kl,
-        "num_prompts": len(prompts),
+        "num_prompts": len(distinct),
+        "num_answers": len(prompts),
         "policy": str(run),
         "baseline": str(against),
         "reward_model": score_manifest["_dir"],
