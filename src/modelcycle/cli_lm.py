@@ -333,6 +333,7 @@ def show_policy_evaluation(
             info(
                 f"{run}: pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {metrics['num_pairs']} held-out "
                 f"pairs, mean margin {metrics['mean_margin']:.3f}"
+                + "".join(f"; {kind} {value:.3f}" for kind, value in metrics["accuracy_by_kind"].items())
             )
         return
     result = compare(run, against, reward=reward, data=data, samples=samples)

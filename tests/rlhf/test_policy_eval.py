@@ -16,6 +16,10 @@ def test_evaluate_json_on_a_reward_run_prints_pairwise_accuracy(reward_run):
     metrics = json.loads(result.stdout)
     assert metrics["pairwise_accuracy"] == pytest.approx(reward_run.epoch_metrics()[-1]["val_accuracy"], abs=1e-6)
     assert metrics["num_pairs"] > 0
+    # the pydocs pairs hold both kinds in equal numbers, so the overall accuracy is their mean
+    by_kind = metrics["accuracy_by_kind"]
+    assert set(by_kind) == {"wrong_topic", "shuffled"}
+    assert metrics["pairwise_accuracy"] == pytest.approx((by_kind["wrong_topic"] + by_kind["shuffled"]) / 2)
 
 
 def test_evaluate_against_prints_win_rate_rewards_and_kl(reward_run, sft_policy):

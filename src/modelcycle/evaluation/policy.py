@@ -17,6 +17,7 @@ import torch
 
 from modelcycle.data.preference_batches import prompt_ids
 from modelcycle.data.preferences import VAL_FILE, read_pairs, unique_prompts
+from modelcycle.data.text import json_records
 from modelcycle.errors import UserError
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.tokenizer import end_of_turn_ids
@@ -40,16 +41,24 @@ def held_out_pairs(manifest: dict, data: str | Path | None) -> tuple[list, Path]
 
 
 def evaluate_reward(run: str | Path, data: str | Path | None = None) -> dict:
-    """``pairwise_accuracy`` (chosen scored higher), the mean score margin, and pair count."""
+    """``pairwise_accuracy`` (chosen scored higher), the mean score margin, the pair count, and
+    ``accuracy_by_kind`` where the file's lines carry a ``kind`` (the pydocs pairs do)."""
     model, tokenizer, manifest = load_package(run, task="reward")
     pairs, path = held_out_pairs(manifest, data)
     max_length = manifest["preprocessing"]["max_length"]
     prompts = [p.messages for p in pairs]
     chosen = reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], max_length)
     rejected = reward_scores(model, tokenizer, prompts, [p.rejected for p in pairs], max_length)
+    right = (chosen > rejected).tolist()
+    kind_of = {n: r.get("kind") for n, r in json_records(path, []) if isinstance(r, dict)}
+    by_kind: dict[str, list[bool]] = {}
+    for pair, ok in zip(pairs, right, strict=True):
+        if isinstance(kind_of.get(pair.line), str):
+            by_kind.setdefault(kind_of[pair.line], []).append(ok)
     return {
         "task": "reward",
         "pairwise_accuracy": float((chosen > rejected).float().mean()),
+        "accuracy_by_kind": {kind: sum(oks) / len(oks) for kind, oks in sorted(by_kind.items())},
         "mean_margin": float((chosen - rejected).mean()),
         "num_pairs": len(pairs),
         "data": str(path),
