@@ -23,9 +23,10 @@ SMALL = "{hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_att
 def write_prefs(out: Path) -> Path:
     from pydoc_data.topics import topics
 
+    from modelcycle.data.pydocs import instruction_split
     from modelcycle.data.pydocs_prefs import write_preference_pairs
 
-    write_preference_pairs(out, {t: topics[t] for t in TRAIN_TOPICS + VAL_TOPICS}, VAL_TOPICS, seed=0)
+    write_preference_pairs(out, instruction_split({t: topics[t] for t in TRAIN_TOPICS + VAL_TOPICS}, VAL_TOPICS))
     return out
 
 

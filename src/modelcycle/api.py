@@ -171,11 +171,12 @@ def compare(
     against: str | Path | Run,
     reward: str | Path | None = None,
     data: str | Path | None = None,
-    samples: int = 32,
+    samples: int = 4,
     max_new_tokens: int = 48,
 ) -> dict:
     """Answers to held-out prompts from the policy ``run`` and the baseline ``against``, judged by
-    the reward model (the PPO run's own, or ``reward``): win rate, mean rewards, KL to the baseline."""
+    the reward model (the PPO run's own, or ``reward``): win rate, mean rewards, KL to the baseline;
+    ``samples`` answers from each policy to each held-out prompt."""
     from modelcycle.evaluation.policy import compare_policies
 
     path = lambda r: r.path if isinstance(r, Run) else r  # noqa: E731

@@ -186,7 +186,7 @@ def evaluate(
         None, help="A baseline policy (run or model folder): compare RUN's answers to its on held-out prompts."
     ),
     reward: Path | None = typer.Option(None, help="With --against: the reward run that judges (default: PPO's own)."),
-    samples: int = typer.Option(32, help="With --against: how many held-out prompts to answer."),
+    samples: int = typer.Option(4, min=1, help="With --against: answers each policy samples to each held-out prompt."),
 ):
     """Accuracy, top-5, per-class precision/recall/F1 and a report with plots in RUN/report/ (images or texts);
     pairwise accuracy for a reward model; win rate, rewards and KL of a policy with --against."""

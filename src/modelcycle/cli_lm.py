@@ -110,7 +110,7 @@ def gates(
     ),
     dpo: Path | None = typer.Option(None, help="With --reward, a DPO run: implicit-reward accuracy, win rate vs SFT."),
     ppo: Path | None = typer.Option(None, help="With --reward, a PPO run: win rate against the SFT policy."),
-    samples: int = typer.Option(32, help="Held-out prompts each policy answers for the win rates."),
+    samples: int = typer.Option(4, min=1, help="Answers each policy samples per held-out prompt for the win rates."),
     as_json: bool = typer.Option(False, "--json", help="Print the gates as JSON."),
 ):
     """The quality gates: pretraining beats a bigram model, SFT lowers answer loss, answers end; with --reward
@@ -333,13 +333,14 @@ def show_policy_evaluation(
             info(
                 f"{run}: pairwise accuracy {metrics['pairwise_accuracy']:.3f} on {metrics['num_pairs']} held-out "
                 f"pairs, mean margin {metrics['mean_margin']:.3f}"
+                + "".join(f"; {kind} {value:.3f}" for kind, value in metrics["accuracy_by_kind"].items())
             )
         return
     result = compare(run, against, reward=reward, data=data, samples=samples)
     if as_json:
         stdout.print_json(json.dumps({k: result[k] for k in ("win_rate", "mean_reward", "baseline_reward", "kl")}))
         return
-    table = Table(title=f"{run} against {against} ({result['num_prompts']} held-out prompts)")
+    table = Table(title=f"{run} against {against} ({result['num_prompts']} held-out prompts, {samples} answers each)")
     for column in ("prompt", "answer", "reward", "baseline answer", "baseline reward"):
         table.add_column(column, overflow="fold")
     for s in result["samples"][:8]:

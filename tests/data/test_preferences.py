@@ -82,19 +82,33 @@ def test_a_file_of_only_identical_pairs_is_refused(tmp_path):
         read_pairs(path)
 
 
-def test_pydocs_pairs_are_split_by_topic_and_read_back(tmp_path):
+def test_pydocs_pairs_ask_sfts_questions_split_by_topic_and_read_back(tmp_path):
     from pydoc_data.topics import topics
 
-    chosen = {t: topics[t] for t in ("for", "while", "if", "lambda", "integers", "import", "typesseq")}
-    counts = write_preference_pairs(tmp_path, chosen, val_topics={"while", "integers"}, seed=1)
+    from modelcycle.data.pydoc_topics import GROUPS
+    from modelcycle.data.pydocs import PROMPTS, instruction_split
+
+    chosen = {t: topics[t] for t in ("for", "while", "if", "lambda", "integers", "import", "typesseq", "comparisons")}
+    sft = instruction_split(chosen, val_topics=["while", "comparisons"])
+    counts = write_preference_pairs(tmp_path, sft, seed=1)
     train, val = read_pairs(tmp_path / "prefs-train.jsonl"), read_pairs(tmp_path / "prefs-val.jsonl")
     assert len(train) == sum(counts["train"].values()) and len(val) == sum(counts["val"].values())
-    assert counts["train"]["wrong_topic"] > 0 and counts["train"]["shuffled"] > 0
+    group = {topic: g for g, names in GROUPS.items() for topic in names}
+    for split in ("train", "val"):
+        answer_of = {e["messages"][0]["content"]: e["messages"][1]["content"] for e in sft[split]}
+        # every SFT question is asked, once with each kind of worse answer
+        assert counts[split] == {"wrong_topic": len(answer_of), "shuffled": len(answer_of)}
+        rows = [json.loads(line) for line in (tmp_path / f"prefs-{split}.jsonl").read_text().splitlines()]
+        topic_of = {r["chosen"]: r["topic"] for r in rows}
+        for row in rows:
+            assert row["chosen"] == answer_of[row["prompt"]]  # the answer SFT learned for that question
+            if row["kind"] == "shuffled":
+                assert sorted(row["chosen"].split()) == sorted(row["rejected"].split())
+                assert row["rejected"] != row["chosen"]
+            else:  # another heading's answer, from another part of the language
+                assert row["rejected"] in topic_of and group[topic_of[row["rejected"]]] != group[row["topic"]]
     val_rows = [json.loads(line) for line in (tmp_path / "prefs-val.jsonl").read_text().splitlines()]
-    assert {r["topic"] for r in val_rows} == {"while", "integers"}
+    assert {r["topic"] for r in val_rows} == {"while", "comparisons"}
+    assert len({r["prompt"] for r in val_rows}) > len(PROMPTS)  # several headings, several phrasings each
     train_text = {p.chosen for p in train} | {p.rejected for p in train}
     assert not train_text & ({p.chosen for p in val} | {p.rejected for p in val})
-    for row in val_rows:
-        assert row["chosen"] != row["rejected"]
-        if row["kind"] == "shuffled":
-            assert sorted(row["chosen"].split()) == sorted(row["rejected"].split())

@@ -84,6 +84,21 @@ def instruction_pairs(topic: str, text: str) -> list[dict]:
     return out
 
 
+def instruction_split(topics: dict[str, str], val_topics: list[str]) -> dict[str, list[dict]]:
+    """SFT's chat examples per split ("train", "val") from ``topics`` (help topic -> its text):
+    each question once, and no held-out answer that a training topic also holds."""
+    held_out = set(val_topics)
+    pairs = {
+        "train": [p for t in sorted(topics) if t not in held_out for p in instruction_pairs(t, topics[t])],
+        "val": [p for t in sorted(held_out) for p in instruction_pairs(t, topics[t])],
+    }
+    for split in pairs:  # "compound" repeats "if", "while" ... with their headings: each question once
+        pairs[split] = list({p["messages"][0]["content"]: p for p in reversed(pairs[split])}.values())[::-1]
+    train_answers = {p["messages"][1]["content"] for p in pairs["train"]}
+    pairs["val"] = [p for p in pairs["val"] if p["messages"][1]["content"] not in train_answers]
+    return pairs
+
+
 def write_pydocs(out: str | Path, val: float = VAL_TOPICS, seed: int = 0) -> dict:
     """Write ``corpus.txt``, ``corpus-val.txt`` (one paragraph a line, a blank line between
     topics: the documents), ``sft-train.jsonl``, ``sft-val.jsonl``, the preference pairs
@@ -101,14 +116,7 @@ def write_pydocs(out: str | Path, val: float = VAL_TOPICS, seed: int = 0) -> dic
             seen.update(kept)
             if kept:
                 documents[split].append(kept)
-    pairs = {
-        "train": [p for t in train_topics for p in instruction_pairs(t, topics[t])],
-        "val": [p for t in val_topics for p in instruction_pairs(t, topics[t])],
-    }
-    for split in pairs:  # "compound" repeats "if", "while" ... with their headings: each question once
-        pairs[split] = list({p["messages"][0]["content"]: p for p in reversed(pairs[split])}.values())[::-1]
-    train_answers = {p["messages"][1]["content"] for p in pairs["train"]}
-    pairs["val"] = [p for p in pairs["val"] if p["messages"][1]["content"] not in train_answers]
+    pairs = instruction_split(topics, val_topics)
     out.mkdir(parents=True, exist_ok=True)
     for split, name in (("train", "corpus.txt"), ("val", "corpus-val.txt")):
         (out / name).write_text("\n\n".join("\n".join(doc) for doc in documents[split]) + "\n")
@@ -120,7 +128,7 @@ def write_pydocs(out: str | Path, val: float = VAL_TOPICS, seed: int = 0) -> dic
         "characters": {s: sum(len(p) for d in docs for p in d) for s, docs in documents.items()},
         "instructions": {s: len(p) for s, p in pairs.items()},
     }
-    counts["preference_pairs"] = write_preference_pairs(out, topics, val_topics, seed)  # for `lm reward` / `lm dpo`
+    counts["preference_pairs"] = write_preference_pairs(out, pairs, seed)  # for `lm reward` / `lm dpo` / `lm ppo`
     source = {"source": "pydoc_data.topics", "python": platform.python_version(), "seed": seed, "val": val}
     source |= {"val_topics": val_topics, "counts": counts}
     (out / "source.json").write_text(json.dumps(source, indent=2) + "\n")

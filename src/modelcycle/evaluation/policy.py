@@ -1,9 +1,10 @@
 """Evaluation of the preference stages: a reward model's pairwise accuracy, and two policies
 compared on held-out prompts (``modelcycle evaluate RUN --against BASELINE``).
 
-The comparison samples one answer per held-out prompt from each policy (the same seed for both),
-scores both with the reward model and reports the mean rewards, the win rate (ties count half)
-and the KL from the baseline: the mean over the policy's own answers of ``Σ_t log π - log ρ``,
+The comparison samples ``samples`` answers to each held-out prompt from each policy (the same
+seed for both; several per prompt, so that no win rate rests on one draw per prompt), scores all
+with the reward model and reports the mean rewards, the win rate over the paired answers (ties
+count half) and the KL from the baseline: the mean over the policy's own answers of ``Σ_t log π - log ρ``,
 with the baseline as ρ, which for a PPO or DPO run against its SFT start is the KL to the
 reference the run was held to.
 """
@@ -16,6 +17,7 @@ import torch
 
 from modelcycle.data.preference_batches import prompt_ids
 from modelcycle.data.preferences import VAL_FILE, read_pairs, unique_prompts
+from modelcycle.data.text import json_records
 from modelcycle.errors import UserError
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.tokenizer import end_of_turn_ids
@@ -39,16 +41,24 @@ def held_out_pairs(manifest: dict, data: str | Path | None) -> tuple[list, Path]
 
 
 def evaluate_reward(run: str | Path, data: str | Path | None = None) -> dict:
-    """``pairwise_accuracy`` (chosen scored higher), the mean score margin, and pair count."""
+    """``pairwise_accuracy`` (chosen scored higher), the mean score margin, the pair count, and
+    ``accuracy_by_kind`` where the file's lines carry a ``kind`` (the pydocs pairs do)."""
     model, tokenizer, manifest = load_package(run, task="reward")
     pairs, path = held_out_pairs(manifest, data)
     max_length = manifest["preprocessing"]["max_length"]
     prompts = [p.messages for p in pairs]
     chosen = reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], max_length)
     rejected = reward_scores(model, tokenizer, prompts, [p.rejected for p in pairs], max_length)
+    right = (chosen > rejected).tolist()
+    kind_of = {n: r.get("kind") for n, r in json_records(path, []) if isinstance(r, dict)}
+    by_kind: dict[str, list[bool]] = {}
+    for pair, ok in zip(pairs, right, strict=True):
+        if isinstance(kind_of.get(pair.line), str):
+            by_kind.setdefault(kind_of[pair.line], []).append(ok)
     return {
         "task": "reward",
         "pairwise_accuracy": float((chosen > rejected).float().mean()),
+        "accuracy_by_kind": {kind: sum(oks) / len(oks) for kind, oks in sorted(by_kind.items())},
         "mean_margin": float((chosen - rejected).mean()),
         "num_pairs": len(pairs),
         "data": str(path),
@@ -69,19 +79,22 @@ def compare_policies(
     against: str | Path,
     reward: str | Path | None = None,
     data: str | Path | None = None,
-    samples: int = 32,
+    samples: int = 4,
+    prompts: int | None = None,
     max_new_tokens: int = 48,
     temperature: float = 1.0,  # the policy's own distribution, so the KL estimate is unbiased
     seed: int = 0,
 ) -> dict:
-    """Win rate, mean rewards and KL of ``run`` against the baseline policy ``against``."""
+    """Win rate, mean rewards and KL of ``run`` against the baseline policy ``against``: ``samples``
+    answers from each to each of the first ``prompts`` distinct held-out prompts (all by default)."""
     policy, tokenizer, manifest = open_lm(run)
     baseline, base_tokenizer, _ = open_lm(against)
     scorer, score_tokenizer, score_manifest = load_package(reward_model_of(manifest, reward), task="reward")
     if data is None and manifest and "data_root" not in manifest.get("preprocessing", {}):
         data = score_manifest["preprocessing"]["data_root"]  # a PPO run: the reward model's held-out prompts
     pairs, path = held_out_pairs(manifest or score_manifest, data)
-    prompts = unique_prompts(pairs)[:samples]
+    distinct = unique_prompts(pairs)[:prompts]
+    prompts = [m for m in distinct for _ in range(samples)]
     max_length = score_manifest["preprocessing"]["max_length"]
     answers, figures = {}, {}
     with progress_bar("sampling answers", 2) as advance:
@@ -112,7 +125,8 @@ def compare_policies(
         "mean_reward": float(scores["policy"].mean()),
         "baseline_reward": float(scores["baseline"].mean()),
         "kl": kl,
-        "num_prompts": len(prompts),
+        "num_prompts": len(distinct),
+        "num_answers": len(prompts),
         "policy": str(run),
         "baseline": str(against),
         "reward_model": score_manifest["_dir"],

@@ -4,8 +4,9 @@
 * the reward model ranks at least 90 % of the held-out pairs right (``evaluate_reward``);
 * the DPO policy's held-out implicit-reward accuracy is at least 80 % (what its run measured on
   the held-out topics for the checkpoint it packaged, ``val_accuracy`` in the manifest);
-* the DPO and PPO policies each win at least 60 % of held-out prompts against the SFT policy,
-  judged by the reward model (``compare_policies``; the KL to the SFT policy is shown with it).
+* the DPO and PPO policies each win at least 60 % of paired answers to held-out prompts against
+  the SFT policy (``samples`` answers a prompt), judged by the reward model (``compare_policies``;
+  the KL to the SFT policy is shown with it).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ def preference_gates(
     reward: str | Path,
     dpo: str | Path | None = None,
     ppo: str | Path | None = None,
-    samples: int = 32,
+    samples: int = 4,
 ) -> list[dict]:
     """Gate rows (``gate``, ``value``, ``baseline``, ``passed``, and ``kl`` for the win rates)."""
     accuracy = evaluate_reward(reward)
     rows = [
         {
-            "gate": f"reward model: held-out pairwise accuracy ({accuracy['num_pairs']} pairs)",
+            "gate": f"reward model: held-out pairwise accuracy ({accuracy['num_pairs']} pairs{_kinds(accuracy)})",
             "value": accuracy["pairwise_accuracy"],
             "baseline": REWARD_ACCURACY,
             "passed": accuracy["pairwise_accuracy"] >= REWARD_ACCURACY,
@@ -56,7 +57,7 @@ def preference_gates(
         rows.append(
             {
                 "gate": f"{name}: win rate against SFT judged by the reward model "
-                f"({result['num_prompts']} prompts, KL to SFT {kl} nats)",
+                f"({result['num_prompts']} prompts x {samples} answers, KL to SFT {kl} nats)",
                 "value": result["win_rate"],
                 "baseline": WIN_RATE,
                 "passed": result["win_rate"] >= WIN_RATE,
@@ -66,3 +67,9 @@ def preference_gates(
             }
         )
     return rows
+
+
+def _kinds(accuracy: dict) -> str:
+    """'; shuffled 0.98, wrong_topic 0.61' when the pairs say their kind."""
+    shown = ", ".join(f"{kind} {value:.2f}" for kind, value in accuracy["accuracy_by_kind"].items())
+    return f"; {shown}" if shown else ""
