@@ -34,7 +34,7 @@ demo-lm: $(STAMP)
 	$(BIN)/modelcycle lm pretrain configs/lm-pretrain.yaml --overwrite
 	$(BIN)/modelcycle lm sft configs/lm-sft.yaml model.init_from=runs/lm-pretrain --overwrite
 	$(BIN)/modelcycle evaluate runs/lm-sft
-	$(BIN)/modelcycle lm reward configs/lm-reward.yaml model.init_from=runs/lm-sft --overwrite
+	$(BIN)/modelcycle lm reward configs/lm-reward.yaml --overwrite
 	$(BIN)/modelcycle lm dpo configs/lm-dpo.yaml model.init_from=runs/lm-sft --overwrite
 	$(BIN)/modelcycle lm ppo configs/lm-ppo.yaml policy=runs/lm-sft reward=runs/lm-reward --overwrite
 	$(BIN)/modelcycle evaluate runs/lm-dpo --against runs/lm-sft --reward runs/lm-reward

@@ -74,3 +74,22 @@ def build_sft_policy(folder: Path, prefs: Path, epochs: int = 4, seed: int = 0, 
         ],
     )
     return modelcycle.train(config, progress=False).model_dir
+
+
+def ppo_overrides(tmp_path, prefs, sft_policy, reward, *more) -> list[str]:
+    """A 3-iteration PPO run on the fixtures, small enough for a test; ``more`` overrides added."""
+    return [
+        f"run.dir={tmp_path / 'runs'}",
+        f"policy={sft_policy}",
+        f"reward={reward}",
+        f"data.root={prefs}",
+        "lm.context_length=96",
+        "ppo.iterations=3",
+        "ppo.rollout_batch=6",
+        "ppo.minibatch=3",
+        "ppo.update_epochs=2",
+        "ppo.max_new_tokens=16",
+        "ppo.checkpoint_every=1",
+        "train.lr=1e-3",
+        *more,
+    ]

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from modelcycle.cli_common import split_config
 from modelcycle.progress import console, info, stdout
 
 lm_app = typer.Typer(
@@ -47,10 +48,9 @@ SHOWN = {"lm": ("val_loss", "val_perplexity"), "sft": ("val_loss", "val_perplexi
 
 def _train(task: str, config: str, overrides: list[str] | None, resume: bool, overwrite: bool) -> None:
     from modelcycle.api import train
-    from modelcycle.cli import _split_config
     from modelcycle.config import load_config
 
-    path, overrides = _split_config(config, overrides)
+    path, overrides = split_config(config, overrides)
     # the task's defaults under the file, the task over it: `lm sft` always fine-tunes
     cfg = load_config(path, [*overrides, f"run.task={task}"], base=TASK_DEFAULTS[task])
     run = train(cfg, resume=resume, overwrite=overwrite)
@@ -307,10 +307,9 @@ def ppo(
 ):
     """Tune a policy against a reward model with PPO (rollouts, per-token KL to the reference, GAE, clipped
     updates); logs reward, KL, entropy, clip fraction and value loss per iteration."""
-    from modelcycle.cli import _split_config
     from modelcycle.tasks.ppo import train_ppo
 
-    path, overrides = _split_config(config, overrides)
+    path, overrides = split_config(config, overrides)
     run = train_ppo(path, overrides, resume=resume, overwrite=overwrite)
     last = run.metrics[-1:] or [{}]
     shown = "  ".join(f"{k}={last[0][k]:.4f}" for k in ("reward", "kl") if k in last[0])

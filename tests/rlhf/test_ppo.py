@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lm_fixtures import ppo_overrides
 from modelcycle import api
 from modelcycle.errors import NonFiniteLossError
 from modelcycle.models.text import load_package, package_writer
@@ -30,24 +31,6 @@ FIGURES = {
 @pytest.fixture
 def reward_package(reward_run):
     return reward_run.model_dir
-
-
-def ppo_overrides(tmp_path, prefs, sft_policy, reward, *more):
-    return [
-        f"run.dir={tmp_path / 'runs'}",
-        f"policy={sft_policy}",
-        f"reward={reward}",
-        f"data.root={prefs}",
-        "lm.context_length=96",
-        "ppo.iterations=3",
-        "ppo.rollout_batch=6",
-        "ppo.minibatch=3",
-        "ppo.update_epochs=2",
-        "ppo.max_new_tokens=16",
-        "ppo.checkpoint_every=1",
-        "train.lr=1e-3",
-        *more,
-    ]
 
 
 def test_ppo_with_lora_logs_every_figure_and_writes_a_causal_lm(tmp_path, prefs, sft_policy, reward_package):

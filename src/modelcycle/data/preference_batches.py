@@ -18,20 +18,35 @@ from modelcycle.data.preferences import Pair
 from modelcycle.errors import ConfigError
 
 
+def is_text_pair_encoder(tokenizer) -> bool:
+    """A BERT-style tokenizer (``[CLS] prompt [SEP] answer [SEP]``): no chat template, no
+    end-of-turn token, but a classifier token for the sequence-classification head to read."""
+    return (
+        not getattr(tokenizer, "chat_template", None)
+        and tokenizer.eos_token_id is None
+        and getattr(tokenizer, "cls_token_id", None) is not None
+        and getattr(tokenizer, "sep_token_id", None) is not None
+    )
+
+
 def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """The prompt rendered by the tokenizer's chat template up to the assistant's turn; a
-    tokenizer without a template (a plain pretrained LM) gets the turns' text on lines."""
+    tokenizer without a template (a plain pretrained LM) gets the turns' text on lines, and an
+    encoder's (a sentence model as reward model) the text pair's first half, ``[CLS] ... [SEP]``."""
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         text = "".join(m["content"] + "\n" for m in messages)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id] if is_text_pair_encoder(tokenizer) else ids
 
 
 def answer_ids(tokenizer, text: str) -> list[int]:
-    """The answer's tokens closed by the end-of-turn token, as the model is to produce them."""
+    """The answer's tokens closed by the end-of-turn token, as the model is to produce them (an
+    encoder's closed by its separator)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids + [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else ids
+    end = tokenizer.sep_token_id if is_text_pair_encoder(tokenizer) else tokenizer.eos_token_id
+    return ids + [end] if end is not None else ids
 
 
 def fit(prompt: list[int], answers: list[list[int]], max_length: int) -> tuple[list[int], list[list[int]]]:
