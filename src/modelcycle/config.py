@@ -262,6 +262,7 @@ class PPOSection(Section):
     update_epochs: int = Field(4, ge=1)  # passes over each rollout batch
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, gt=0)
+    whiten_scores: bool = False  # reward-model scores to zero mean, unit std over each rollout batch
     kl_coef: float = Field(0.05, ge=0)  # the start value of the per-token KL penalty's coefficient
     kl_target: float | None = Field(6.0, gt=0)  # nats per response the adaptive coefficient aims at; None: fixed
     kl_horizon: int = Field(10000, ge=1)  # how slowly the adaptive coefficient moves

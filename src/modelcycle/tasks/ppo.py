@@ -192,7 +192,10 @@ def _iteration(config, policy, reference, scorer, score_tokenizer, tokenizer, st
         old_logp, old_values, _ = response_figures(policy, rollout, p.temperature)
         ref_logp, _, _ = response_figures(reference, rollout, p.temperature, with_values=False)
         per_token_kl = L.kl_per_token(old_logp, ref_logp) * mask
-        rewards = L.token_rewards(scores, per_token_kl, mask, kl.value)
+        # a judge whose scores differ little between the policy's answers (all far from the text it
+        # learned on) gives a signal the KL penalty drowns: whitened, the ranking is what counts
+        used = L.masked_whiten(scores, torch.ones_like(scores)) if p.whiten_scores else scores
+        rewards = L.token_rewards(used, per_token_kl, mask, kl.value)
         advantages, returns = L.gae(rewards, old_values, mask, p.gamma, p.lam)
         advantages = L.masked_whiten(advantages, mask)
     figures: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "entropy": 0.0}
