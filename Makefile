@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/modelcycle predict runs/digits-demo data/digits-raw/3/0003.png data/digits-raw/7/0007.png
 	@echo "Report: runs/digits-demo/report/report.html"
 
-# The language-model pipeline on Python's own docs, offline, a few minutes on CPU (docs/lm.md),
+# The language-model pipeline on Python's own docs, offline, about 16 minutes on 2 CPU cores (docs/lm.md),
 # then reward model, DPO and PPO (docs/lm-rlhf.md), ending with the quality gates (exit 1 if one fails).
 demo-lm: $(STAMP)
 	$(BIN)/modelcycle datasets pydocs --out data/pydocs
