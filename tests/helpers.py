@@ -158,3 +158,25 @@ class InterruptAt(Callback):
     def on_step_end(self, trainer) -> None:
         if trainer.state.step == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def one_torch_thread():
+    """For a fixture to ``yield from``: torch on one thread while it lasts. Two cores shared with
+    other processes; one thread keeps OpenMP from spinning against them."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tampered_copy(package: Path, out: Path) -> Path:
+    """A copy of a model package whose manifest records a wrong sha256 for its weights."""
+    import shutil
+
+    shutil.copytree(package, out)
+    manifest = json.loads((out / "modelcycle.json").read_text())
+    manifest["weights"]["sha256"] = "0" * 64
+    (out / "modelcycle.json").write_text(json.dumps(manifest))
+    return out

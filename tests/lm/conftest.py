@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from lm_setup import lm_overrides, sft_overrides, write_jsonl
 from tiny_lm import build_model, build_tokenizer
 
 import modelcycle
+from helpers import one_torch_thread
 from modelcycle.config import load_config
 from modelcycle.data.pydocs import write_pydocs
 from modelcycle.lm.model import package_writer
@@ -24,11 +24,7 @@ from modelcycle.lm.tokenizer import train_tokenizer
 
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Two cores shared with other processes: one thread keeps OpenMP from spinning against them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="session")

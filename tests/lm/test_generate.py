@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from helpers import tampered_copy
 from modelcycle.errors import UserError
 from modelcycle.lm.generate import PromptTooLong
 from modelcycle.lm.load import is_language_model, load_lm
@@ -118,11 +119,7 @@ def test_a_plain_hugging_face_folder_loads_and_answers_alike(lm, plain_hf_folder
 
 
 def test_unsafe_or_mismatched_folders_are_refused(tiny_lm_run, tmp_path):
-    tampered = tmp_path / "tampered"
-    shutil.copytree(tiny_lm_run / "model", tampered)
-    manifest = json.loads((tampered / "modelcycle.json").read_text())
-    manifest["weights"]["sha256"] = "0" * 64
-    (tampered / "modelcycle.json").write_text(json.dumps(manifest))
+    tampered = tampered_copy(tiny_lm_run / "model", tmp_path / "tampered")
     with pytest.raises(UserError, match="sha256"):
         load_lm(tampered)
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli, tampered_copy
 
 
 def test_typo_in_a_serve_setting_names_the_right_key(trained):
@@ -19,11 +16,7 @@ def test_missing_or_duplicate_models(trained, tmp_path):
 
 
 def test_a_tampered_package_is_refused(trained, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(trained / "model", copy)
-    manifest = json.loads((copy / "modelcycle.json").read_text())
-    manifest["weights"]["sha256"] = "0" * 64
-    (copy / "modelcycle.json").write_text(json.dumps(manifest))
+    copy = tampered_copy(trained / "model", tmp_path / "copy")
     assert_user_error(run_cli("serve", copy, "--port", "0"), "sha256")
 
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import modelcycle
-from helpers import InterruptAt, assert_mentions
+from helpers import InterruptAt, assert_mentions, one_torch_thread
 from modelcycle.config import load_config
 from modelcycle.data.pydoc_topics import corpus
 from modelcycle.engine.callbacks import Callback
@@ -31,11 +31,7 @@ PROBE = ["The while statement is used for repeated execution as long as an expre
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Two cores shared with other processes: one thread keeps OpenMP from spinning against them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")

@@ -190,6 +190,21 @@ def batching(size: int, batch_size: int, train: bool, seed: int, rank: int = 0, 
     return {"batch_size": batch_size}
 
 
+def memory_loader(
+    dataset: Dataset, collate, batch_size: int, train: bool, seed: int = 0, rank: int = 0, world: int = 1
+) -> DataLoader:
+    """A DataLoader over rows already in memory (token ids): the same resumable order as
+    :func:`batching` gives every task, and no worker processes, since collating a batch takes
+    microseconds and a worker would cost more than it saves."""
+    return DataLoader(
+        dataset,
+        **batching(len(dataset), batch_size, train, seed, rank, world),
+        num_workers=0,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def make_loader(
     items: list[tuple[Path, int]],
     data: PreparedData,

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from modelcycle.data.datasets import batching
+from modelcycle.data.datasets import memory_loader
 from modelcycle.data.text import json_records, refuse_lines
 from modelcycle.errors import DataError
 from modelcycle.lm.tokenizer import ENDOFTEXT
@@ -259,10 +259,4 @@ def lm_loader(
 ) -> DataLoader:
     """Batches of ``{"input_ids", "labels"[, "attention_mask"]}``, drawn by the engine's
     resumable sampler; no worker processes (the tokens are already in memory)."""
-    return DataLoader(
-        Sequences(rows),
-        **batching(len(rows), batch_size, train, seed, rank, world),
-        num_workers=0,
-        collate_fn=PadBatch(pad_id),
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return memory_loader(Sequences(rows), PadBatch(pad_id), batch_size, train, seed, rank, world)

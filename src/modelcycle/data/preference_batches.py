@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from modelcycle.data.datasets import batching
+from modelcycle.data.datasets import memory_loader
 from modelcycle.data.preferences import Pair
 from modelcycle.errors import ConfigError
 
@@ -126,11 +126,4 @@ def pair_loader(
     resumes exactly, and no worker processes (the tokens are in memory)."""
     if tokenizer.pad_token_id is None:
         raise ConfigError("the model's tokenizer has no padding token; choose a model whose tokenizer defines one")
-    dataset = PairDataset(pairs)
-    return DataLoader(
-        dataset,
-        **batching(len(dataset), batch_size, train, seed, rank, world),
-        num_workers=0,
-        collate_fn=PairCollate(tokenizer.pad_token_id),
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return memory_loader(PairDataset(pairs), PairCollate(tokenizer.pad_token_id), batch_size, train, seed, rank, world)

@@ -11,7 +11,8 @@ Two forms are read, one per line, mixed freely:
   conversations, not two answers.
 
 An optional number ``"margin"`` says how much better ``chosen`` is (for the reward model's
-margin loss); other keys (ids, sources) are ignored. Every line is checked before anything
+margin loss) and an optional string ``"kind"`` labels the pair for accuracy by kind; other
+keys (ids, sources) are ignored. Every line is checked before anything
 trains and all problems are reported with file and line at once. A pair whose two answers are
 the same text teaches nothing and would only add ``log 2`` to every loss: such pairs are
 counted and skipped with a warning rather than refused, as real preference sets carry a few.
@@ -41,6 +42,7 @@ class Pair:
     rejected: str
     margin: float | None = None
     line: int = 0
+    kind: str | None = None  # the line's optional "kind" (the pydocs pairs': wrong_topic, shuffled)
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -105,7 +107,9 @@ def parse_pair(record: object, line: int = 0) -> Pair:
     for key, text in (("chosen", chosen), ("rejected", rejected)):
         if not text.strip():
             raise ValueError(f'the "{key}" answer is empty')
-    return Pair(tuple(context), chosen, rejected, None if margin is None else float(margin), line)
+    kind = record.get("kind")
+    margin = None if margin is None else float(margin)
+    return Pair(tuple(context), chosen, rejected, margin, line, kind if isinstance(kind, str) else None)
 
 
 def _messages(value: list, key: str) -> list[tuple[str, str]]:

@@ -13,8 +13,7 @@ prompts and the good answers, and every phrasing of every heading gets two worse
 
 The split is SFT's (by topic), so held-out pairs ask about topics never seen in training, and
 wrong-topic answers are drawn from the same split, so no training text leaks into the held-out
-pairs. Each line records its ``kind`` and ``topic`` (ignored by the reader) so that accuracy can
-be broken down by them.
+pairs. Each line records its ``kind`` (which `evaluate` breaks accuracy down by) and ``topic``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from modelcycle.data.datasets import batching
+from modelcycle.data.datasets import memory_loader
 from modelcycle.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
@@ -199,10 +199,4 @@ def text_loader(
     if tokenizer.pad_token_id is None:
         raise ConfigError("the model's tokenizer has no padding token; choose a model whose tokenizer defines one")
     dataset = TokenizedTexts(encode(tokenizer, [t for t, _ in examples], max_length), [y for _, y in examples])
-    return DataLoader(
-        dataset,
-        **batching(len(dataset), batch_size, train, seed, rank, world),
-        num_workers=0,
-        collate_fn=PadCollate(tokenizer.pad_token_id),
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return memory_loader(dataset, PadCollate(tokenizer.pad_token_id), batch_size, train, seed, rank, world)

@@ -17,7 +17,6 @@ import torch
 
 from modelcycle.data.preference_batches import prompt_ids
 from modelcycle.data.preferences import VAL_FILE, read_pairs, unique_prompts
-from modelcycle.data.text import json_records
 from modelcycle.errors import UserError
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.tokenizer import end_of_turn_ids
@@ -50,14 +49,13 @@ def evaluate_reward(run: str | Path, data: str | Path | None = None) -> dict:
     chosen = reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], max_length)
     rejected = reward_scores(model, tokenizer, prompts, [p.rejected for p in pairs], max_length)
     right = (chosen > rejected).tolist()
-    kind_of = {n: r.get("kind") for n, r in json_records(path, []) if isinstance(r, dict)}
     by_kind: dict[str, list[bool]] = {}
     for pair, ok in zip(pairs, right, strict=True):
-        if isinstance(kind_of.get(pair.line), str):
-            by_kind.setdefault(kind_of[pair.line], []).append(ok)
+        if pair.kind is not None:
+            by_kind.setdefault(pair.kind, []).append(ok)
     return {
         "task": "reward",
-        "pairwise_accuracy": float((chosen > rejected).float().mean()),
+        "pairwise_accuracy": sum(right) / len(right),
         "accuracy_by_kind": {kind: sum(oks) / len(oks) for kind, oks in sorted(by_kind.items())},
         "mean_margin": float((chosen - rejected).mean()),
         "num_pairs": len(pairs),
@@ -103,11 +101,7 @@ def compare_policies(
             encoded = [prompt_ids(tok, m)[-(max_length - max_new_tokens) :] for m in prompts]
             stop = end_of_turn_ids(tok, getattr(model, "generation_config", None))
             rollout = sample(model, encoded, tok.pad_token_id, stop, max_new_tokens, temperature)
-            counts = rollout.mask.sum(1).long()
-            answers[name] = [
-                tok.decode(row[:n].tolist(), skip_special_tokens=True)
-                for row, n in zip(rollout.responses, counts, strict=True)
-            ]
+            answers[name] = rollout.texts(tok)
             figures[name] = rollout
             advance()
     same_tokens = tokenizer.get_vocab() == base_tokenizer.get_vocab()

@@ -179,10 +179,7 @@ def _iteration(config, policy, reference, scorer, score_tokenizer, tokenizer, st
     started = time.perf_counter()
     rollout = sample(policy.lm, prompts, tokenizer.pad_token_id, stop, p.max_new_tokens, p.temperature)
     rolled = time.perf_counter()
-    texts = [
-        tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True)
-        for row, n in zip(rollout.responses, rollout.mask.sum(1), strict=True)
-    ]
+    texts = rollout.texts(tokenizer)
     scores = reward_scores(scorer, score_tokenizer, messages, texts, pair_length(config)).to(rollout.mask.device)
     scored = time.perf_counter()
     if not torch.isfinite(scores).all():

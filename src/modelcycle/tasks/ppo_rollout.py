@@ -60,6 +60,13 @@ class Rollout:
     def responses(self) -> torch.Tensor:
         return self.sequences[:, self.prompt_width :]
 
+    def texts(self, tokenizer) -> list[str]:
+        """Each response as text, up to its end token (special tokens dropped): what a reward
+        model with any tokenizer scores."""
+        counts = self.mask.sum(1).tolist()
+        rows = zip(self.responses, counts, strict=True)
+        return [tokenizer.decode(row[: int(n)].tolist(), skip_special_tokens=True) for row, n in rows]
+
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
