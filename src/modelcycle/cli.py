@@ -26,6 +26,20 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _everywhere(
+    trust_code: bool = typer.Option(
+        False,
+        "--trust-code",
+        help="Allow model packages whose architecture is a Python file (path/to/file.py:build) to run that file. "
+        "Off by default: a package from someone else must not run code on your machine. Put it before the verb "
+        "(modelcycle --trust-code predict ...); the same as MODELCYCLE_TRUST_CODE=1.",
+    ),
+) -> None:
+    if trust_code:  # the environment carries it to serve's and torchrun's child processes
+        os.environ["MODELCYCLE_TRUST_CODE"] = "1"
+
+
 @app.command()
 def datasets(
     name: str = typer.Argument(

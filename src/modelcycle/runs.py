@@ -243,8 +243,10 @@ def refuse_own_run(run_dir: Path, manifest: dict, message: str) -> None:
         raise UserError(message)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict]:
-    """Build the architecture named in the package and load its checked weights (eval mode)."""
+def load_model(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, dict]:
+    """Build the architecture named in the package and load its checked weights (eval mode).
+    A package whose architecture is a Python file is built only with ``trust_code`` (or the
+    ``--trust-code`` opt-in): see models/registry.py."""
     from modelcycle.models.registry import build_model
 
     manifest = read_manifest(path)
@@ -256,7 +258,15 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         )
     weights = verified_weights(manifest)
     arch = manifest["architecture"]
-    model = build_model(arch["name"], arch["in_channels"], arch["num_classes"], arch["image_size"], arch.get("args"))
+    model = build_model(
+        arch["name"],
+        arch["in_channels"],
+        arch["num_classes"],
+        arch["image_size"],
+        arch.get("args"),
+        package=str(Path(manifest["_dir"]) / MANIFEST),
+        trust_code=trust_code,
+    )
     try:
         model.load_state_dict(load_file(weights))
     except RuntimeError as exc:

@@ -1,17 +1,25 @@
-"""Model names -> builders, and users' own models given as ``path/to/file.py:build``."""
+"""Model names -> builders, and users' own models given as ``path/to/file.py:build``.
+
+A user's model file is Python: importing it runs it. A config the user wrote may name one (they
+chose to run it), but a model package may come from anyone, so a package that names a file is
+built only with an explicit opt-in (``--trust-code``, ``MODELCYCLE_TRUST_CODE=1`` or
+``trust_code=True``), or when this process already ran that same file for the user's own config
+(train, then evaluate its package).
+"""
 
 from __future__ import annotations
 
 import difflib
 import importlib.util
 import inspect
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from modelcycle.errors import ConfigError
+from modelcycle.errors import ConfigError, UserError
 from modelcycle.models import vision
 
 Builder = Callable[..., nn.Module]
@@ -26,6 +34,10 @@ REGISTRY: dict[str, Builder] = {
 }
 
 
+TRUST_ENV = "MODELCYCLE_TRUST_CODE"
+_TRUSTED_FILES: set[Path] = set()  # user model files this process has run for the user's own config
+
+
 def register(name: str) -> Callable[[Builder], Builder]:
     def wrap(fn: Builder) -> Builder:
         REGISTRY[name] = fn
@@ -34,10 +46,28 @@ def register(name: str) -> Callable[[Builder], Builder]:
     return wrap
 
 
-def resolve_builder(name: str) -> Builder:
+def names_code(name: str) -> bool:
+    """True when ``name`` is a user's model file (``path/to/file.py:build``), not a registry name."""
+    return name not in REGISTRY and ":" in name and name.split(":", 1)[0].endswith(".py")
+
+
+def resolve_builder(name: str, package: str | None = None, trust_code: bool = False) -> Builder:
+    """The builder called ``name``. ``package`` is the manifest that named it, when it came from a
+    model package rather than the user's config: then a Python file runs only with ``trust_code``
+    (or the environment's opt-in), see the module's docstring."""
     if name in REGISTRY:
         return REGISTRY[name]
-    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+    if names_code(name):
+        path = Path(name.rsplit(":", 1)[0]).resolve()
+        if package is None:
+            _TRUSTED_FILES.add(path)
+        elif not (trust_code or os.environ.get(TRUST_ENV) == "1" or path in _TRUSTED_FILES):
+            raise UserError(
+                f"{package} names Python code as its architecture ({name}); loading the package would run that "
+                "file. If you trust where the package came from, pass --trust-code before the verb "
+                f"(`modelcycle --trust-code predict ...`; Python: trust_code=True, or set {TRUST_ENV}=1); "
+                "otherwise ask for a package of a built-in architecture"
+            )
         return _load_user_builder(name)
     close = difflib.get_close_matches(name, REGISTRY, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
@@ -62,9 +92,15 @@ def _load_user_builder(spec: str) -> Builder:
 
 
 def build_model(
-    name: str, in_channels: int, num_classes: int, image_size: int, args: dict[str, Any] | None = None
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    image_size: int,
+    args: dict[str, Any] | None = None,
+    package: str | None = None,
+    trust_code: bool = False,
 ) -> nn.Module:
-    builder = resolve_builder(name)
+    builder = resolve_builder(name, package, trust_code)
     args = dict(args or {})
     params = inspect.signature(builder).parameters
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
