@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo demo-lm test lint bench venv clean browser
+.PHONY: demo demo-lm test lint bench venv clean browser postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ demo-lm: $(STAMP)
 	$(BIN)/modelcycle evaluate runs/lm-ppo --against runs/lm-sft
 	$(BIN)/modelcycle lm gates runs/lm-pretrain runs/lm-sft --reward runs/lm-reward --dpo runs/lm-dpo --ppo runs/lm-ppo
 
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q
 
 # The playground page is tested in a real headless Chromium: Debian's, with its driver (as root).
@@ -49,6 +49,15 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
 	  echo "note: chromium + chromium-driver not installed (not root); the browser test will be skipped"
+
+# `tune --storage postgresql://...` is tested against a real server: Debian's PostgreSQL binaries
+# (as root). The tests run initdb in a temporary folder and start their own server on a free
+# loopback port, as the postgres user; a cluster the package may have started is not used.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  echo "note: postgresql not installed (not root, or apt-get failed); the PostgreSQL tune tests will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -115,7 +115,18 @@ def train(
         None,
         "--nproc",
         help="Train on N processes of this machine (DDP through torchrun; train.batch_size is the global batch, "
-        "split evenly). Many machines: run torchrun yourself, see docs/distributed.md.",
+        "split evenly over all processes of all machines).",
+    ),
+    nnodes: int = typer.Option(
+        1,
+        "--nnodes",
+        help="Machines that train together: run this same command on each, with --rdzv-endpoint "
+        "(see docs/distributed.md).",
+    ),
+    rdzv_endpoint: str | None = typer.Option(
+        None,
+        "--rdzv-endpoint",
+        help="HOST:PORT where the machines of --nnodes meet: one of them, reachable from all, and a free port there.",
     ),
 ):
     """Train a model (images; texts with run.task=text_classify); writes runs/NAME/ (config, metrics, checkpoints,
@@ -124,13 +135,16 @@ def train(
     from modelcycle.config import load_config
 
     cfg = load_config(path, overrides)
-    if nproc is not None:
+    if nproc is not None or nnodes != 1 or rdzv_endpoint:
         from modelcycle.engine import launch
 
-        launch.check(cfg, nproc)
-        if nproc > 1:  # the same command, minus --nproc, in each process
+        nproc = 1 if nproc is None else nproc
+        launch.check(cfg, nproc, nnodes, rdzv_endpoint)
+        if nproc > 1 or nnodes > 1:  # the same command, minus --nproc and --nnodes, in each process
             flags = ["--resume"] * resume + ["--overwrite"] * overwrite
-            raise typer.Exit(launch.launch(["train", *([path] if path else []), *overrides, *flags], nproc))
+            argv = ["train", *([path] if path else []), *overrides, *flags]
+            job = launch.job_id(cfg) if nnodes > 1 else None
+            raise typer.Exit(launch.launch(argv, nproc, nnodes, rdzv_endpoint, job))
     from modelcycle.api import train as run_train
 
     run = run_train(cfg, resume=resume, overwrite=overwrite)

@@ -212,8 +212,8 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_the_study_completes(tmp_
 
 def test_a_storage_that_cannot_be_used_is_a_clear_error_before_any_trial(tmp_path, linear):
     space = _write(tmp_path / "space.yaml", "train.lr: [0.01, 0.1]\n")
-    # without psycopg2 (not a dependency) the driver is what is missing; with it, the server
-    refused = "driver is not installed" if importlib.util.find_spec("psycopg2") is None else "cannot be used"
+    # without psycopg (postgresql:// in SQLAlchemy 2.1; the dev extra has it) the driver is what is missing
+    refused = "driver is not installed" if importlib.util.find_spec("psycopg") is None else "cannot be used"
     for bad, fragment in [
         ("postgresql://nobody@127.0.0.1:1/x", refused),
         (f"sqlite:///{tmp_path}/no/such/folder/study.db", "does not exist"),

@@ -9,6 +9,9 @@ carries each worker's exit code. What runs is exactly torchrun with these argume
     --nnodes 1 --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:0 \\
     --max-restarts 0 -m modelcycle train ARGS...
 
+``--nnodes M --rdzv-endpoint HOST:PORT`` (the same command on each of M machines) passes those
+two through instead, with ``--rdzv-id`` the run name, so that every node names the same job.
+
 Ctrl-C or SIGTERM to this process reaches every worker once (torchrun forwards it to each
 worker's process group; the workers run in sessions of their own, so a terminal's Ctrl-C does
 not reach them twice): they finish the step, rank 0 saves ``last.pt``, and all exit 130.
@@ -44,23 +47,50 @@ class ProcessesFailed(UserError):
         self.exit_code = exit_code
 
 
-def check(config: Config, nproc: int) -> None:
+def check(config: Config, nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None) -> None:
     """Refuse, before any process starts, what the processes would refuse one by one."""
     if distributed.launched():
         raise UserError(
             "--nproc starts torchrun itself, and this command already runs under torchrun; leave --nproc out "
             "(torchrun's --nproc-per-node sets the process count)"
         )
-    distributed.check_settings(config.train, nproc)
+    if nnodes < 1:
+        raise UserError(f"--nnodes {nnodes}: give the number of machines that train together, at least 1")
+    if nnodes > 1:
+        _endpoint_host(rdzv_endpoint)
+    elif rdzv_endpoint:
+        raise UserError(
+            "--rdzv-endpoint is where the machines of --nnodes 2 or more meet; with one machine leave it out"
+        )
+    distributed.check_settings(config.train, nproc * nnodes)  # every node runs the same --nproc
 
 
-def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
+def _endpoint_host(endpoint: str | None) -> str:
+    """The host of a multi-node rendezvous endpoint HOST:PORT (a fixed port: every node must know it)."""
+    host, _, port = (endpoint or "").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(
+            f"--nnodes needs --rdzv-endpoint HOST:PORT (got {endpoint!r}): the address of one of the machines, "
+            "reachable from all of them, and a free port there, e.g. --rdzv-endpoint node1.example.org:29400"
+        )
+    return host.strip("[]")
+
+
+def job_id(config: Config) -> str:
+    """The rendezvous id: the same on every node, as each runs the same command."""
+    return f"modelcycle-{config.run.name}"
+
+
+def torchrun_args(
+    nproc: int, argv: list[str], nnodes: int = 1, rdzv_endpoint: str | None = None, rdzv_id: str | None = None
+) -> list[str]:
     return [
-        "--nnodes=1",
+        f"--nnodes={nnodes}",
         f"--nproc-per-node={nproc}",
         "--rdzv-backend=c10d",
-        "--rdzv-endpoint=127.0.0.1:0",  # a free port on the loopback interface: nothing leaves the machine
-        f"--rdzv-id={uuid.uuid4().hex}",
+        # by default a free port on the loopback interface: nothing leaves the machine
+        f"--rdzv-endpoint={rdzv_endpoint or '127.0.0.1:0'}",
+        f"--rdzv-id={rdzv_id or uuid.uuid4().hex}",
         "--max-restarts=0",
         f"--shutdown-timeout={SHUTDOWN_TIMEOUT_S}",
         "-m",
@@ -69,16 +99,20 @@ def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
     ]
 
 
-def launch(argv: list[str], nproc: int) -> int:
-    """Run ``python -m modelcycle ARGV`` as ``nproc`` processes; the exit code to exit with
-    (0, a worker's own code, or 128 + the signal that stopped the run)."""
+def launch(
+    argv: list[str], nproc: int, nnodes: int = 1, rdzv_endpoint: str | None = None, rdzv_id: str | None = None
+) -> int:
+    """Run ``python -m modelcycle ARGV`` as ``nproc`` processes (on this node of ``nnodes``); the
+    exit code to exit with (0, a worker's own code, or 128 + the signal that stopped the run)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    with _worker_env(nproc), _quiet_launcher(), _restored_signal_handlers():
+    # gloo on the loopback interface only when every process is on this machine
+    local = nnodes == 1 or _endpoint_host(rdzv_endpoint) in ("127.0.0.1", "localhost", "::1")
+    with _worker_env(nproc, local), _quiet_launcher(), _restored_signal_handlers():
         try:
-            run(parse_args(torchrun_args(nproc, argv)))
+            run(parse_args(torchrun_args(nproc, argv, nnodes, rdzv_endpoint, rdzv_id)))
         except SignalException as exc:
             return 128 + int(exc.sigval)
         except ChildFailedError as exc:
@@ -113,12 +147,14 @@ def train(config: Config, nproc: int, resume: bool, overwrite: bool) -> Path:
 
 
 @contextlib.contextmanager
-def _worker_env(nproc: int) -> Iterator[None]:
+def _worker_env(nproc: int, local: bool = True) -> Iterator[None]:
     """The workers inherit this process's environment: while they start, it holds one thread per
-    core per process (unless the user chose) and gloo on the loopback interface."""
+    core per process (unless the user chose) and, when they all run on this machine, gloo on the
+    loopback interface (across machines gloo takes the interface of the host name, or the user's
+    GLOO_SOCKET_IFNAME)."""
     saved = dict(os.environ)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    if Path("/sys/class/net/lo").exists():
+    if local and Path("/sys/class/net/lo").exists():
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     try:
         yield

@@ -3,11 +3,13 @@
 Every study lives in an RDB storage, even with one worker: a sqlite file beside the trials makes
 a study resumable (the same command again continues it), and a shared server URL lets workers on
 several machines join it. Heartbeats let the survivors mark a dead worker's trial FAIL.
+Tested against a real PostgreSQL server (tests/tune/test_postgres.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,10 +24,15 @@ from modelcycle.errors import ConfigError, UserError
 from modelcycle.progress import warn
 from modelcycle.tuning.space import SearchSpace
 
+# what to install for SQLAlchemy's driver name; with SQLAlchemy 2.1, postgresql:// means psycopg (3)
+# and mysql:// means mysqlclient (MySQLdb)
 DRIVERS = {
-    "postgresql": "psycopg2-binary (for postgresql://) or psycopg (for postgresql+psycopg://)",
-    "mysql": "PyMySQL (for mysql+pymysql://) or mysqlclient (for mysql://)",
+    "psycopg": "'psycopg[binary]' (for postgresql:// and postgresql+psycopg://)",
+    "psycopg2": "psycopg2-binary (for postgresql+psycopg2://; or use postgresql:// with 'psycopg[binary]')",
+    "pymysql": "PyMySQL (for mysql+pymysql://)",
+    "mysqldb": "mysqlclient (for mysql://; or use mysql+pymysql:// with PyMySQL)",
 }
+SERVERS = ("postgresql", "mysql")
 EXAMPLE_URLS = "sqlite:///runs/study.db or postgresql://user:password@host:5432/optuna"
 
 
@@ -63,11 +70,11 @@ def open_storage(url: str, tune: TuneSection) -> optuna.storages.RDBStorage:
     if backend == "sqlite":
         _check_sqlite(parsed.database, shown)
         engine_kwargs["connect_args"] = {"timeout": 60}  # workers wait for each other's writes instead of failing
-    elif backend in DRIVERS:
+    elif backend in SERVERS:
         engine_kwargs["pool_pre_ping"] = True  # a connection the server dropped between trials is replaced
         engine_kwargs["connect_args"] = {"connect_timeout": 10}  # a firewalled host fails in seconds, not minutes
     try:
-        with quiet():
+        with quiet(), _schema_lock(url, backend, engine_kwargs):
             return optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
@@ -77,7 +84,10 @@ def open_storage(url: str, tune: TuneSection) -> optuna.storages.RDBStorage:
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
     except ImportError as exc:
-        driver = DRIVERS.get(backend, f"the Python driver for {backend}")
+        try:
+            driver = DRIVERS.get(parsed.get_driver_name(), f"the Python driver for {parsed.drivername}")
+        except sqlalchemy.exc.SQLAlchemyError:  # no such dialect
+            driver = f"the Python driver for {parsed.drivername}"
         raise UserError(
             f"storage {shown}: its database driver is not installed ({exc.__cause__ or exc}); install {driver} "
             "in this environment, or use a sqlite:///PATH file on one machine"
@@ -88,6 +98,30 @@ def open_storage(url: str, tune: TuneSection) -> optuna.storages.RDBStorage:
             f"storage {shown} cannot be used: {reason}. Check that the database server is running and reachable "
             "from this machine and that the URL (user, password, host, port, database) is right"
         ) from None
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str, backend: str, engine_kwargs: dict) -> Iterator[None]:
+    """Optuna creates its tables and stamps their version on first use, in several transactions
+    and without a lock: two commands started at once on an empty PostgreSQL database (one per
+    machine) both try, and one of them fails (``duplicate key value violates unique constraint
+    "pg_type_typname_nsp_index"``, seen every time in a test). A session-level advisory lock held
+    on a connection of its own makes them take turns; the second finds the tables made."""
+    if backend != "postgresql":
+        yield
+        return
+    key = int.from_bytes(hashlib.sha256(b"modelcycle: optuna schema").digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **engine_kwargs)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:  # closing the connection would release it too
+                with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError):
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
 
 
 def _check_sqlite(database: str | None, shown: str) -> None:
