@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -48,7 +49,8 @@ def build_model(root: Path, epochs: int) -> Path:
 
 
 async def load(url: str, bodies: list[bytes], total: int, clients: int) -> dict:
-    """``total`` POST /v1/predict requests over ``clients`` keep-alive connections."""
+    """``total`` POST /v1/predict requests over ``clients`` keep-alive connections; request i
+    sends ``bodies[i % len(bodies)]``. ``samples`` has (i, seconds, status) per request."""
     parsed = urlparse(url)
     requests = [
         (
@@ -58,8 +60,7 @@ async def load(url: str, bodies: list[bytes], total: int, clients: int) -> dict:
         + body
         for body in bodies
     ]
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
+    samples: list[tuple[int, float, int]] = []
     counter = iter(range(total))
 
     async def client() -> None:
@@ -74,21 +75,21 @@ async def load(url: str, bodies: list[bytes], total: int, clients: int) -> dict:
                 if name.lower() == "content-length":
                     length = int(value)
             await reader.readexactly(length)
-            latencies.append(time.perf_counter() - started)
-            status = int(status_line.split()[1])
-            statuses[status] = statuses.get(status, 0) + 1
+            samples.append((i, time.perf_counter() - started, int(status_line.split()[1])))
         writer.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds = time.perf_counter() - started
-    ms = np.asarray(latencies) * 1e3
+    ms = np.asarray([latency for _, latency, _ in samples]) * 1e3
+    statuses = dict(Counter(status for _, _, status in samples))
     return {
         "rate": total / seconds,
         "p50": float(np.percentile(ms, 50)),
         "p99": float(np.percentile(ms, 99)),
         "errors": sum(n for s, n in statuses.items() if s != 200),
         "statuses": statuses,
+        "samples": samples,
     }
 
 
@@ -149,14 +150,9 @@ def main() -> None:
         f"batching buys {batched['rate'] / unbatched['rate']:.2f}x. Server and load generator share the "
         f"{os.cpu_count()} cores.",
     )
-    if busy > 0.5 * (os.cpu_count() or 1):
-        # the scheduler shares the cores among the runnable threads of every job, and the server has
-        # more of them than the in-process call: the ratio then says little about an idle machine
-        common.console.print(
-            f"WARNING: the machine was busy (load average {busy:.1f} on {os.cpu_count()} cores) before this "
-            "script started: the ratios above are not the idle-machine figures",
-            style="bold yellow",
-        )
+    # the scheduler shares the cores among the runnable threads of every job, and the server has
+    # more of them than the in-process call: the ratio then says little about an idle machine
+    common.warn_if_busy(busy, "the ratios above are not the idle-machine figures")
     common.verdict(
         batched["rate"] >= TARGET * limit,
         f"served {batched['rate']:,.0f} img/s = {batched['rate'] / limit:.2f}x the model's batched throughput "

@@ -158,6 +158,18 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def warn_if_busy(load_before: float, meaning: str) -> None:
+    """A warning when the load average taken before the script's own work (``os.getloadavg()[0]``)
+    was over half the cores: other jobs shared them, and ``meaning`` says what that spoils."""
+    cores = os.cpu_count() or 1
+    if load_before > 0.5 * cores:
+        console.print(
+            f"WARNING: the machine was busy (load average {load_before:.1f} on {cores} cores) before this "
+            f"script started: {meaning}",
+            style="bold yellow",
+        )
+
+
 def verdict(passed: bool, text: str) -> bool:
     """One line: ``PASS: text`` or ``BELOW TARGET: text``."""
     label = "[bold green]PASS[/]" if passed else "[bold red]BELOW TARGET[/]"

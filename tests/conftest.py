@@ -42,6 +42,23 @@ def tiny_config(tmp_path: Path, prepared: Path):
     return make
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A 3-class model trained on generated 16 px images; its images are under ../images. Shared by
+    the serving tests and tests/hostile."""
+    import modelcycle
+
+    root = tmp_path_factory.mktemp("serve")
+    modelcycle.prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
+    overrides = tiny_overrides(root / "data", root / "runs", name="shapes", train__epochs=4)
+    return modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
+
+
+@pytest.fixture(scope="session")
+def images(trained: Path) -> list[Path]:
+    return sorted((trained.parents[1] / "images").glob("class_*/*.png"))
+
+
 @pytest.fixture
 def linear_model_file(tmp_path: Path) -> str:
     """A user model file with no BatchNorm, as ``model.name`` = ``path/to/file.py:build``."""

@@ -174,6 +174,7 @@ class ServeSection(Section):
     graceful_timeout_s: float = Field(30.0, ge=0)  # on SIGTERM, how long in-flight requests may finish
     topk: int = Field(5, ge=1)
     api_key_env: str | None = None  # name of the environment variable holding the Bearer key
+    metrics_auth: bool = False  # image server: /metrics needs the API key too (default: open to scrapers)
     preprocess_threads: int | None = None  # None: one per CPU core
     max_new_tokens: int = Field(512, ge=1)  # language models: most tokens one request may generate (more: 400)
 

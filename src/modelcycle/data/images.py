@@ -15,6 +15,16 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 # Truncated files must fail loudly, not decode as half-grey pictures.
 Image.LOAD_TRUNCATED_IMAGES = False
 
+# Every caller resizes the shorter side to the model's image_size and centre-crops a square, so
+# the resize allocates image_size x (image_size x ratio) pixels: a 2 KB PNG of 1 x 1,000,000 became
+# gigabytes. Panoramas are about 10:1, receipts and banners 20 to 30:1; a picture more than 64 times
+# as long as it is wide is a strip of which the model would see 1/64th or less anyway.
+MAX_ASPECT = 64
+# The resized picture (before the centre crop), checked as well: 2**24 pixels is 50 MB in RGB, enough
+# for image_size 512 at the full 64:1 ratio. It bounds the memory one image can take whatever
+# image_size a package has.
+MAX_RESIZED_PIXELS = 2**24
+
 
 def probe_image(path: Path) -> tuple[int, int, str]:
     """Fully decode ``path`` (a header check misses truncation) and return width, height, mode.
@@ -25,6 +35,7 @@ def probe_image(path: Path) -> tuple[int, int, str]:
         if path.stat().st_size == 0:
             raise DataError("empty file (0 bytes)")
         with Image.open(path) as img:
+            check_shape(*img.size)  # before any pixel is decoded
             img.load()
             width, height = ImageOps.exif_transpose(img).size if _rotated(img) else img.size
             return width, height, img.mode
@@ -32,8 +43,39 @@ def probe_image(path: Path) -> tuple[int, int, str]:
         raise
     except UnidentifiedImageError:
         raise DataError("not an image Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"damaged image: {exc}") from None
+
+
+def check_shape(width: int, height: int, max_pixels: int | None = None, min_size: int | None = None) -> None:
+    """Raise DataError when an image of ``width`` x ``height`` must not be decoded or resized:
+    longer side over :data:`MAX_ASPECT` times the shorter, over ``max_pixels`` pixels, or, with
+    its shorter side resized to ``min_size``, over :data:`MAX_RESIZED_PIXELS`. Cheap: callers run
+    it on the header, before decoding, and on the decoded array, before resizing."""
+    if width < 1 or height < 1:
+        raise DataError(f"image is {width}x{height}: it has no pixels")
+    long, short = max(width, height), min(width, height)
+    if long > MAX_ASPECT * short:
+        ratio = f"{long // short:,}" if long % short == 0 else f"{long / short:,.1f}"
+        raise DataError(
+            f"image is {width:,}x{height:,}: aspect ratio {ratio}:1 is over the limit of {MAX_ASPECT}:1; "
+            "crop it (or pad it) to a less elongated picture"
+        )
+    if max_pixels and width * height > max_pixels:
+        raise DataError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
+            "send a smaller image"
+        )
+    if min_size:
+        resized = min_size * -(-long * min_size // short)  # shorter side to min_size, rounded up
+        if resized > MAX_RESIZED_PIXELS:
+            raise DataError(
+                f"image is {width:,}x{height:,}: with its shorter side resized to the model's {min_size} px it "
+                f"would be {resized:,} pixels, over the limit of {MAX_RESIZED_PIXELS:,}; crop it to a less "
+                "elongated picture"
+            )
 
 
 def header_size(path: Path) -> tuple[int, int]:
@@ -63,6 +105,12 @@ def load_image(path: Path, channels: int, min_size: int | None = None) -> np.nda
     try:
         with Image.open(path) as img:
             return _to_array(img, channels, min_size)
+    except DataError as exc:
+        raise DataError(
+            f"image {path}: {exc}. Remove it or run `modelcycle prepare` again to list refused files in rejected.txt"
+        ) from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(
             f"cannot decode image {path}: {exc}. Remove it or run `modelcycle prepare` again to list "
@@ -71,8 +119,9 @@ def load_image(path: Path, channels: int, min_size: int | None = None) -> np.nda
 
 
 def decode_bytes(data: bytes, channels: int, min_size: int | None = None, max_pixels: int | None = None) -> np.ndarray:
-    """:func:`load_image` for an uploaded file. ``max_pixels`` is checked on the header, before
-    any pixel is decoded, so a decompression bomb costs nothing."""
+    """:func:`load_image` for an uploaded file. ``max_pixels`` and the shape limits of
+    :func:`check_shape` are checked on the header, before any pixel is decoded, so a
+    decompression bomb or a 1 x 1,000,000 strip costs nothing."""
     return decode_sized(data, channels, min_size, max_pixels)[0]
 
 
@@ -86,12 +135,10 @@ def decode_sized(
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-            if max_pixels and width * height > max_pixels:
-                raise DataError(
-                    f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,}; "
-                    "send a smaller image"
-                )
+            check_shape(width, height, max_pixels, min_size)
             return _to_array(img, channels, min_size), (width, height)
+    except DataError:
+        raise
     except UnidentifiedImageError:
         raise DataError("not an image Pillow can read (send PNG, JPEG, WebP, BMP, GIF or TIFF)") from None
     except Image.DecompressionBombError as exc:
@@ -101,6 +148,9 @@ def decode_sized(
 
 
 def _to_array(img: Image.Image, channels: int, min_size: int | None) -> np.ndarray:
+    """Decode ``img``; the shape limits are checked on its header first and on the decoded
+    array again (what the transform will resize), whatever the header said."""
+    check_shape(*img.size, min_size=min_size)
     mode = "L" if channels == 1 else "RGB"
     if min_size and img.format == "JPEG":
         img.draft(mode, (min_size * 2, min_size * 2))
@@ -114,4 +164,5 @@ def _to_array(img: Image.Image, channels: int, min_size: int | None) -> np.ndarr
     array = np.asarray(img, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
+    check_shape(array.shape[1], array.shape[0], min_size=min_size)
     return array

@@ -8,8 +8,10 @@ means a bug or an overload (503 + Retry-After), never bad input.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -21,14 +23,16 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from modelcycle.config import ServeSection
-from modelcycle.errors import DataError
+from modelcycle.errors import ConfigError, DataError
 from modelcycle.progress import info
 from modelcycle.serve import replies, schemas
 from modelcycle.serve.auth import require_key
 from modelcycle.serve.batching import DynamicBatcher, QueueFull
 from modelcycle.serve.limits import BodyLimits
+from modelcycle.serve.methods import JsonErrorsProtocol
 from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
 from modelcycle.serve.models import ServedModel
 from modelcycle.serve.pool import DecodePool
@@ -52,14 +56,36 @@ ERRORS = {code: {"model": schemas.ErrorResponse, "description": text} for code, 
 class ServeApp(FastAPI):
     """FastAPI with ``fast_routes``: paths answered by a plain ASGI app (wrapped in the same body
     limits and metrics), skipping FastAPI's per-request machinery; their OpenAPI operations are
-    added to the spec by hand."""
+    added to the spec by hand. HEAD is answered as GET without the body (FastAPI's routes take
+    only the methods they declare), methods the HTTP parser does not know get a JSON 405
+    (:mod:`modelcycle.serve.methods`, run by ``serve`` as uvicorn's protocol)."""
 
     fast_routes: dict[str, tuple[object, dict, dict]]  # path: (ASGI app, POST operation, schemas)
+    http_protocol = JsonErrorsProtocol
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and (fast := self.fast_routes.get(scope["path"])) is not None:
-            return await fast[0](scope, receive, send)
+        if scope["type"] == "http":
+            if scope["method"] == "HEAD":  # uvicorn sends no body for HEAD, as it still sees HEAD
+                scope = {**scope, "method": "GET"}
+            if (fast := self.fast_routes.get(scope["path"])) is not None:
+                return await fast[0](scope, receive, send)
         await super().__call__(scope, receive, send)
+
+    def allowed_methods(self, path: str | None) -> list[str] | None:
+        """The methods ``path`` answers, None when no route has it; every method any route
+        answers when ``path`` is None (the Allow header for a request the parser could not read)."""
+        if path is None:
+            return ["GET", "HEAD", "POST"]
+        if path in self.fast_routes:
+            return ["POST"]
+        methods: set[str] = set()
+        scope = {"type": "http", "path": path, "root_path": "", "method": "GET"}
+        for route in self.router.routes:
+            if route.matches(scope)[0] != Match.NONE:
+                methods |= getattr(route, "methods", None) or {"GET"}  # a mount (static files): GET
+        if not methods:
+            return None
+        return sorted(methods | {"HEAD"} if "GET" in methods else methods)
 
     def openapi(self) -> dict:
         if self.openapi_schema is None:
@@ -102,11 +128,25 @@ class ServeState:
             raise HTTPException(404, f"model {served.name!r} has version {served.version}, not {version!r}")
         return served
 
-    async def decode(self, served: ServedModel, blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+    @asynccontextmanager
+    async def deadline(self) -> AsyncIterator[float]:
+        """``serve.request_timeout_s`` over all the work of a request once its body is in, decoding
+        and the model together: 504 when it runs out. Yields the deadline on ``time.monotonic``."""
+        timeout = self.cfg.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                yield time.monotonic() + timeout
+        except TimeoutError:
+            raise HTTPException(504, f"no answer within {timeout:g} s (serve.request_timeout_s); retry later") from None
+
+    async def decode(
+        self, served: ServedModel, blobs: list[bytes], deadline: float
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Decode and preprocess in the pool, all images of a request in parallel. With a monitor,
-        also each file's ``size`` feature (from the header the decoder reads anyway); else None."""
+        also each file's ``size`` feature (from the header the decoder reads anyway); else None.
+        A job still queued at ``deadline`` is skipped: its request has had its 504."""
         sized = self.monitor is not None
-        work = served.preprocess_sized if sized else served.preprocess
+        work = functools.partial(_in_time, deadline, served.preprocess_sized if sized else served.preprocess)
         results = await asyncio.gather(*[self.decode_pool.submit(work, blob) for blob in blobs], return_exceptions=True)
         for i, result in enumerate(results):
             if isinstance(result, DataError):
@@ -119,17 +159,23 @@ class ServeState:
         return np.stack(results), None
 
     async def logits(self, served: ServedModel, images: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+        """The model's answer; callers bound the wait with :meth:`deadline`."""
         started = time.perf_counter()
         try:
-            out = await asyncio.wait_for(self.batchers[served.name].submit(images), self.cfg.request_timeout_s)
+            out = await self.batchers[served.name].submit(images)
         except QueueFull as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
-        except TimeoutError:
-            raise HTTPException(504, f"no answer within {self.cfg.request_timeout_s:g} s; retry later") from None
         self.metrics.images.labels(served.name).inc(len(images))
         if self.monitor is not None:  # hands the arrays to its writer thread; nothing else on this path
             self.monitor.observe(served, images, out, time.perf_counter() - started, sizes)
         return out
+
+
+def _in_time(deadline: float, work, blob: bytes):
+    """``work(blob)`` in a pool thread, unless the request's deadline has passed while it queued."""
+    if time.monotonic() > deadline:
+        raise TimeoutError  # its request has been answered (504); nobody waits for this
+    return work(blob)
 
 
 def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None, monitor=None) -> FastAPI:
@@ -139,6 +185,8 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
         state.monitor = monitor
         monitor.attach(metrics.registry)
     auth = [Depends(require_key(api_key))] if api_key else []  # no per-request dependency when open
+    if cfg.metrics_auth and not api_key:
+        raise ConfigError("serve.metrics_auth=true puts /metrics behind the API key: give one with --api-key-env NAME")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -175,7 +223,13 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
     async def playground() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text())
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        dependencies=auth if cfg.metrics_auth else [],
+    )
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
@@ -232,8 +286,9 @@ def _v2_model_routes(app: FastAPI, state: ServeState, prefix: str, auth: list, p
 
     @app.post(prefix + "/infer", tags=["v2"], response_model=schemas.InferResponse, responses=ERRORS, dependencies=auth)
     async def infer(body: schemas.InferRequest, served: ServedModel = Depends(pick)) -> JSONResponse:
-        images, sizes = await _v2_images(state, served, body.inputs[0])
-        logits = await state.logits(served, images, sizes)
+        async with state.deadline() as deadline:
+            images, sizes = await _v2_images(state, served, body.inputs[0], deadline)
+            logits = await state.logits(served, images, sizes)
         wanted = [o.name for o in body.outputs] if body.outputs else ["probabilities", "logits", "label"]
         values = {
             "probabilities": lambda: softmax(logits),
@@ -252,7 +307,7 @@ def _v2_model_routes(app: FastAPI, state: ServeState, prefix: str, auth: list, p
 
 
 async def _v2_images(
-    state: ServeState, served: ServedModel, tensor: schemas.InferTensor
+    state: ServeState, served: ServedModel, tensor: schemas.InferTensor, deadline: float
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The request's images, and their sizes as sent when they came as files and a monitor wants them."""
     count = tensor.shape[0]
@@ -263,7 +318,7 @@ async def _v2_images(
         if tensor.shape != [count] or len(tensor.data) != count or not all(isinstance(v, str) for v in tensor.data):
             raise HTTPException(400, f"input 'image_bytes': send shape [N] and N base64 strings, not {tensor.shape}")
         blobs = [b64decode(text, f"image_bytes[{i}]") for i, text in enumerate(tensor.data)]
-        return await state.decode(served, blobs)
+        return await state.decode(served, blobs, deadline)
     if tensor.name == "input" and tensor.datatype == "FP32":
         expected = [count, *served.input_shape]
         if tensor.shape != expected:

@@ -95,8 +95,9 @@ class PredictEndpoint:
         model, topk = _query(request)
         served = state.model(model)
         blobs, body_topk = await _read_images(request, state.cfg)
-        images, sizes = await state.decode(served, blobs)
-        probs = softmax(await state.logits(served, images, sizes))
+        async with state.deadline() as deadline:
+            images, sizes = await state.decode(served, blobs, deadline)
+            probs = softmax(await state.logits(served, images, sizes))
         k = min(topk or body_topk or state.cfg.topk, len(served.classes))
         # no re-validation against PredictResponse (it documents the reply): it is built right here
         return JSONResponse(
@@ -154,7 +155,8 @@ def _query(request: Request) -> tuple[str | None, int | None]:
     params = request.query_params
     topk = params.get("topk")
     if topk is not None:
-        if not topk.isdigit() or not 1 <= int(topk) <= 1000:
+        # isdigit() alone takes '¹' and other digits int() refuses
+        if not (topk.isascii() and topk.isdigit()) or not 1 <= int(topk) <= 1000:
             raise HTTPException(422, f"invalid request: topk: must be an integer from 1 to 1000 (got {topk!r})")
         topk = int(topk)
     return params.get("model"), topk
@@ -167,6 +169,10 @@ async def _read_images(request: Request, cfg: ServeSection) -> tuple[list[bytes]
         try:
             form = await request.form(max_files=cfg.max_images, max_fields=cfg.max_images)
         except MultiPartException as exc:  # a FastAPI route gets this 400 from Starlette's app scope
+            if exc.message.startswith(("Too many files", "Too many fields")):  # Starlette's words for its limits
+                raise HTTPException(
+                    413, f"more than {cfg.max_images} files or fields in one request; the limit is {cfg.max_images}"
+                ) from None
             raise HTTPException(400, f"the multipart body cannot be read: {exc.message}") from None
         files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
         if not files:

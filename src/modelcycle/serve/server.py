@@ -106,6 +106,7 @@ def run(app, cfg: ServeSection, lines: list[str], endpoints: str, keyed: bool) -
     server = uvicorn.Server(
         uvicorn.Config(
             app,
+            http=getattr(app, "http_protocol", "auto"),  # the image server's: JSON for unknown methods
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=cfg.graceful_timeout_s,
