@@ -177,6 +177,9 @@ class ServeSection(Section):
     metrics_auth: bool = False  # image server: /metrics needs the API key too (default: open to scrapers)
     preprocess_threads: int | None = None  # None: one per CPU core
     max_new_tokens: int = Field(512, ge=1)  # language models: most tokens one request may generate (more: 400)
+    max_prompt_chars: int = Field(1_000_000, ge=1)  # language models: characters of a request's prompts (more: 400)
+    max_prompts: int = Field(16, ge=1)  # language models: prompts in one /v1/completions request (more: 400)
+    max_active: int = Field(8, ge=1)  # language models: generations taking turns token by token; the rest queue
 
 
 class MonitorSection(Section):

@@ -9,7 +9,8 @@ reported with file and line at once (as for text classification, data/text.py).
 Assistant tokens are found from character offsets in the text the chat template renders, not
 by rebuilding the template piece by piece, so any model's template (ChatML, Qwen's, Llama's)
 gets the same treatment: a token is trained on when it starts inside an assistant message or
-in the end-of-turn token that closes it, so the model learns to stop.
+in the end-of-turn token that closes it, so the model learns to stop. Message content is
+tokenised as text: a control token written in a message is not a turn (``lm/chat_template.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from modelcycle.data.datasets import memory_loader
 from modelcycle.data.text import json_records, refuse_lines
 from modelcycle.errors import DataError
+from modelcycle.lm.chat_template import encode_chat
 from modelcycle.lm.tokenizer import ENDOFTEXT
 
 IGNORE = -100  # label of a token that is not trained on (cross_entropy's ignore_index)
@@ -161,29 +163,25 @@ def is_chat_file(path: str | Path) -> bool:
 
 
 def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """(token ids, labels): the chat template's rendering, labels ``IGNORE`` outside assistant turns."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans, cursor = [], 0
+    """(token ids, labels): the chat template's rendering, labels ``IGNORE`` outside assistant
+    turns. Content is tokenised as text (a control token written in a message stays characters)
+    and the assistant spans come from where the template put each message, so no message can
+    forge a turn or move the loss mask (``lm/chat_template.py``)."""
+    encoded = encode_chat(tokenizer, messages, add_generation_prompt=False)
+    text, spans = encoded.text, []
     end_of_turn = tokenizer.eos_token or ""
-    for message in messages:
-        start = text.find(message["content"], cursor)
-        if start < 0:  # a template that rewrites content (strips it, say): fall back to the stripped text
-            start = text.find(message["content"].strip(), cursor)
-        end = start + len(message["content"].strip() if start >= 0 else "")
-        if start < 0:
+    for index, start, end in encoded.spans:
+        if messages[index]["role"] != "assistant":
             continue
-        cursor = end
-        if message["role"] == "assistant":
-            closing = text.find(end_of_turn, end) if end_of_turn else -1
-            if closing >= 0 and not text[end:closing].strip():
-                end = closing + len(end_of_turn)
-            spans.append((start, end))
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        closing = text.find(end_of_turn, end) if end_of_turn else -1
+        if closing >= 0 and not text[end:closing].strip():
+            end = closing + len(end_of_turn)
+        spans.append((start, end))
     labels = [
         token if any(a <= first < b for a, b in spans) else IGNORE
-        for token, (first, _) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)
+        for token, first in zip(encoded.ids, encoded.starts, strict=True)
     ]
-    return encoded["input_ids"], labels
+    return encoded.ids, labels
 
 
 @dataclass

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from modelcycle.data.datasets import memory_loader
 from modelcycle.data.preferences import Pair
 from modelcycle.errors import ConfigError
+from modelcycle.lm.chat_template import chat_ids, encode_text
 
 
 def is_text_pair_encoder(tokenizer) -> bool:
@@ -33,18 +34,17 @@ def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """The prompt rendered by the tokenizer's chat template up to the assistant's turn; a
     tokenizer without a template (a plain pretrained LM) gets the turns' text on lines, and an
     encoder's (a sentence model as reward model) the text pair's first half, ``[CLS] ... [SEP]``."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if getattr(tokenizer, "chat_template", None):  # content as text: no message forges a turn
+        ids = chat_ids(tokenizer, messages, add_generation_prompt=True)
     else:
-        text = "".join(m["content"] + "\n" for m in messages)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = encode_text(tokenizer, "".join(m["content"] + "\n" for m in messages))
     return [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id] if is_text_pair_encoder(tokenizer) else ids
 
 
 def answer_ids(tokenizer, text: str) -> list[int]:
     """The answer's tokens closed by the end-of-turn token, as the model is to produce them (an
     encoder's closed by its separator)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = encode_text(tokenizer, text)  # a control token written in the answer stays characters
     end = tokenizer.sep_token_id if is_text_pair_encoder(tokenizer) else tokenizer.eos_token_id
     return ids + [end] if end is not None else ids
 

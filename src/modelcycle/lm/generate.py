@@ -20,10 +20,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 
 from modelcycle.errors import UserError
+from modelcycle.lm.chat_template import chat_ids, encode_text
 from modelcycle.lm.sampling import Sampling, choose
 from modelcycle.lm.textstream import TextStream
 from modelcycle.lm.tokenizer import end_of_turn_ids
@@ -82,7 +84,7 @@ def decode_steps(
         seen = seen.scatter_add_(1, input_ids, mask[:, :width].long()) > 0
     generator = None
     if sampling.seed is not None and not sampling.greedy:
-        generator = torch.Generator(device).manual_seed(sampling.seed)
+        generator = torch.Generator(device).manual_seed(sampling.generator_seed)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     extra = {"logits_to_keep": 1} if _keeps_last_logits(model) else {}
     cache = None
@@ -119,13 +121,21 @@ def _keeps_last_logits(model: torch.nn.Module) -> bool:
 
 class GenerationStream:
     """Iterate for ``Piece``s of text as they are made; ``results`` holds one ``Generation`` per
-    prompt once the iteration has ended. Breaking out early stops generation (a client left)."""
+    prompt once the iteration has ended. Breaking out early stops generation (a client left).
+    ``steps()`` hands out the pieces of one decoding step at a time, so that a server can let
+    several generations take turns token by token."""
 
     def __init__(self, lm: LanguageModel, prompts: list[list[int]], sampling: Sampling):
         self.lm, self.prompts, self.sampling = lm, prompts, sampling
         self.results: list[Generation] = []
 
     def __iter__(self) -> Iterator[Piece]:
+        for pieces in self.steps():
+            yield from pieces
+
+    def steps(self) -> Iterator[list[Piece]]:
+        """The new pieces of each decoding step (often none: a character still incomplete), then
+        those that were held back; ``results`` is set before the last list."""
         lm, sampling = self.lm, self.sampling
         count = len(self.prompts)
         # each row may use the room its own prompt leaves in the context
@@ -146,6 +156,7 @@ class GenerationStream:
             lm.pad_id,
         )
         for tokens, step_logprobs in steps:
+            made: list[Piece] = []
             active = (~done).nonzero().flatten().tolist()
             chosen = tokens.tolist()
             chosen_logprobs = step_logprobs.tolist() if step_logprobs is not None else None
@@ -163,10 +174,9 @@ class GenerationStream:
                 if texts[row].stopped or len(new[row]) >= limits[row]:
                     done[row] = True
                 if piece:
-                    yield Piece(row, piece)
-        for row, text in enumerate(texts):
-            if rest := text.finish():
-                yield Piece(row, rest)
+                    made.append(Piece(row, piece))
+            yield made
+        rests = [Piece(row, rest) for row, text in enumerate(texts) if (rest := text.finish())]
         self.results = [
             Generation(
                 texts[row].text,
@@ -177,6 +187,7 @@ class GenerationStream:
             )
             for row in range(count)
         ]
+        yield rests
 
 
 class LanguageModel:
@@ -194,11 +205,13 @@ class LanguageModel:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     def encode(self, prompt: str | list[int], special_tokens: bool = True) -> list[int]:
-        """Token ids of a prompt (ids pass through). ``special_tokens=False`` for text that a
-        chat template made, which already holds its special tokens."""
+        """Token ids of a prompt (ids pass through). Text is text: a control token written in it
+        (``<|im_start|>``) is encoded as its characters, never as the token, so a prompt cannot
+        forge the turns of a chat; ``special_tokens`` adds what the tokenizer adds around a
+        sequence (a bos token, for some)."""
         if isinstance(prompt, list):
             return prompt
-        return self.tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
+        return encode_text(self.tokenizer, prompt, add_special_tokens=special_tokens)
 
     def check_fits(self, ids: list[int], index: int | None = None) -> None:
         if len(ids) >= self.context_length:
@@ -206,6 +219,26 @@ class LanguageModel:
             raise PromptTooLong(
                 f"{which} is {len(ids)} tokens, but this model's maximum context length is {self.context_length} "
                 "tokens, prompt and answer together; shorten the prompt"
+            )
+
+    @cached_property
+    def chars_per_token(self) -> int:
+        """The most characters one token can stand for (its vocabulary string, byte-level or
+        SentencePiece, is never shorter than the text it decodes to; four times that where a
+        normalizer may join characters before tokenising: NFC makes one Hangul syllable of three)."""
+        longest = max((len(token) for token in self.tokenizer.get_vocab()), default=1)
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        return max(longest, 1) * (4 if backend is None or backend.normalizer is not None else 1)
+
+    def check_chars(self, chars: int, index: int | None = None) -> None:
+        """A prompt of ``chars`` characters that cannot fit the context whatever its tokens is
+        refused before any tokenising: a huge prompt costs no work."""
+        if chars >= self.context_length * self.chars_per_token:
+            which = "the prompt" if index is None else f"prompt {index}"
+            raise PromptTooLong(
+                f"{which} is {chars:,} characters, more than this model's maximum context length of "
+                f"{self.context_length} tokens can hold (a token is at most {self.chars_per_token} characters); "
+                "shorten the prompt"
             )
 
     def pad_left(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,12 +269,7 @@ class LanguageModel:
         return stream.results
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        """The chat template applied to ``messages``, ready for the assistant's turn."""
-        template = getattr(self.tokenizer, "chat_template", None)
-        if not template:
-            raise UserError(
-                f"{self.name}: the tokenizer has no chat template (chat_template in tokenizer_config.json); "
-                "use plain prompts (modelcycle lm generate --no-chat, or /v1/completions)"
-            )
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.encode(text, special_tokens=False)
+        """The chat template applied to ``messages``, ready for the assistant's turn; the
+        messages' content is always text (``lm/chat_template.py``). A template that fails raises
+        a ``UserError`` that says so."""
+        return chat_ids(self.tokenizer, messages, add_generation_prompt=True, name=self.name)

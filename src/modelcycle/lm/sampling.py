@@ -6,17 +6,22 @@ Kept apart from the decoding loop so that the rules can be read (and tested) on 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from modelcycle.errors import UserError
 
+GREEDY_BELOW = 1e-5  # a temperature under this is greedy: logits / T would overflow float32
+
 
 @dataclass(frozen=True)
 class Sampling:
     """One generation's settings. ``temperature=0`` is greedy decoding (the others then do not
-    matter, except the repetition penalty). ``seed`` makes sampling repeatable: the same prompts,
+    matter, except the repetition penalty); so is any temperature below ``GREEDY_BELOW``, where
+    dividing the logits would overflow and the likeliest token wins anyway. ``seed`` (any integer
+    from -2**63 to 2**64-1, as torch takes) makes sampling repeatable: the same prompts,
     batch and seed give the same tokens. ``use_cache=False`` recomputes the whole sequence every
     step (the KV cache's baseline in the benchmark). ``logprobs`` records, per chosen token, its
     log-probability under the model at this temperature (T=1 for greedy) before top-k, top-p and
@@ -33,12 +38,13 @@ class Sampling:
     logprobs: bool = False
 
     def __post_init__(self):
-        checks = {
+        checks = {  # written so that NaN fails every one
             "max_new_tokens": self.max_new_tokens >= 1,
             "temperature": 0 <= self.temperature <= 100,
             "top_k": self.top_k >= 0,
             "top_p": 0 < self.top_p <= 1,
-            "repetition_penalty": self.repetition_penalty > 0,
+            "repetition_penalty": 0 < self.repetition_penalty < math.inf,
+            "seed": self.seed is None or -(2**63) <= self.seed < 2**64,
         }
         for name, ok in checks.items():
             if not ok:
@@ -47,7 +53,8 @@ class Sampling:
                     "temperature": "from 0 (greedy) to 100",
                     "top_k": "0 (off) or more",
                     "top_p": "above 0 and at most 1",
-                    "repetition_penalty": "above 0 (1 is off)",
+                    "repetition_penalty": "above 0 and finite (1 is off)",
+                    "seed": "an integer from -2**63 to 2**64-1",
                 }[name]
                 raise UserError(f"{name}={getattr(self, name)!r}: must be {rule}")
         if isinstance(self.stop, str):  # a lone string would be read as one stop per character
@@ -57,12 +64,18 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
+
+    @property
+    def generator_seed(self) -> int | None:
+        """The seed as torch's generators take it (0 to 2**64-1)."""
+        return None if self.seed is None else self.seed % 2**64
 
 
 def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """The CTRL paper's repetition penalty (as in transformers): a token already in the text has
     a positive logit divided by ``penalty`` and a negative one multiplied by it."""
+    penalty = min(max(penalty, 1e-30), 1e30)  # beyond, float32 logits overflow (inf, 0 x inf = NaN)
     scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, scaled, logits)
 
@@ -77,6 +90,7 @@ def top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
         ordered, order = torch.sort(logits, dim=-1, descending=True)
         probs = ordered.softmax(-1)
         drop = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches top_p
+        drop[..., 0] = False  # the best token always stays (a top_p below float32's smallest is not 0)
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
     return logits
 
@@ -93,7 +107,12 @@ def choose(
     if sampling.greedy:
         tokens = logits.argmax(-1)
     else:
-        logits = top_k_top_p(logits / temperature, sampling.top_k, sampling.top_p)
-        tokens = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+        probs = top_k_top_p(logits / temperature, sampling.top_k, sampling.top_p).softmax(-1)
+        broken = ~torch.isfinite(probs).all(-1) | ~(probs.sum(-1) > 0)
+        if bool(broken.any()):  # extreme settings overflowed a row: its likeliest token, not a crash
+            probs[broken] = torch.nn.functional.one_hot(logits[broken].nan_to_num().argmax(-1), probs.shape[-1]).to(
+                probs.dtype
+            )
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     chosen = logprobs.gather(-1, tokens[:, None]).squeeze(-1) if logprobs is not None else None
     return tokens, chosen

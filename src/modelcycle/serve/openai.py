@@ -6,10 +6,17 @@ The image server's pieces are reused as they are: the Bearer key (auth.py), body
 limits (limits.py), Prometheus metrics (metrics.py, plus token counters) and uvicorn's graceful
 shutdown (server.py). Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
 so clients raise their usual exceptions; bad input is always a 4xx, never a 500.
+
+Nothing a request sends runs on the event loop beyond parsing it: its size is checked first
+(``serve.max_prompt_chars``, ``serve.max_prompts``, and a prompt too long for the context
+whatever its tokens), and the chat template and tokenizer run in a thread, so health probes and
+other clients are answered while a large prompt is read. Even a bug's 500 leaves the
+connection open (``NeverReset``): the client's next request on it must not be reset.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from modelcycle.config import ServeSection
 from modelcycle.errors import UserError
 from modelcycle.lm.generate import Generation, GenerationStream, Piece, PromptTooLong
+from modelcycle.lm.sampling import Sampling
 from modelcycle.progress import info
 from modelcycle.serve.app import docs_routes
 from modelcycle.serve.auth import require_key
@@ -71,10 +79,15 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
     )
     app.add_middleware(BodyLimits, max_bytes=int(cfg.max_body_mb * 1e6), timeout_s=cfg.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(NeverReset)  # outermost: sees whatever the others let through
     _error_handlers(app)
     docs_routes(app)  # /docs from the Swagger UI files in a package: works offline
 
-    def pick(name: str) -> ServedLM:
+    def pick(name: str | None) -> ServedLM:
+        if name is None and len(served) == 1:  # as vLLM: the one model served needs no name
+            return next(iter(served.values()))
+        if name is None:
+            raise _Invalid(f"model: several models are served; name one of {', '.join(served)}", "model")
         if name not in served:
             raise HTTPException(404, f"The model '{name}' does not exist on this server; it serves {', '.join(served)}")
         return served[name]
@@ -111,19 +124,34 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
     @app.post("/v1/chat/completions", tags=["v1"], dependencies=auth)
     async def chat_completions(body: ChatRequest) -> Response:
         model = pick(body.model)
+        sampling = settings(body)
         messages = [m.as_template_message() for m in body.messages]
-        stream = prepared(model, body, [_user_error(model.lm.chat_ids, messages, param="messages")])
-        return await answer(model, body, stream, chat=True)
+        size(model, [sum(len(m["role"]) + len(m["content"]) for m in messages)], "messages")
+
+        def tokenized() -> GenerationStream:
+            ids = _user_error(model.lm.chat_ids, messages, param="messages")
+            return _user_error(model.lm.stream, [ids], sampling, param="messages")  # checks the context
+
+        return await answer(model, body, await asyncio.to_thread(tokenized), chat=True)
 
     @app.post("/v1/completions", tags=["v1"], dependencies=auth)
     async def completions(body: CompletionRequest) -> Response:
         model = pick(body.model)
         prompts = _user_error(lambda: body.prompts, param="prompt")
-        return await answer(model, body, prepared(model, body, prompts), chat=False)
+        if len(prompts) > cfg.max_prompts:
+            raise _Invalid(
+                f"prompt: {len(prompts)} prompts in one request; this server takes at most {cfg.max_prompts} "
+                "(serve.max_prompts); send them in several requests",
+                "prompt",
+            )
+        sampling = settings(body)
+        size(model, [len(p) for p in prompts], "prompt")
+        stream = await asyncio.to_thread(_user_error, model.lm.stream, prompts, sampling, param="prompt")
+        return await answer(model, body, stream, chat=False)
 
-    def prepared(model: ServedLM, body: SamplingRequest, prompts: list) -> GenerationStream:
-        """The request's generation, checked before it queues: unsupported fields, the context
-        and the token limit are 400s that cost no model time."""
+    def settings(body: SamplingRequest) -> Sampling:
+        """The request's sampling, checked before anything is tokenised: unsupported fields and
+        the token limit are 400s that cost no work."""
         _user_error(body.refuse_unsupported)
         wanted = body.wanted_tokens
         if wanted is not None and wanted > cfg.max_new_tokens:
@@ -132,9 +160,20 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
                 "(serve.max_new_tokens); ask for fewer",
                 "max_tokens",
             )
-        sampling = _user_error(body.sampling, wanted or cfg.max_new_tokens)
-        field = "messages" if isinstance(body, ChatRequest) else "prompt"
-        return _user_error(model.lm.stream, prompts, sampling, param=field)  # tokenizes and checks the context
+        return _user_error(body.sampling, wanted or cfg.max_new_tokens)
+
+    def size(model: ServedLM, chars: list[int], param: str) -> None:
+        """Prompts too large to read are 400s before any tokenising: over ``serve.max_prompt_chars``
+        in all, or more characters than the model's context could hold as tokens."""
+        if sum(chars) > cfg.max_prompt_chars:
+            raise _Invalid(
+                f"{param}: {sum(chars):,} characters; this server reads at most {cfg.max_prompt_chars:,} a request "
+                "(serve.max_prompt_chars); shorten the prompt",
+                param,
+                "prompt_too_large",
+            )
+        for i, count in enumerate(chars):
+            _user_error(model.lm.check_chars, count, None if len(chars) == 1 else i, param=param)
 
     async def answer(model: ServedLM, body: SamplingRequest, stream: GenerationStream, chat: bool) -> Response:
         kind = "chat.completion" if chat else "text_completion"
@@ -164,7 +203,7 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
             if chat:
                 yield _sse({**chunk, "choices": [_delta(0, {"role": "assistant", "content": ""}, None)]})
             try:
-                async for item in model.pieces(stream):
+                async for item in model.pieces(stream, cfg.request_timeout_s):
                     if isinstance(item, Piece):
                         piece = (
                             _delta(item.index, {"content": item.text}, None)
@@ -182,7 +221,7 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
                         yield _sse({**chunk, "choices": [], "usage": count(item)})
                     else:
                         count(item)
-            except HTTPException as exc:  # queue full: the status line is sent already, so say it in the stream
+            except HTTPException as exc:  # queue full, timed out: the status line is sent, so say it in the stream
                 yield _sse(_error_body(exc.status_code, str(exc.detail)))
             except Exception:
                 log.exception("generation failed")
@@ -192,6 +231,49 @@ def create_lm_app(models: list[ServedLM], cfg: ServeSection, api_key: str | None
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+class ErrorJSON(JSONResponse):
+    """An error body as ASCII JSON: whatever a message quotes, it can be encoded."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+class NeverReset:
+    """An exception that escapes the app becomes a JSON 500 (or, when the answer had begun, its
+    clean end) and goes no further. Re-raised, it makes uvicorn close the connection, so the
+    client's next request on it is reset, as if the server had crashed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state = {"started": False, "ended": False}
+
+        async def tracked(message):
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["ended"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.exception("unhandled error")  # a 500 is always our bug: keep the traceback in the log
+            if state["ended"]:
+                return
+            try:
+                if not state["started"]:
+                    body = _error_body(500, f"internal error ({type(exc).__name__}); see the server log")
+                    await ErrorJSON(body, 500)(scope, receive, send)
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except Exception:  # the client is gone: nothing left to tell it
+                pass
 
 
 class _Invalid(HTTPException):
@@ -244,7 +326,7 @@ def _error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint; this server has /v1/models, /v1/chat/completions and /v1/completions"
         body = _error_body(exc.status_code, message, getattr(exc, "param", None), getattr(exc, "code", None))
-        return JSONResponse(body, exc.status_code, headers=exc.headers)
+        return ErrorJSON(body, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -254,19 +336,14 @@ def _error_handlers(app: FastAPI) -> None:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
             first = first or where
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse(_error_body(400, "invalid request: " + "; ".join(problems), first), 400)
-
-    @app.exception_handler(Exception)
-    async def bug(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")  # a 500 is always our bug: keep the traceback in the log
-        return JSONResponse(_error_body(500, f"internal error ({type(exc).__name__}); see the server log"), 500)
+        return ErrorJSON(_error_body(400, "invalid request: " + "; ".join(problems), first), 400)
 
 
 def serve_language_models(specs: list[str], cfg: ServeSection, api_key: str | None) -> None:
     from modelcycle.serve.lm_runner import load_served
     from modelcycle.serve.server import run
 
-    models = load_served(specs, cfg.max_queue)
+    models = load_served(specs, cfg.max_queue, cfg.max_active)
     for m in models:
         m.warm_up()
     lines = [f"serving {m.name} ({m.path}, context {m.lm.context_length} tokens, {m.lm.device})" for m in models]

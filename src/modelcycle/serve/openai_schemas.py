@@ -4,16 +4,34 @@ Fields we do not act on (``user``, ``metadata``...) are ignored, as OpenAI's new
 be: a client library update must not break the server. Fields that would change the answer in a
 way we do not implement (``n`` > 1, penalties, ``logprobs``, ``echo``) are refused with a 400
 that names them, rather than silently giving an answer the client did not ask for.
+
+Every value is checked here, before any work: numbers are finite and in range (``seed`` within
+OpenAI's int64; a temperature too small to divide by is greedy, see ``lm/sampling.py``), and
+text is valid Unicode: JSON can carry a lone UTF-16 surrogate (``"\\ud800"``), which no
+tokenizer can encode, so it is refused with a 400 that says where.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from modelcycle.errors import UserError
+from modelcycle.lm.chat_template import lone_surrogate
 from modelcycle.lm.sampling import Sampling
+
+MAX_STOP_CHARS = 1000  # a stop string is matched against every new token's text
+
+
+def _unicode(text: str) -> str:
+    if problem := lone_surrogate(text):
+        raise ValueError(problem + "; send valid Unicode (a client bug, or a string cut in half)")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+Stop = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class StreamOptions(BaseModel):
@@ -21,17 +39,17 @@ class StreamOptions(BaseModel):
 
 
 class SamplingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    model: str
+    model: Text | None = None  # may be left out when the server serves one model
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
+    temperature: float = Field(1.0, ge=0, le=2)  # below 1e-5: greedy, as 0
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)  # not in OpenAI's API; the name vLLM and others accept
     repetition_penalty: float = Field(1.0, gt=0)  # likewise
     n: int = 1
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Stop | list[Stop] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = 0.0
@@ -68,14 +86,14 @@ class SamplingRequest(BaseModel):
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def as_template_message(self) -> dict:
         """developer is OpenAI's newer name for system; chat templates know system."""
@@ -99,7 +117,7 @@ class ChatRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | list[str]
+    prompt: Text | list[Text]
     max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
     echo: bool = False
     logprobs: int | None = None

@@ -5,7 +5,10 @@ Request: ``{"model": "lm-reward", "prompt": "question" | [messages], "responses"
 (``model`` may be left out when one model is served); answer: ``{"model", "scores": [...]}``, one
 score per response, higher is better. Scoring runs in a worker thread, one request at a time per
 model, so the event loop keeps answering health checks. The image server's Bearer key, body
-limits and Prometheus metrics are reused as they are.
+limits and Prometheus metrics are reused as they are; the LM server's guards too: text is valid
+Unicode (a lone surrogate is a 422), a request's characters are bounded by
+``serve.max_prompt_chars`` before any tokenising (400), a bug's 500 leaves the connection open,
+and a chat template that fails is an error when the server starts.
 """
 
 from __future__ import annotations
@@ -15,32 +18,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelcycle import runs
 from modelcycle.config import ServeSection
 from modelcycle.errors import UserError
+from modelcycle.lm.chat_template import chat_ids
 from modelcycle.models.text import load_package
 from modelcycle.serve.auth import require_key
 from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
 from modelcycle.serve.models import model_name
+from modelcycle.serve.openai import ErrorJSON, NeverReset
+from modelcycle.serve.openai_schemas import Text
 from modelcycle.tasks.reward import reward_scores
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: str = Field(pattern="^(system|user|assistant)$")
-    content: str
+    content: Text
 
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str | None = None
-    prompt: str | list[Message] = Field(min_length=1)
-    responses: list[str] = Field(min_length=1, max_length=256)
+    model: Text | None = None
+    prompt: Text | list[Message] = Field(min_length=1)
+    responses: list[Text] = Field(min_length=1, max_length=256)
+
+    @property
+    def chars(self) -> int:
+        asked = len(self.prompt) if isinstance(self.prompt, str) else sum(len(m.content) for m in self.prompt)
+        return asked + sum(len(r) for r in self.responses)
 
 
 class ScoreResponse(BaseModel):
@@ -80,6 +93,8 @@ def load_reward_models(specs: list[str]) -> list[ServedReward]:
         if any(m.name == name for m in models):
             raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
         model, tokenizer, manifest = load_package(path, task="reward")
+        if getattr(tokenizer, "chat_template", None):  # a template that fails: say so now, not per request
+            chat_ids(tokenizer, [{"role": "user", "content": "Hello"}], name=name)
         version = manifest["weights"]["sha256"][:12]
         models.append(ServedReward(name, version, model, tokenizer, manifest["preprocessing"]["max_length"]))
     return models
@@ -92,6 +107,11 @@ def create_score_app(models: list[ServedReward], cfg: ServeSection, api_key: str
     app = FastAPI(title="modelcycle reward models", docs_url="/docs")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimits, max_bytes=int(cfg.max_body_mb * 1e6), timeout_s=cfg.body_timeout_s)
+    app.add_middleware(NeverReset)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> Response:
+        return ErrorJSON({"detail": jsonable_encoder(exc.errors())}, 422)  # ASCII: quotes any input safely
 
     @app.get("/v1/models", dependencies=auth)
     async def list_models() -> dict:
@@ -108,6 +128,12 @@ def create_score_app(models: list[ServedReward], cfg: ServeSection, api_key: str
         name = body.model or next(iter(served))
         if name not in served:
             raise HTTPException(404, f"no model named {name!r}; served: {', '.join(served)}")
+        if body.chars > cfg.max_prompt_chars:
+            raise HTTPException(
+                400,
+                f"{body.chars:,} characters of prompt and responses; this server reads at most "
+                f"{cfg.max_prompt_chars:,} a request (serve.max_prompt_chars); send fewer or shorter",
+            )
         messages = (
             [{"role": "user", "content": body.prompt}]
             if isinstance(body.prompt, str)

@@ -25,6 +25,7 @@ from modelcycle.data.lm_data import IGNORE, lm_loader, pack, packed_rows, token_
 from modelcycle.engine import distributed
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.errors import ConfigError
+from modelcycle.lm.chat_template import chat_ids, encode_text
 from modelcycle.lm.generate import LanguageModel
 from modelcycle.lm.load import check_vocabulary, lm_folder, open_lm
 from modelcycle.lm.model import build_lm, lora_targets, package_writer
@@ -195,13 +196,10 @@ def sample_callbacks(config: Config, tokenizer, chat: bool) -> list[Callback]:
         return []
     prompts = []
     for i, prompt in enumerate(lm.sample_prompts):
-        if chat:  # the template's text holds its special tokens already
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if chat:  # the prompt as a user message, its text never parsed for control tokens
+            ids = chat_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         else:
-            ids = tokenizer(prompt)["input_ids"]
+            ids = encode_text(tokenizer, prompt, add_special_tokens=True)
         if len(ids) >= lm.context_length:
             raise ConfigError(
                 f"lm.sample_prompts[{i}] is {len(ids)} tokens{' as a chat turn' if chat else ''}, which leaves no "
