@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelcycle import runs, track
+from modelcycle import runfiles, runs, track
 from modelcycle.compress.prune import prune_model, refuse_plain_resume
 from modelcycle.config import Config, load_config
 from modelcycle.data.demo import write_digits
@@ -98,16 +98,16 @@ def train(
         warn(
             "resuming with changed settings, so the result will differ from an uninterrupted run: " + "; ".join(changes)
         )
-    if distributed.is_main():
-        runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
-    distributed.barrier()  # the folder exists (and an --overwrite'n one is gone) before any rank goes on
-    tuning.report(trainer.event, show=progress and distributed.is_main())
-    state = trainer.fit(resume=resume)
-    run = Run(run_dir)
-    if distributed.is_main():
-        _write_package(run, meta, state.best_epoch, config, package)
-        track.finish(tracking, run)
-    distributed.barrier()  # every rank returns a finished run
+    # rank 0 locks the folder for the run's life (one process writes it; the other ranks write nothing)
+    with runs.run_folder(run_dir, config, overwrite and not resume, resume, writer=distributed.is_main()):
+        distributed.barrier()  # the folder exists (and an --overwrite'n one is gone) before any rank goes on
+        tuning.report(trainer.event, show=progress and distributed.is_main())
+        state = trainer.fit(resume=resume)
+        run = Run(run_dir)
+        if distributed.is_main():
+            _write_package(run, meta, state, config, package)
+            track.finish(tracking, run)
+        distributed.barrier()  # every rank returns a finished run
     return run
 
 
@@ -153,17 +153,19 @@ def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None 
     """Metrics and a report in ``RUN/report/`` for a run's model (or a package) on a split or a
     manifest (images) / JSONL file (texts); the package says which."""
     task = _task(run)
-    if task in ("lm", "sft", "dpo", "ppo"):  # causal LMs: perplexity, answer loss, sample answers
-        from modelcycle.evaluation.lm import evaluate_lm
+    # the report is written last: a full disk there is an error naming the file, not a traceback
+    with runfiles.disk_errors(Path(run.path if isinstance(run, Run) else run), "run evaluate again"):
+        if task in ("lm", "sft", "dpo", "ppo"):  # causal LMs: perplexity, answer loss, sample answers
+            from modelcycle.evaluation.lm import evaluate_lm
 
-        return evaluate_lm(run, data=data)
-    if task == "reward":  # pairwise accuracy on held-out preference pairs
-        from modelcycle.evaluation.policy import evaluate_reward
+            return evaluate_lm(run, data=data)
+        if task == "reward":  # pairwise accuracy on held-out preference pairs
+            from modelcycle.evaluation.policy import evaluate_reward
 
-        return evaluate_reward(run.path if isinstance(run, Run) else run, data=data)
-    if task == "text_classify":
-        return evaluate_text(run, split=split, data=data, backend=backend)
-    return evaluate_images(run, split=split, data=data, backend=backend)
+            return evaluate_reward(run.path if isinstance(run, Run) else run, data=data)
+        if task == "text_classify":
+            return evaluate_text(run, split=split, data=data, backend=backend)
+        return evaluate_images(run, split=split, data=data, backend=backend)
 
 
 def compare(
@@ -264,13 +266,14 @@ def _portable(spec: dict) -> dict:
     return spec
 
 
-def _write_package(run: Run, meta: dict, best_epoch: int, config: Config, package=runs.write_package) -> None:
+def _write_package(run: Run, meta: dict, state, config: Config, package=runs.write_package) -> None:
     best = run.checkpoints / "best.pt"
     source = best if best.exists() else run.checkpoints / "last.pt"
     ck = checkpoint.load(source)
     weights = ck["ema"]["model"] if ck.get("ema") else ck["model"]
-    epochs = run.epoch_metrics()
-    chosen = next((m for m in epochs if m["epoch"] == best_epoch), epochs[-1] if epochs else {})
+    # the trainer's own record of each epoch; metrics.jsonl only for a state without one
+    epochs = state.history or run.epoch_metrics()
+    chosen = next((m for m in epochs if m["epoch"] == state.best_epoch), epochs[-1] if epochs else {})
     package(
         run.model_dir,
         weights,

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelcycle.errors import ConfigError
+from modelcycle.runfiles import read_text
 
 
 class Section(BaseModel):
@@ -404,7 +405,7 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; pass a YAML file such as configs/digits.yaml")
-        text = path.read_text()
+        text = read_text(path, "config file", "save it as UTF-8 text, or restore it from a copy")
         try:
             loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

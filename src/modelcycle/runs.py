@@ -8,22 +8,27 @@ from the file itself and is checked before use.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from modelcycle import runfiles
 from modelcycle.config import Config, flatten, load_config
-from modelcycle.engine.loggers import MetricsLog
+from modelcycle.engine.loggers import EventLog, MetricsLog
 from modelcycle.errors import UserError
+from modelcycle.runlock import LOCK_FILE, RunLock
 
 PACKAGE_FORMAT = "modelcycle.package/1"
 MANIFEST = "modelcycle.json"
@@ -80,19 +85,100 @@ class Run:
 def check_run_dir(config: Config, resume: bool) -> Path:
     """Refuse to train over an earlier run by accident; nothing is written here."""
     path = Path(config.run.dir) / config.run.name
-    if not resume and (path / "checkpoints").exists():
+    if not resume:
+        _refuse_finished(path)
+    return path
+
+
+def _refuse_finished(path: Path) -> None:
+    if (path / "checkpoints").exists():
         raise UserError(
             f"run folder {path} already has checkpoints; add --resume to continue it, --overwrite to "
             "start it again, or choose another run.name"
         )
-    return path
 
 
-def make_run_dir(path: Path, config: Config, overwrite: bool) -> None:
-    if overwrite and path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    config.save(path / "config.yaml")
+def make_run_dir(path: Path, config: Config, overwrite: bool, resume: bool = False) -> RunLock:
+    """Lock the run folder for this process (see runlock.py), then, under the lock, empty it for
+    ``overwrite``, clear what interrupted processes left behind and save the resolved config.
+    The caller holds the returned lock for the life of the run and releases it at the end."""
+    lock = RunLock.acquire(path)
+    try:
+        if not resume and not overwrite:
+            _refuse_finished(path)  # another process may have trained it since check_run_dir
+        if overwrite:
+            _empty(path)
+        removed = clean_litter(path)
+        with runfiles.writing(path / "config.yaml", "the run's config", "run the same command again"):
+            runfiles.replace_text(path / "config.yaml", config.to_yaml())
+        event = EventLog(path / "events.log")
+        if note := lock.takeover_note():
+            event(note)
+        if removed:
+            event("removed what an interrupted process left behind: " + ", ".join(removed))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+@contextlib.contextmanager
+def run_folder(path: Path, config: Config, overwrite: bool, resume: bool, writer: bool = True) -> Iterator[None]:
+    """The life of a run in its folder: :func:`make_run_dir` (the lock) on entry when this
+    process is the ``writer`` (rank 0), the lock released on exit however the run ends, and a
+    full disk met in between an error naming the file, not a traceback."""
+    lock = make_run_dir(path, config, overwrite, resume) if writer else None
+    try:
+        with runfiles.disk_errors(path, "run the same command with --resume"):
+            yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _empty(path: Path) -> None:
+    """--overwrite: everything in the folder goes but the lock this process holds on it."""
+    for child in path.iterdir():
+        if child.name == LOCK_FILE:
+            continue
+        try:
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        except OSError as exc:
+            raise UserError(
+                f"--overwrite could not delete {child}: {runfiles.cause(exc)}; remove it yourself"
+            ) from None
+
+
+_LITTER = re.compile(r"\.(tmp|old)-\d+$")  # write_package's, atomic_save's, status.json's temporaries
+
+
+def clean_litter(run_dir: Path) -> list[str]:
+    """Remove the temporary files and folders a process killed mid-write left in the run folder,
+    its checkpoints and its package; call it under the run's lock, when nothing else writes there.
+    A package moved aside for a swap (``model.old-PID``) while ``model/`` is missing is put back."""
+    removed: list[str] = []
+    model = run_dir / "model"
+    moved_aside = sorted(run_dir.glob("model.old-*"))
+    if moved_aside and not model.exists():  # killed between the two renames of the swap
+        with contextlib.suppress(OSError):
+            os.replace(moved_aside[-1], model)
+            removed.append(f"{moved_aside.pop().name} (moved back to model/)")
+    for folder in (run_dir, run_dir / "checkpoints", model):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if not _LITTER.search(path.name):
+                continue
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path.relative_to(run_dir).as_posix())
+    return removed
 
 
 # settings that may change on --resume without changing the trained weights
@@ -140,11 +226,13 @@ def write_package(
     out: Path, state_dict: dict[str, torch.Tensor], manifest: dict, extra: Callable[[Path], None] | None = None
 ) -> Path:
     """Write the package beside ``out`` and swap it in, so a crash leaves the old one or the new.
-    ``extra(folder)`` adds files of its own (a Hugging Face config and tokenizer) before the swap."""
+    ``extra(folder)`` adds files of its own (a Hugging Face config and tokenizer) before the swap.
+    Every file is on disk (fsync) before the swap, and the swap itself after it."""
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
     try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
         save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})  # the metadata transformers writes too
         if extra is not None:
@@ -157,30 +245,46 @@ def write_package(
             "torch_version": torch.__version__,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        runfiles.fsync_tree(tmp)
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
+        runfiles.fsync_dir(out.parent)
+    except (OSError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(
-            f"could not write model package {out}: {exc.strerror or exc}; the previous package is intact"
+        if old.exists() and not out.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, out)
+        why = runfiles.cause(exc) if isinstance(exc, OSError) else _safetensors_cause(exc)
+        kept = "the previous package is intact" if out.exists() else "there was no package before"
+        raise runfiles.WriteFailed(
+            f"could not write model package {out}: {why}; {kept}. Fix that, then run the same command again "
+            "(with --resume for a run: it writes the package from the last checkpoint)"
         ) from None
+    shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _safetensors_cause(exc: Exception) -> str:
+    text = str(exc)
+    if "No space left" in text or "os error 28" in text:
+        return "the disk is full (no space left on device)"
+    return text
 
 
 def update_manifest(folder: Path, keys: list[str], value: object) -> dict:
     """Set ``manifest[keys[0]][keys[1]]... = value`` and rewrite modelcycle.json atomically."""
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = runfiles.read_json(folder / MANIFEST, "package manifest", _REWRITE_PACKAGE)
     node = manifest
     for key in keys[:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
-    tmp = folder / f"{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / MANIFEST)
+    with runfiles.writing(folder / MANIFEST, "package manifest", "run the same command again"):
+        runfiles.replace_text(folder / MANIFEST, json.dumps(manifest, indent=2))
     return manifest
+
+
+_REWRITE_PACKAGE = "the package is damaged: write it again (train or --resume its run) or copy it again"
 
 
 def package_dir(path: str | Path) -> Path:
@@ -197,10 +301,7 @@ def package_dir(path: str | Path) -> Path:
 
 def read_manifest(path: str | Path) -> dict:
     folder = package_dir(path)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{folder / MANIFEST} is not valid JSON ({exc}); the package is damaged") from None
+    manifest = runfiles.read_json(folder / MANIFEST, "package manifest", _REWRITE_PACKAGE)
     if manifest.get("format") != PACKAGE_FORMAT:
         raise UserError(f"{folder / MANIFEST}: unknown package format {manifest.get('format')!r}")
     manifest["_dir"] = str(folder)
@@ -214,6 +315,14 @@ def verified_weights(manifest: dict) -> Path:
         raise UserError(f"{weights} is missing; the model package is incomplete")
     if sha256_file(weights) != manifest["weights"]["sha256"]:
         raise UserError(f"{weights} does not match the sha256 in {MANIFEST}; the file is damaged or was changed")
+    try:  # the right bytes need not be safetensors: a package written by hand, or a manifest rewritten to fit
+        with safe_open(weights, "pt"):
+            pass
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise runfiles.DamagedFile(
+            f"{weights} is not a safetensors file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), "
+            f"though it matches the sha256 in {MANIFEST}; {_REWRITE_PACKAGE}"
+        ) from None
     return weights
 
 

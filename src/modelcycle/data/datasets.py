@@ -7,8 +7,11 @@ epoch produces the same batches whether it ran straight through or restarted mid
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -159,6 +162,29 @@ def default_workers() -> int:
     return max(1, min(8, cores - 1))
 
 
+# loaders with worker processes, for the shutdown at exit below
+_with_workers: weakref.WeakSet[DataLoader] = weakref.WeakSet()
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a loader's worker processes now (a later ``iter(loader)`` starts new ones)."""
+    iterator = getattr(loader, "_iterator", None)
+    loader._iterator = None
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+
+
+@atexit.register  # registered after torch's own exit hook, so it runs before it
+def _shutdown_at_exit() -> None:
+    """Persistent workers live as long as their loader. After an uncaught exception the
+    traceback keeps the loader alive into interpreter exit, where torch no longer shuts workers
+    down and multiprocessing terminates them with SIGTERM, which they ignore (see _worker_init),
+    then waits for them forever: a failed run that never exits. Shut them down first."""
+    for loader in list(_with_workers):
+        with contextlib.suppress(Exception):  # at exit, one loader must not keep the others alive
+            shutdown_workers(loader)
+
+
 def _worker_init(_: int) -> None:
     # Ctrl-C goes to the whole process group, and torchrun sends SIGINT/SIGTERM to each worker's
     # group: only the main process decides how to stop (it shuts the loader workers down itself).
@@ -222,7 +248,7 @@ def make_loader(
     dataset = ImageDataset(items, channels, transform, cfg.image_size, should_cache(cfg, data, len(items)))
     workers = cfg.workers if workers is None else workers
     workers = default_workers() if workers is None else workers
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         **batching(len(dataset), batch_size, train, seed, rank, world),
         num_workers=workers,
@@ -234,3 +260,6 @@ def make_loader(
         # run would see different dropout masks than an uninterrupted one
         generator=torch.Generator().manual_seed(seed),
     )
+    if workers > 0:
+        _with_workers.add(loader)
+    return loader

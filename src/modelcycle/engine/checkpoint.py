@@ -17,18 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modelcycle import runfiles
 from modelcycle.errors import CheckpointError
 
 TMP_MARK = ".tmp-"
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+_fsync_dir = runfiles.fsync_dir
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -49,9 +44,16 @@ def atomic_save(obj: object, path: Path) -> None:
 
 
 def atomic_link(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same file as ``src`` (hard link, or a copy where links are not allowed)."""
+    """Make ``dst`` the same file as ``src`` (hard link, or a copy where links are not allowed).
+
+    When ``dst`` already is ``src`` (best.pt linked to last.pt at the same step, after a resume),
+    there is nothing to do; and POSIX ``rename`` between two links of one file succeeds without
+    doing anything, so the temporary name is removed after it rather than left behind."""
     tmp = dst.with_name(f"{dst.name}{TMP_MARK}{os.getpid()}")
     try:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samefile(src, dst):
+                return
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         try:
@@ -59,6 +61,8 @@ def atomic_link(src: Path, dst: Path) -> None:
         except OSError:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # still there when tmp and dst were links to one file
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -67,12 +71,12 @@ def atomic_link(src: Path, dst: Path) -> None:
 
 def _explain_write_error(exc: OSError, path: Path) -> str:
     kept = f"the previous {path.name} is intact" if path.exists() else "no earlier checkpoint was there"
-    if exc.errno == errno.ENOSPC:
-        cause, todo = "the disk is full", "free some space"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        cause, todo = runfiles.cause(exc), "free some space"
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         cause, todo = "the run folder is not writable", "make the folder writable"
     else:
-        cause, todo = exc.strerror or str(exc), "fix the cause"
+        cause, todo = runfiles.cause(exc), "fix the cause"
     return f"could not write checkpoint {path}: {cause}; {kept}. {todo.capitalize()}, then continue with --resume"
 
 

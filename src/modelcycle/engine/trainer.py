@@ -25,11 +25,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from modelcycle import runfiles
 from modelcycle.config import TrainSection
 from modelcycle.engine import checkpoint, distributed, strategy
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.engine.ema import EMA
-from modelcycle.engine.loggers import EventLog, MetricsLog
+from modelcycle.engine.loggers import EventLog, MetricsLog, reconcile
 from modelcycle.engine.optim import build_optimizer, build_scheduler
 from modelcycle.engine.task import Sums, Task, add_sums
 from modelcycle.errors import ConfigError, NonFiniteLossError, UserError
@@ -51,6 +52,9 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     epoch_sums: dict[str, float] = field(default_factory=dict)
+    # the end-of-epoch metrics.jsonl lines so far: a checkpoint carries its own epochs' figures,
+    # so a resume can put back what a truncated metrics.jsonl lost (the package records them)
+    history: list[dict] = field(default_factory=list)
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -190,7 +194,11 @@ class Trainer:
             checkpoint.atomic_link(path, self.ckpt_dir / "best.pt")
         note = distributed.restore_rng(ck, self.cfg.seed)
         if self.metrics_log:
-            self.metrics_log.truncate_after(self.state.step)
+            damaged = self.metrics_log.truncate_after(self.state.step)
+            if damaged:
+                self.event(f"metrics.jsonl: {damaged} damaged line(s) dropped")
+            if mended := reconcile(self.metrics_log, self.state.history, self.state.epoch, path):
+                self.event(mended)
         self.event(f"resumed from step={self.state.step} epoch={self.state.epoch}" + (f"; {note}" if note else ""))
         return True
 
@@ -256,6 +264,14 @@ class Trainer:
             with self._graceful_signals():
                 while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
                     self._run_epoch()
+        except OSError as exc:
+            if not runfiles.is_disk_error(exc):
+                raise
+            # a write of the run's own files says so itself; this is any other file a task or callback writes
+            where = exc.filename or (self.run_dir or "a file")
+            last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
+            kept = f"{last} is intact" if last and last.exists() else "no checkpoint had been written"
+            raise runfiles.write_error(exc, where, "", f"run the same command with --resume ({kept})") from None
         finally:
             self.stop_vote.close()
             for cb in self.callbacks:
@@ -405,6 +421,7 @@ class Trainer:
         state.epoch += 1
         state.batch_in_epoch = 0
         state.epoch_sums = {}
+        state.history.append(dict(metrics))  # a copy: callbacks below see (and may add to) metrics
         if self.metrics_log:
             self.metrics_log.write(metrics)
         self.save(best=improved)

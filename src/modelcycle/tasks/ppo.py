@@ -86,78 +86,80 @@ def train_ppo(
     encoded = [prompt_ids(tokenizer, m)[-budget:] for m in prompts]
     optimizer = build_optimizer(policy, t)
     kl = L.KLController(p.kl_coef, p.kl_target, p.kl_horizon)
-    if distributed.is_main():
-        runs.make_run_dir(run_dir, config, overwrite=overwrite and not resume)
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    metrics, event = MetricsLog(run_dir / "metrics.jsonl"), EventLog(run_dir / "events.log")
-    start = 0
-    if resume and ckpt.exists():
-        state = checkpoint.load(ckpt)
-        policy.load_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        kl.load_state_dict(state["kl"])
-        checkpoint.set_rng_state(state["rng"])
-        start = state["iteration"]
-        metrics.truncate_after(start)
-        event(f"resumed from iteration {start}")
-    else:
-        torch.manual_seed(t.seed)
-        metrics.truncate_after(0)
+    # one process writes the run folder, for the run's whole life (see runlock.py)
+    with runs.run_folder(run_dir, config, overwrite and not resume, resume, writer=distributed.is_main()):
+        ckpt = run_dir / "checkpoints" / "last.pt"
+        metrics, event = MetricsLog(run_dir / "metrics.jsonl"), EventLog(run_dir / "events.log")
+        start = 0
+        if resume and ckpt.exists():
+            state = checkpoint.load(ckpt)
+            policy.load_state_dict(state["policy"])
+            optimizer.load_state_dict(state["optimizer"])
+            kl.load_state_dict(state["kl"])
+            checkpoint.set_rng_state(state["rng"])
+            start = state["iteration"]
+            metrics.truncate_after(start)
+            event(f"resumed from iteration {start}")
+        else:
+            torch.manual_seed(t.seed)
+            metrics.truncate_after(0)
 
-    def save(iteration: int) -> None:
-        state = {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "kl": kl.state_dict()}
-        checkpoint.atomic_save({**state, "rng": checkpoint.rng_state(), "iteration": iteration}, ckpt)
-        event(f"checkpoint iteration={iteration}")
+        def save(iteration: int) -> None:
+            state = {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(), "kl": kl.state_dict()}
+            checkpoint.atomic_save({**state, "rng": checkpoint.rng_state(), "iteration": iteration}, ckpt)
+            event(f"checkpoint iteration={iteration}")
 
-    stop = end_of_turn_ids(tokenizer, getattr(built.model, "generation_config", None))
-    event(f"ppo start iteration={start} of {p.iterations}")
-    last: dict = {}
-    with progress_bar("ppo iterations", p.iterations - start) as advance:
-        for iteration in range(start, p.iterations):
-            batch = _prompt_batch(len(encoded), p.rollout_batch, iteration, t.seed)
-            last = _iteration(
-                config,
-                policy,
-                reference,
-                scorer,
-                score_tokenizer,
-                tokenizer,
-                stop,
-                kl,
-                optimizer,
-                [encoded[i] for i in batch],
-                [prompts[i] for i in batch],
-            )
-            if not np.isfinite(last["reward"]):
-                kept = f"the last good checkpoint {ckpt} is kept" if ckpt.exists() else "no checkpoint was written yet"
-                event(f"iteration {iteration + 1}: the reward model returned NaN or infinity; step refused")
-                raise NonFiniteLossError(
-                    f"ppo iteration {iteration + 1}: the reward model ({p.reward}) gave a NaN or infinite score, "
-                    f"so the step was refused and training stopped; {kept}. Check the reward model "
-                    f"(`modelcycle evaluate {p.reward}`), then --resume"
+        stop = end_of_turn_ids(tokenizer, getattr(built.model, "generation_config", None))
+        event(f"ppo start iteration={start} of {p.iterations}")
+        last: dict = {}
+        with progress_bar("ppo iterations", p.iterations - start) as advance:
+            for iteration in range(start, p.iterations):
+                batch = _prompt_batch(len(encoded), p.rollout_batch, iteration, t.seed)
+                last = _iteration(
+                    config,
+                    policy,
+                    reference,
+                    scorer,
+                    score_tokenizer,
+                    tokenizer,
+                    stop,
+                    kl,
+                    optimizer,
+                    [encoded[i] for i in batch],
+                    [prompts[i] for i in batch],
                 )
-            metrics.write({"step": iteration + 1, "iteration": iteration + 1, **last})
-            if (iteration + 1) % p.checkpoint_every == 0 or iteration + 1 == p.iterations:
-                save(iteration + 1)
-            advance()
-    weights = checkpoint.load(ckpt)["policy"]
-    lm_weights = {k.removeprefix("lm."): v for k, v in weights.items() if k.startswith("lm.")}
-    manifest = {
-        "task": "ppo",
-        "backend": "transformers",
-        "layout": "transformers",
-        "architecture": built.record,
-        "ppo": p.model_dump(mode="json"),
-        "reward_model": {"package": score_manifest["_dir"], "retokenised": retokenised},
-        "fine_tuning": {**built.tuning, "merged": built.tuning["lora"] is not None},
-        "init_from": str(built.base.resolve()),
-        "metrics": {k: v for k, v in last.items() if isinstance(v, float | int)},
-        "source_run": str(run_dir.resolve()),
-    }
-    run = runs.Run(run_dir)
-    package_writer(built.model, tokenizer, built.base)(run.model_dir, lm_weights, manifest)
-    event(f"ppo end iteration={p.iterations}")
-    return run
+                if not np.isfinite(last["reward"]):
+                    kept = (
+                        f"the last good checkpoint {ckpt} is kept" if ckpt.exists() else "no checkpoint was written yet"
+                    )
+                    event(f"iteration {iteration + 1}: the reward model returned NaN or infinity; step refused")
+                    raise NonFiniteLossError(
+                        f"ppo iteration {iteration + 1}: the reward model ({p.reward}) gave a NaN or infinite score, "
+                        f"so the step was refused and training stopped; {kept}. Check the reward model "
+                        f"(`modelcycle evaluate {p.reward}`), then --resume"
+                    )
+                metrics.write({"step": iteration + 1, "iteration": iteration + 1, **last})
+                if (iteration + 1) % p.checkpoint_every == 0 or iteration + 1 == p.iterations:
+                    save(iteration + 1)
+                advance()
+        weights = checkpoint.load(ckpt)["policy"]
+        lm_weights = {k.removeprefix("lm."): v for k, v in weights.items() if k.startswith("lm.")}
+        manifest = {
+            "task": "ppo",
+            "backend": "transformers",
+            "layout": "transformers",
+            "architecture": built.record,
+            "ppo": p.model_dump(mode="json"),
+            "reward_model": {"package": score_manifest["_dir"], "retokenised": retokenised},
+            "fine_tuning": {**built.tuning, "merged": built.tuning["lora"] is not None},
+            "init_from": str(built.base.resolve()),
+            "metrics": {k: v for k, v in last.items() if isinstance(v, float | int)},
+            "source_run": str(run_dir.resolve()),
+        }
+        run = runs.Run(run_dir)
+        package_writer(built.model, tokenizer, built.base)(run.model_dir, lm_weights, manifest)
+        event(f"ppo end iteration={p.iterations}")
+        return run
 
 
 def _prompt_batch(count: int, size: int, iteration: int, seed: int) -> list[int]:

@@ -7,6 +7,7 @@ judged from ``events.log``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import UserError
+from modelcycle.runfiles import is_disk_error, replace_text, write_error
 
 if TYPE_CHECKING:
     from modelcycle.engine.trainer import Trainer
@@ -26,10 +28,31 @@ STATUS_FILE = "status.json"
 
 
 def write_json(path: Path, record: dict) -> None:
-    """Write beside and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    """Write beside and rename, so a reader never sees half a file. On a full disk the rename's
+    new copy cannot get a block, but rewriting the small file in place usually can: better a
+    moment's torn file than a status that stays "running". Failing both, an error naming it."""
+    text = json.dumps(record, indent=2)
+    try:
+        replace_text(path, text)
+    except OSError as exc:
+        if not (is_disk_error(exc) and path.is_file()):
+            raise write_error(exc, path, "", _AGAIN) from None
+        old = path.read_bytes()
+        try:
+            _overwrite(path, text.encode())
+        except OSError:
+            with contextlib.suppress(OSError):
+                _overwrite(path, old)  # the old record is no longer than the space it had
+            raise write_error(exc, path, "", _AGAIN) from None
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    with open(path, "r+b", buffering=0) as handle:
+        handle.write(data)
+        handle.truncate()
+
+
+_AGAIN = "run the same command again (with --resume if the run has checkpoints)"
 
 
 def now_iso() -> str:
@@ -51,7 +74,11 @@ class StatusFile(Callback):
         record = {"state": state, "since": now_iso()}
         if state == "failed":
             record["error"] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-        write_json(trainer.run_dir / STATUS_FILE, record)
+        if exc is None:
+            write_json(trainer.run_dir / STATUS_FILE, record)
+        else:
+            with contextlib.suppress(UserError):  # the error on its way out stays the one reported
+                write_json(trainer.run_dir / STATUS_FILE, record)
 
 
 def outcome() -> tuple[str, BaseException | None]:
