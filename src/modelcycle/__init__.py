@@ -7,9 +7,9 @@ modelcycle.evaluate(run)
 modelcycle.predict(run, ["photo.jpg"])
 """
 
+from modelcycle._version import __version__ as __version__  # re-exported
 from modelcycle.errors import UserError
 
-__version__ = "0.1.0"
 __all__ = [
     "prepare",
     "train",

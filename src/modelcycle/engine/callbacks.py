@@ -10,6 +10,7 @@ from modelcycle.progress import console, make_progress
 
 if TYPE_CHECKING:
     from modelcycle.engine.trainer import Trainer
+    from modelcycle.runs import Run
 
 
 class Callback:
@@ -24,6 +25,13 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None: ...
 
     def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+class Tracker(Callback):
+    """A callback that also sees the finished run, after ``api.train`` wrote the model package
+    (the trainer's ``on_fit_end`` comes before it)."""
+
+    def finish(self, run: Run) -> None: ...
 
 
 class ProgressDisplay(Callback):

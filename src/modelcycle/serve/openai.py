@@ -38,6 +38,7 @@ from modelcycle.lm.sampling import Sampling
 from modelcycle.progress import info
 from modelcycle.serve.app import docs_routes
 from modelcycle.serve.auth import require_key
+from modelcycle.serve.http import run
 from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.lm_runner import ServedLM
 from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
@@ -341,7 +342,6 @@ def _error_handlers(app: FastAPI) -> None:
 
 def serve_language_models(specs: list[str], cfg: ServeSection, api_key: str | None) -> None:
     from modelcycle.serve.lm_runner import load_served
-    from modelcycle.serve.server import run
 
     models = load_served(specs, cfg.max_queue, cfg.max_active)
     for m in models:

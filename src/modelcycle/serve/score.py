@@ -30,6 +30,7 @@ from modelcycle.errors import UserError
 from modelcycle.lm.chat_template import chat_ids
 from modelcycle.models.text import load_package
 from modelcycle.serve.auth import require_key
+from modelcycle.serve.http import run
 from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
 from modelcycle.serve.models import model_name
@@ -165,7 +166,6 @@ def create_score_app(models: list[ServedReward], cfg: ServeSection, api_key: str
 
 
 def serve_reward_models(specs: list[str], cfg: ServeSection, api_key: str | None) -> None:
-    from modelcycle.serve.server import run
 
     models = load_reward_models(specs)
     app = create_score_app(models, cfg, api_key)

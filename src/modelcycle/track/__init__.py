@@ -6,19 +6,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from modelcycle.engine.callbacks import Callback
+from modelcycle.engine.callbacks import Callback, Tracker
 from modelcycle.track.status import StatusFile
 
 if TYPE_CHECKING:
     from modelcycle.config import Config
     from modelcycle.runs import Run
 
-
-class Tracker(Callback):
-    """A callback that also sees the finished run, after ``api.train`` wrote the model package
-    (the trainer's ``on_fit_end`` comes before it)."""
-
-    def finish(self, run: Run) -> None: ...
+__all__ = ["Tracker", "callbacks", "finish"]
 
 
 def callbacks(config: Config, resume: bool) -> list[Callback]:

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest.mock import patch  # patch.dict: environment variables set for one block, then restored
 
-from modelcycle import __version__
+from modelcycle._version import __version__
 from modelcycle.config import flatten
+from modelcycle.engine.callbacks import Tracker
 from modelcycle.engine.loggers import MetricsLog
 from modelcycle.errors import UserError
 from modelcycle.progress import info, warn
-from modelcycle.track import Tracker
 from modelcycle.track.listing import show
 from modelcycle.track.status import outcome, write_json
 

@@ -1,0 +1,165 @@
+"""The import contract of ``src/modelcycle``: layers point one way and no module imports itself
+back through others, lazy (function-level) imports included, since a lazy import only hides a
+cycle until the day someone moves it to the top.
+
+The source is read with ``ast``, nothing is imported. The two allowlists hold what the
+architecture issue (15) has not untangled yet; they may only shrink: an entry that no longer
+happens fails too, so whoever removes a cycle or an upward arrow also removes its entry.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = "modelcycle"
+
+# Lower layers never import higher ones. A module's layer is that of its longest prefix here.
+LAYERS = {
+    1: ("config", "runs", "runfiles", "runlock", "errors", "progress", "_version", "cli_common"),
+    2: ("engine", "models", "data", "lm", "track"),
+    3: ("tasks",),
+    4: ("training", "evaluation", "export", "compress", "tuning", "serve", "monitor"),
+    5: ("api", ""),  # "": the package's __init__ (the public names)
+    6: ("cli", "cli_lm", "cli_runs", "cli_deploy", "__main__"),
+}
+
+# (importer, imported) arrows that point up today; to be removed by issue 15's steps.
+KNOWN_UP = {
+    ("runs", "engine.loggers"),
+    ("runs", "models.registry"),
+    ("config", "models.freeze"),
+    ("compress.prune", "api"),
+    ("evaluation.crossval", "api"),
+    ("tuning.search", "api"),
+}
+
+# Modules that sit on an import cycle today (strongly connected components of the graph).
+KNOWN_CYCLES = {
+    frozenset({"api", "compress.prune", "evaluation.crossval", "tuning.search"}),
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in (SRC / PACKAGE).rglob("*.py"):
+        parts = path.relative_to(SRC / PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules ``path`` imports anywhere in its body, ``if TYPE_CHECKING:`` left out."""
+    found: set[str] = set()
+
+    def resolve(dotted: str) -> str | None:
+        if dotted != PACKAGE and not dotted.startswith(PACKAGE + "."):
+            return None
+        name = dotted[len(PACKAGE) + 1 :]
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _type_checking_only(child):
+                continue
+            if isinstance(child, ast.Import):
+                found.update(filter(None, (resolve(alias.name) for alias in child.names)))
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                base = resolve(child.module)
+                for alias in child.names:  # `from modelcycle import runs` imports the module runs
+                    sub = resolve(f"{child.module}.{alias.name}")
+                    found.add(sub if sub and sub != base else base)
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return {name for name in found if name is not None}
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the package modules it names ("" is the package's __init__: ``import modelcycle``,
+    ``from modelcycle import __version__``)."""
+    modules = _modules()
+    return {name: _imports(path, modules) - {name} for name, path in modules.items()}
+
+
+def _layer(module: str) -> int:
+    best, layer = -1, None
+    for number, prefixes in LAYERS.items():
+        for prefix in prefixes:
+            matches = module == prefix or (prefix != "" and module.startswith(prefix + "."))
+            if matches and len(prefix) > best:
+                best, layer = len(prefix), number
+    assert layer is not None, f"modelcycle.{module or '__init__'} has no layer in tests/test_architecture.py's LAYERS"
+    return layer
+
+
+def _cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: set[frozenset[str]] = set()
+
+    def connect(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                connect(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.add(frozenset(component))
+
+    for node in graph:
+        if node not in index:
+            connect(node)
+    return found
+
+
+def test_every_module_has_a_layer():
+    for module in _modules():
+        _layer(module)
+
+
+def test_no_new_import_cycles():
+    cycles = _cycles(_graph())
+    new = cycles - KNOWN_CYCLES
+    assert not new, f"new import cycles (lazy imports count): {[sorted(c) for c in new]}"
+    gone = KNOWN_CYCLES - cycles
+    assert not gone, f"these cycles are gone: remove them from KNOWN_CYCLES: {[sorted(c) for c in gone]}"
+
+
+def test_layers_point_one_way():
+    up = {(a, b) for a, targets in _graph().items() for b in targets if _layer(b) > _layer(a)}
+    new = up - KNOWN_UP
+    assert not new, f"imports that point up a layer: {sorted(new)}"
+    gone = KNOWN_UP - up
+    assert not gone, f"these upward imports are gone: remove them from KNOWN_UP: {sorted(gone)}"
+
+
+def test_the_walker_sees_lazy_imports_and_cycles():
+    """The checks above are only as good as the graph: a lazy import is an arrow, a loop a cycle."""
+    modules = _modules()
+    assert "api" in _imports(modules["compress.prune"], modules)  # a function-level import
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {frozenset("abc")}
