@@ -16,6 +16,7 @@ __all__ = [
     "distill",
     "evaluate",
     "predict",
+    "compare",
     "crossval",
     "export_model",
     "prune_model",

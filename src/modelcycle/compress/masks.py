@@ -9,11 +9,19 @@ step of a fine-tune, so the zeros survive training (and resume: the masks are sa
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from modelcycle.engine.callbacks import Callback
+from modelcycle.errors import UserError
+from modelcycle.runs import Run
+
+STATE_FILE = "pruning.safetensors"  # in a fine-tuning run folder: the masks, so --resume holds the same zeros
 
 METHODS = ("unstructured", "structured")
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -188,3 +196,19 @@ class KeepPruned(Callback):
         for hook in self.hooks:
             hook.remove()
         self.hooks = []
+
+
+def refuse_plain_resume(run_dir: Path, callbacks: list | None) -> None:
+    """`train --resume` on a pruned fine-tune would continue without the masks, and the pruned
+    weights would grow back at the first step: refuse, and give the command that keeps them."""
+    if not (run_dir / STATE_FILE).is_file() or any(isinstance(c, KeepPruned) for c in callbacks or []):
+        return
+    with safe_open(run_dir / STATE_FILE, "pt") as f:
+        meta = f.metadata()
+    settings, train = json.loads(meta["settings"]), Run(run_dir).config.train
+    raise UserError(
+        f"{run_dir} is a pruned fine-tune ({STATE_FILE} holds its masks): `train --resume` would let the pruned "
+        "weights grow back. Continue it with: modelcycle compress "
+        f"{meta['source']} --prune {settings['target']} --prune-method {settings['method']} --recalibrate "
+        f"{settings['recalibrate']} --finetune-epochs {train.epochs} --lr {train.lr:g} --out {run_dir} --resume"
+    )

@@ -23,6 +23,7 @@ from torch import nn
 from modelcycle.compress.masks import (
     LAYERS,
     METHODS,
+    STATE_FILE,
     KeepPruned,
     apply_masks,
     channel_masks,
@@ -38,10 +39,10 @@ from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import predict_items
 from modelcycle.export.runtime import Predictor, torch_runner
 from modelcycle.runs import Run, load_model, read_manifest, update_manifest, write_package
+from modelcycle.training.service import train
 
 LR_FACTOR = {"unstructured": 0.1, "structured": 1.0}  # default fine-tuning lr: the source run's times this
 RECALIBRATE = 512  # training images for the BatchNorm re-estimation
-STATE_FILE = "pruning.safetensors"  # in a fine-tuning run folder: the masks, so --resume holds the same zeros
 
 
 def save_state(out: Path, masks: dict[str, torch.Tensor], settings: dict, record: dict, source: Path) -> None:
@@ -61,22 +62,6 @@ def load_state(out: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         masks = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         meta = f.metadata()
     return masks, json.loads(meta["settings"]), json.loads(meta["record"])
-
-
-def refuse_plain_resume(run_dir: Path, callbacks: list | None) -> None:
-    """`train --resume` on a pruned fine-tune would continue without the masks, and the pruned
-    weights would grow back at the first step: refuse, and give the command that keeps them."""
-    if not (run_dir / STATE_FILE).is_file() or any(isinstance(c, KeepPruned) for c in callbacks or []):
-        return
-    with safe_open(run_dir / STATE_FILE, "pt") as f:
-        meta = f.metadata()
-    settings, train = json.loads(meta["settings"]), Run(run_dir).config.train
-    raise UserError(
-        f"{run_dir} is a pruned fine-tune ({STATE_FILE} holds its masks): `train --resume` would let the pruned "
-        "weights grow back. Continue it with: modelcycle compress "
-        f"{meta['source']} --prune {settings['target']} --prune-method {settings['method']} --recalibrate "
-        f"{settings['recalibrate']} --finetune-epochs {train.epochs} --lr {train.lr:g} --out {run_dir} --resume"
-    )
 
 
 def accuracy(model: nn.Module, manifest: dict, items: list) -> float:
@@ -153,7 +138,6 @@ def prune_model(
     ``resume=True`` continues an interrupted fine-tune with the masks saved in ``out``.
     ``recalibrate`` training images re-estimate the BatchNorm statistics after pruning (0: off).
     """
-    from modelcycle import api  # api imports this module
 
     _check_arguments(sparsity_target, method, finetune_epochs, lr, recalibrate, resume)
     source, out = Path(source), Path(out)
@@ -191,7 +175,7 @@ def prune_model(
         config = finetune_config(source, manifest, out, finetune_epochs, lr, method)
         lr = config.train.lr
         holder = KeepPruned(start, masks)
-        run = api.train(config, resume=resume, callbacks=[holder, *(callbacks or [])], progress=progress)
+        run = train(config, resume=resume, callbacks=[holder, *(callbacks or [])], progress=progress)
         package = run.model_dir
     saved, _ = load_model(package)  # every figure below is of the file, not of the model in memory
     params, layers = dict(saved.named_parameters()), prunable_layers(saved)

@@ -13,6 +13,7 @@ from modelcycle.data.manifest import PreparedData
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import predict_items
 from modelcycle.evaluation.metrics import classification_metrics
+from modelcycle.training.service import train
 
 REPORTED = ("accuracy", "top5", "macro_f1", "weighted_f1")
 
@@ -23,7 +24,6 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
     Fold runs go to ``<run.dir>/<run.name>-crossval/fold-<i>``; the summary to ``crossval.json``
     beside them.
     """
-    from modelcycle.api import train
     from modelcycle.export.runtime import load_predictor
 
     if not isinstance(config, Config):

@@ -1,4 +1,4 @@
-"""Hyperparameter search: every trial is an ordinary run, trained by ``modelcycle.api.train``.
+"""Hyperparameter search: every trial is an ordinary run, trained by ``modelcycle.training.service.train``.
 
 space.py says what varies, study.py keeps the record (and picks values); this module turns a
 trial into a run folder, feeds each epoch's metric to the pruner, and runs workers until the
@@ -19,13 +19,13 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from modelcycle import api
 from modelcycle.config import Config
 from modelcycle.data.manifest import PreparedData
 from modelcycle.engine.callbacks import Callback
 from modelcycle.engine.trainer import Trainer, TrainingInterrupted
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.progress import console, info
+from modelcycle.training.service import train
 from modelcycle.tuning import report
 from modelcycle.tuning.space import SearchSpace, apply, load_space
 from modelcycle.tuning.study import (
@@ -130,7 +130,7 @@ class Objective:
             config = apply(self.base, params, run__dir=str(self.folder), run__name=run_dir.name)
             trial.set_user_attr("epochs_planned", config.train.epochs)
             # a folder of the same name is left from a study whose database was deleted: start it afresh
-            api.train(config, overwrite=True, progress=False, callbacks=[watch])
+            train(config, overwrite=True, progress=False, callbacks=[watch])
         except TrainingInterrupted:
             trial.set_user_attr("interrupted", True)
             raise

@@ -1,0 +1,44 @@
+"""The model package a finished run leaves in ``RUN/model/``, from its best (or last) checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelcycle import runs
+from modelcycle.config import Config
+from modelcycle.engine import checkpoint
+from modelcycle.runs import Run
+
+
+def portable(spec: dict) -> dict:
+    """A user's model file is recorded by absolute path so the package works from any folder."""
+    name = spec["name"]
+    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+        file, func = name.rsplit(":", 1)
+        spec = {**spec, "name": f"{Path(file).resolve()}:{func}"}
+    return spec
+
+
+def write_run_package(run: Run, meta: dict, state, config: Config, package=runs.write_package) -> None:
+    best = run.checkpoints / "best.pt"
+    source = best if best.exists() else run.checkpoints / "last.pt"
+    ck = checkpoint.load(source)
+    weights = ck["ema"]["model"] if ck.get("ema") else ck["model"]
+    # the trainer's own record of each epoch; metrics.jsonl only for a state without one
+    epochs = state.history or run.epoch_metrics()
+    chosen = next((m for m in epochs if m["epoch"] == state.best_epoch), epochs[-1] if epochs else {})
+    package(
+        run.model_dir,
+        weights,
+        {
+            **meta,
+            "metrics": {k: v for k, v in chosen.items() if isinstance(v, float | int)},
+            "source_run": str(run.path.resolve()),
+            "checkpoint": source.name,
+            "monitor": config.train.monitor,
+        },
+    )
+    if meta.get("task") == "classify":  # what `modelcycle monitor` compares served traffic with
+        from modelcycle.monitor.profile import profile_after_training
+
+        profile_after_training(run.model_dir, config.monitor)
