@@ -24,6 +24,10 @@ __all__ = [
     "load_config",
     "tune",
     "Run",
+    "register_task",
+    "TaskPlugin",
+    "TaskParts",
+    "SetupContext",
     "UserError",
 ]
 

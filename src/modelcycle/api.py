@@ -15,6 +15,8 @@ from modelcycle.evaluation.crossval import crossval
 from modelcycle.evaluation.service import compare, evaluate, predict
 from modelcycle.export.export import export as export_model
 from modelcycle.runs import Run
+from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
+from modelcycle.tasks.registry import register_task
 from modelcycle.training.service import distill, train
 from modelcycle.tuning import tune_recipe as tune
 
@@ -32,6 +34,10 @@ __all__ = [
     "load_config",
     "tune",
     "Run",
+    "register_task",
+    "TaskPlugin",
+    "TaskParts",
+    "SetupContext",
 ]
 
 

@@ -148,11 +148,14 @@ def train(
     from modelcycle.api import train as run_train
 
     run = run_train(cfg, resume=resume, overwrite=overwrite)
+    from modelcycle.tasks import registry
+
     best = run.epoch_metrics()
     summary = ""
     if best:
         last = best[-1]
-        summary = "  ".join(f"{k}={last[k]:.4f}" for k in ("val_accuracy", "val_loss") if k in last)
+        shown = registry.get(cfg.run.task).summary_metrics
+        summary = "  ".join(f"{k}={last[k]:.4f}" for k in shown if k in last and isinstance(last[k], int | float))
     info(f"run {run.path}: model package in {run.model_dir}  {summary}")
 
 
@@ -192,13 +195,14 @@ def distill(
     )
 
 
-def _is_reward(run: Path) -> bool:
-    from modelcycle import runs
+def _plugin(run: Path):
+    """The task plugin of a run or package, None when it cannot be read (evaluate then says why)."""
+    from modelcycle.tasks import registry
 
     try:
-        return runs.read_manifest(run).get("task") == "reward"
+        return registry.for_package(run)
     except UserError:
-        return False
+        return None
 
 
 @app.command()
@@ -220,15 +224,20 @@ def evaluate(
     pairwise accuracy for a reward model; win rate, rewards and KL of a policy with --against."""
     from modelcycle.api import evaluate as run_evaluate
 
-    if against is not None or _is_reward(run):
+    plugin = _plugin(run)
+    view = plugin.view if plugin else "classification"
+    if against is not None or view == "pairs":
         from modelcycle.cli_lm import show_policy_evaluation
 
         return show_policy_evaluation(run, against, reward, data, samples, as_json)
     metrics = run_evaluate(run, split=split, data=data, backend=backend)
-    if "perplexity" in metrics:  # a language model: perplexity, answer loss, sample answers
+    if view == "lm":  # a language model: perplexity, answer loss, sample answers
         from modelcycle.cli_lm import show_lm_metrics
 
         show_lm_metrics(run, metrics, as_json)
+        return
+    if view == "metrics":  # a task's own evaluation: its figures as they are
+        stdout.print_json(json.dumps(metrics, default=str))
         return
     if as_json:
         keys = (
@@ -247,7 +256,7 @@ def evaluate(
         )
         stdout.print_json(json.dumps({k: metrics[k] for k in keys}))
         return
-    noun = "texts" if metrics.get("task") == "text_classify" else "images"
+    noun = "images" if plugin is None or plugin.package_kind == "vision" else "texts"
     table = Table(title=f"{run} on {metrics['split']} ({metrics['num_samples']} {noun})")
     for column in ("class", "precision", "recall", "f1", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")

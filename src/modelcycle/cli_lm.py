@@ -36,27 +36,18 @@ def tokenizer(
     info(f"tokenizer: {len(trained):,} tokens in {out}/ (eos {trained.eos_token}, pad {trained.pad_token})")
 
 
-# what each training verb puts under the recipe file, and the figures it prints at the end
-TASK_DEFAULTS = {
-    "lm": {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}},
-    "sft": {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}},
-    "reward": {},
-    "dpo": {},
-}
-SHOWN = {"lm": ("val_loss", "val_perplexity"), "sft": ("val_loss", "val_perplexity")}
-
-
 def _train(task: str, config: str, overrides: list[str] | None, resume: bool, overwrite: bool) -> None:
     from modelcycle.api import train
     from modelcycle.config import load_config
+    from modelcycle.tasks import registry
 
     path, overrides = split_config(config, overrides)
-    # the task's defaults under the file, the task over it: `lm sft` always fine-tunes
-    cfg = load_config(path, [*overrides, f"run.task={task}"], base=TASK_DEFAULTS[task])
+    # the task over the file (`lm sft` always fine-tunes); the training service fills the task's
+    # defaults (tasks/<task>.py) into what the file and the overrides leave unset
+    cfg = load_config(path, [*overrides, f"run.task={task}"])
     run = train(cfg, resume=resume, overwrite=overwrite)
     last = run.epoch_metrics()[-1:] or [{}]
-    keys = SHOWN.get(task, ("val_accuracy", "val_margin", "val_loss"))
-    shown = "  ".join(f"{k}={last[0][k]:.4f}" for k in keys if k in last[0])
+    shown = "  ".join(f"{k}={last[0][k]:.4f}" for k in registry.get(task).summary_metrics if k in last[0])
     info(f"run {run.path}: model package in {run.model_dir}  {shown}")
 
 
@@ -215,8 +206,10 @@ def generate(
     lm = load_lm(model, device=device)
     sampling = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
     if chat is None:
-        task = (lm.manifest or {}).get("task")
-        chat = bool(getattr(lm.tokenizer, "chat_template", None)) and task != "lm"
+        from modelcycle.tasks import registry
+
+        chats = lm.manifest is None or registry.for_manifest(lm.manifest).can("chat")  # a foreign folder: its template
+        chat = bool(getattr(lm.tokenizer, "chat_template", None)) and chats
     inputs = [lm.chat_ids([{"role": "user", "content": p}]) if chat else p for p in prompts]
     stream = lm.stream(inputs, sampling)
     for piece in stream:

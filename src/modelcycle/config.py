@@ -29,8 +29,17 @@ class RunSection(Section):
     # what one step computes, and so what data.root holds and how the package is laid out:
     # classify = images (a folder made by `modelcycle prepare`), text_classify = JSONL texts (docs/text.md),
     # lm = causal language model pretraining, sft = supervised fine-tuning on chats (docs/lm.md),
-    # reward, dpo, ppo = the preference stages of a language model (docs/lm-rlhf.md)
-    task: Literal["classify", "text_classify", "lm", "sft", "reward", "dpo", "ppo"] = "classify"
+    # reward, dpo, ppo = the preference stages of a language model (docs/lm-rlhf.md), distill = classify
+    # learning from distill.teacher; or a task of your own. tasks/registry.py checks the name (the tasks
+    # live above this module) and fills the task's defaults into what the recipe leaves unset.
+    task: str = "classify"
+
+    @field_validator("task")
+    @classmethod
+    def _task_name(cls, value: str) -> str:
+        if not value.isidentifier():
+            raise ValueError("a task name is letters, digits and underscores (classify, lm, sft, ...)")
+        return value
 
 
 class DataSection(Section):

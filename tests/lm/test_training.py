@@ -24,6 +24,7 @@ from modelcycle.evaluation.lm import evaluate_lm
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.merge import merge
 from modelcycle.runs import read_manifest
+from modelcycle.tasks import registry
 from modelcycle.tasks.lm import next_token_sums
 
 
@@ -145,3 +146,22 @@ def test_pretraining_on_two_processes_ends_where_one_process_does(pydocs, tokeni
     a, b = load_file(tmp_path / "two" / "model" / "model.safetensors"), load_file(one / "model" / "model.safetensors")
     for name in b:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_a_python_lm_run_gets_the_defaults_the_cli_gives(pydocs, tokenizer_dir, tmp_path):
+    """run.task=lm from Python, with model.name and train.monitor left unset, trains the Llama the
+    `lm pretrain` verb would (not the image default simple_cnn) and monitors val_loss; a value the
+    caller sets still wins."""
+    unset = ("model.name=", "train.monitor=")
+    overrides = [
+        o
+        for o in lm_overrides(pydocs, tokenizer_dir, tmp_path, "defaults", "train.epochs=1")
+        if not o.startswith(unset)
+    ]
+    run = modelcycle.train(modelcycle.load_config(None, overrides), progress=False)
+    saved = load_config(run.path / "config.yaml")
+    assert saved.model.name == "llama" and saved.train.monitor == "val_loss"
+    manifest = read_manifest(run.path)
+    assert manifest["architecture"]["name"] == "llama" and manifest["monitor"] == "val_loss"
+    chosen = modelcycle.load_config(None, [*overrides, "train.monitor=train_loss"])
+    assert registry.apply_defaults(chosen).train.monitor == "train_loss"

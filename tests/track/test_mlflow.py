@@ -154,3 +154,60 @@ def test_a_run_tracked_from_its_resume_on_gets_its_earlier_metrics_too(store: di
     run_id = json.loads((runs / "late" / "mlflow.json").read_text())["run_id"]
     history = mlflow.MlflowClient(store["uri"]).get_metric_history(run_id, "train_loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
+
+
+class _Mean:
+    """A task with no image in it: its package is no PyTorch image classifier MLflow could load."""
+
+    metric_names = {"train": ("loss",), "val": ("loss",)}
+
+    def training_step(self, model, batch):
+        loss = (model(batch) ** 2).mean()
+        return loss, {"loss": loss.detach() * len(batch), "count": torch.tensor(float(len(batch)))}
+
+    def validation_step(self, model, batch):
+        return {"loss": (model(batch) ** 2).sum(), "count": torch.tensor(float(len(batch)))}
+
+    def summarize(self, sums):
+        return {"loss": sums["loss"] / max(sums["count"], 1.0)}
+
+
+def _mean_setup(config, ctx):
+    from modelcycle import runs
+
+    torch.manual_seed(0)
+    rows = torch.randn(16, 3)
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)
+    meta = {"task": "mlflow_mean", "backend": "torch"}
+    return modelcycle.TaskParts(_Mean(), torch.nn.Linear(3, 1), loader, loader, meta, runs.write_package)
+
+
+def test_a_run_of_a_task_without_a_pytorch_flavour_finishes_and_registers_its_package(store: dict, tmp_path: Path):
+    """MLflow's finish() once loaded every package as an image classifier, so every run of another
+    task (text, language models, a user's own) failed at its very end; the plugin now says whether
+    a PyTorch model is logged, and the package folder is what gets registered otherwise."""
+    modelcycle.register_task(
+        modelcycle.TaskPlugin(name="mlflow_mean", setup=_mean_setup, defaults={"train": {"monitor": "val_loss"}}),
+        replace=True,
+    )
+    config = modelcycle.load_config(
+        None,
+        [
+            "run.task=mlflow_mean",
+            f"run.dir={tmp_path / 'runs'}",
+            "run.name=mean",
+            "train.epochs=1",
+            f"track.mlflow_uri={store['uri']}",
+            f"track.artifact_location={store['artifacts']}",
+            "track.experiment=mean",
+            "track.register=mean-model",
+        ],
+    )
+    run = modelcycle.train(config, progress=False)
+    record = json.loads((run.path / "mlflow.json").read_text())
+    assert record["model_uri"] == f"runs:/{record['run_id']}/model"
+    client = mlflow.MlflowClient(store["uri"])
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    version = client.get_model_version("mean-model", str(record["registered_model"]["version"]))
+    assert version.run_id == record["run_id"]
+    assert "pytorch" not in {a.path for a in client.list_artifacts(record["run_id"])}

@@ -1,34 +1,81 @@
 """Evaluate, predict and compare whatever a run or package holds: the package's task says which
-evaluator reads it (image or text classifier, language model, reward model)."""
+evaluator reads it (image or text classifier, language model, reward model, a task of one's own)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-from modelcycle import runfiles, runs
+from modelcycle import runfiles
+from modelcycle.errors import UserError
 from modelcycle.evaluation.evaluate import evaluate as evaluate_images
 from modelcycle.evaluation.predict import predict as predict_images
 from modelcycle.evaluation.text import evaluate_text, predict_text
 from modelcycle.runs import Run
+from modelcycle.tasks import registry
+from modelcycle.tasks.plugin import TaskPlugin
 
 
 def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None = None, backend: str = "auto") -> dict:
     """Metrics and a report in ``RUN/report/`` for a run's model (or a package) on a split or a
-    manifest (images) / JSONL file (texts); the package says which."""
-    task = _task(run)
+    manifest (images) / JSONL file (texts); the package's task plugin says how."""
+    path = Path(run.path if isinstance(run, Run) else run)
+    plugin = registry.for_package(path)
+    evaluator = _evaluator(plugin, "evaluate")
     # the report is written last: a full disk there is an error naming the file, not a traceback
-    with runfiles.disk_errors(Path(run.path if isinstance(run, Run) else run), "run evaluate again"):
-        if task in ("lm", "sft", "dpo", "ppo"):  # causal LMs: perplexity, answer loss, sample answers
-            from modelcycle.evaluation.lm import evaluate_lm
+    with runfiles.disk_errors(path, "run evaluate again"):
+        return evaluator(run, split=split, data=data, backend=backend)
 
-            return evaluate_lm(run, data=data)
-        if task == "reward":  # pairwise accuracy on held-out preference pairs
-            from modelcycle.evaluation.policy import evaluate_reward
 
-            return evaluate_reward(run.path if isinstance(run, Run) else run, data=data)
-        if task == "text_classify":
-            return evaluate_text(run, split=split, data=data, backend=backend)
-        return evaluate_images(run, split=split, data=data, backend=backend)
+def _images(run, split="val", data=None, backend="auto") -> dict:
+    return evaluate_images(run, split=split, data=data, backend=backend)
+
+
+def _texts(run, split="val", data=None, backend="auto") -> dict:
+    return evaluate_text(run, split=split, data=data, backend=backend)
+
+
+def _language_model(run, split="val", data=None, backend="auto") -> dict:
+    """Causal LMs: perplexity, answer loss, sample answers."""
+    from modelcycle.evaluation.lm import evaluate_lm
+
+    return evaluate_lm(run, data=data)
+
+
+def _reward_model(run, split="val", data=None, backend="auto") -> dict:
+    """Pairwise accuracy on held-out preference pairs."""
+    from modelcycle.evaluation.policy import evaluate_reward
+
+    return evaluate_reward(run.path if isinstance(run, Run) else run, data=data)
+
+
+def _predict_images(run, inputs, topk=5, backend="auto") -> list[dict]:
+    return predict_images(run, inputs, topk=topk, backend=backend)
+
+
+def _predict_texts(run, inputs, topk=5, backend="auto") -> list[dict]:
+    return predict_text(run, [str(i) for i in inputs], topk=topk, backend=backend)
+
+
+# the evaluators this layer provides, by the name a built-in plugin gives (tasks/<task>.py); a
+# plugin of one's own passes its function instead
+EVALUATORS: dict[str, Callable[..., dict]] = {
+    "images": _images,
+    "texts": _texts,
+    "language_model": _language_model,
+    "reward_model": _reward_model,
+}
+PREDICTORS: dict[str, Callable[..., list[dict]]] = {"images": _predict_images, "texts": _predict_texts}
+
+
+def _evaluator(plugin: TaskPlugin, verb: str) -> Callable:
+    given = plugin.evaluate if verb == "evaluate" else plugin.predict
+    if callable(given):
+        return given
+    found = (EVALUATORS if verb == "evaluate" else PREDICTORS).get(given or "")
+    if found is None:
+        raise UserError(f"run.task={plugin.name}: its models cannot be used with `modelcycle {verb}`")
+    return found
 
 
 def compare(
@@ -50,14 +97,5 @@ def compare(
 
 def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, backend: str = "auto") -> list[dict]:
     """Top-k classes per input: image files, or texts for a text classifier."""
-    if _task(run) == "text_classify":
-        return predict_text(run, [str(i) for i in inputs], topk=topk, backend=backend)
-    return predict_images(run, inputs, topk=topk, backend=backend)
-
-
-def _task(run: str | Path | Run) -> str:
-    path = Path(run.path if isinstance(run, Run) else run)
-    ours = (path / runs.MANIFEST).is_file() or (path / "model" / runs.MANIFEST).is_file()
-    if not ours and (path / "config.json").is_file():  # a plain Hugging Face folder (a downloaded Qwen, say)
-        return "lm"
-    return runs.read_manifest(path).get("task", "classify")
+    plugin = registry.for_package(Path(run.path if isinstance(run, Run) else run))
+    return _evaluator(plugin, "predict")(run, inputs, topk=topk, backend=backend)

@@ -1,117 +1,29 @@
-"""Image classification: what one step computes, and how its pieces are built from config."""
+"""Image classification (``run.task=classify``, the default): the plugin. The step and the set-up
+are tasks/images.py, shared with distillation; a classify run with ``distill.teacher`` set learns
+from that teacher too (tasks/distill.py), as ``modelcycle distill`` runs do."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
-from torch import nn
-from torch.nn import functional as F
-
 from modelcycle.config import Config
-from modelcycle.data.datasets import make_loader
-from modelcycle.data.manifest import PreparedData
-from modelcycle.data.transforms import normalisation
-from modelcycle.engine import distributed
-from modelcycle.errors import ConfigError
-from modelcycle.models.registry import build_model
+from modelcycle.tasks import distill
+from modelcycle.tasks.images import ClassifySetup, ClassifyTask, portable, run_setup, setup
+from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
+
+__all__ = ["ClassifySetup", "ClassifyTask", "setup", "portable", "PLUGIN"]
 
 
-class ClassifyTask:
-    metric_names = {"train": ("loss", "accuracy"), "val": ("loss", "accuracy", "top5")}
-
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0):
-        self.num_classes = num_classes
-        self.label_smoothing = label_smoothing
-        self.k = min(5, num_classes)
-
-    def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        images, labels = batch
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        with torch.no_grad():
-            correct = (logits.argmax(1) == labels).sum()
-        return loss, {"loss": loss.detach() * labels.numel(), "correct": correct, "count": torch.tensor(labels.numel())}
-
-    def validation_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
-        images, labels = batch
-        logits = model(images).float()
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        topk = logits.topk(self.k, dim=1).indices
-        return {
-            "loss": loss,
-            "correct": (topk[:, 0] == labels).sum(),
-            "correct_top5": (topk == labels[:, None]).any(1).sum(),
-            "count": torch.tensor(labels.numel()),
-        }
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        count = max(sums.get("count", 0.0), 1.0)
-        out = {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count}
-        if "correct_top5" in sums:
-            out["top5"] = sums["correct_top5"] / count
-        return out
+def _setup(config: Config, ctx: SetupContext) -> TaskParts:
+    return run_setup(config, ctx, distill.attach)
 
 
-@dataclass
-class ClassifySetup:
-    data: PreparedData
-    channels: int
-    model: nn.Module
-    model_spec: dict
-    task: ClassifyTask
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader | None
-    preprocessing: dict
-
-
-def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
-    """Data, model and task for a classification run; ``*_items`` override the manifests (crossval)."""
-    if not config.data.root:
-        raise ConfigError("data.root is not set; pass data.root=PATH to a folder made by `modelcycle prepare`")
-    data = PreparedData.open(config.data.root)
-    channels = config.data.channels or data.channels
-    train_items = train_items if train_items is not None else data.split("train")
-    if val_items is None and data.has_split("val"):
-        val_items = data.split("val")
-    if not train_items:
-        raise ConfigError(f"{data.root}/train.txt lists no images")
-    t = config.train
-    world = distributed.world_size()
-    distributed.split_batch(t.batch_size, world)  # the global batch, split evenly over the processes
-    shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
-    train_loader = make_loader(train_items, data, config.data, channels, t.batch_size, train=True, **shard)
-    val_loader = (
-        make_loader(val_items, data, config.data, channels, config.eval.batch_size, train=False, **shard)
-        if val_items
-        else None
-    )
-    torch.manual_seed(t.seed)
-    model = build_model(config.model.name, channels, len(data.classes), config.data.image_size, config.model.args)
-    mean, std = normalisation(config.data, channels)
-    preprocessing = {
-        "image_size": config.data.image_size,
-        "channels": channels,
-        "mean": mean,
-        "std": std,
-        "resize": "shorter side to image_size, centre crop",
-        "input_range": "0..255 -> (x/255 - mean)/std",
-        "layout": "NCHW float32",
-    }
-    spec = {
-        "name": config.model.name,
-        "args": dict(config.model.args),
-        "in_channels": channels,
-        "num_classes": len(data.classes),
-        "image_size": config.data.image_size,
-    }
-    return ClassifySetup(
-        data,
-        channels,
-        model,
-        spec,
-        ClassifyTask(len(data.classes), t.label_smoothing),
-        train_loader,
-        val_loader,
-        preprocessing,
-    )
+PLUGIN = TaskPlugin(
+    name="classify",
+    setup=_setup,
+    evaluate="images",
+    predict="images",
+    summary_metrics=("val_accuracy", "val_loss"),
+    capabilities=frozenset({"crossval", "monitor_profile", "mlflow_pytorch"}),
+    view="classification",
+    package_kind="vision",
+    description="image classification on a folder made by `modelcycle prepare`",
+)

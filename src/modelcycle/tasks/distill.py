@@ -23,7 +23,8 @@ from modelcycle.config import Config, load_config
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.models.registry import resolve_builder
 from modelcycle.runs import load_model, pytorch_classifier, refuse_own_run
-from modelcycle.tasks.classify import ClassifySetup, ClassifyTask
+from modelcycle.tasks.images import ClassifySetup, ClassifyTask, run_setup
+from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
 
 
 def soft_target_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -197,3 +198,26 @@ def _same(a, b) -> bool:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _setup(config: Config, ctx: SetupContext) -> TaskParts:
+    if not config.distill.teacher:
+        raise ConfigError(
+            "run.task=distill needs distill.teacher=RUN (or use `modelcycle distill TEACHER --student ...`)"
+        )
+    return run_setup(config, ctx, attach)
+
+
+# run.task=distill: a classify run that must have a teacher; its package is an ordinary classifier
+PLUGIN = TaskPlugin(
+    name="distill",
+    setup=_setup,
+    evaluate="images",
+    predict="images",
+    summary_metrics=("val_accuracy", "val_loss"),
+    capabilities=frozenset({"crossval", "monitor_profile", "mlflow_pytorch"}),
+    view="classification",
+    package_task="classify",
+    package_kind="vision",
+    description="an image classifier learning from a teacher's soft targets (distill.teacher)",
+)

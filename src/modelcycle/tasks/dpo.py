@@ -25,8 +25,9 @@ from modelcycle.lm.load import open_lm
 from modelcycle.lm.model import package_writer
 from modelcycle.progress import info, progress_bar
 from modelcycle.tasks.lm import prepare_model
+from modelcycle.tasks.plugin import TaskPlugin
 from modelcycle.tasks.preference_loss import REFERENCE_FREE, PairLogps, dpo_loss, response_logps
-from modelcycle.tasks.reward import PairSetup, preference_loaders
+from modelcycle.tasks.reward import PairSetup, parts, preference_loaders
 
 METRICS = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward")
 
@@ -132,3 +133,15 @@ def setup(config: Config) -> PairSetup:
     return PairSetup(
         task, built.model, train_loader, val_loader, meta, package_writer(built.model, tokenizer, built.base)
     )
+
+
+PLUGIN = TaskPlugin(
+    name="dpo",
+    setup=lambda config, ctx: parts(setup(config)),
+    evaluate="language_model",
+    summary_metrics=("val_accuracy", "val_margin", "val_loss"),
+    capabilities=frozenset({"chat"}),
+    view="lm",
+    package_kind="hf_causal_lm",
+    description="direct preference optimisation of a policy on preference pairs",
+)

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from modelcycle.config import Config
+from modelcycle.config import Config, ModelSection
 from modelcycle.data.lm_data import IGNORE, lm_loader, pack, packed_rows, token_stream
 from modelcycle.engine import distributed
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
@@ -31,6 +31,7 @@ from modelcycle.lm.load import check_vocabulary, lm_folder, open_lm
 from modelcycle.lm.model import build_lm, lora_targets, package_writer
 from modelcycle.lm.sampling import Sampling
 from modelcycle.progress import info
+from modelcycle.tasks.plugin import TaskParts, TaskPlugin
 
 
 def next_token_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +107,7 @@ def prepare_model(config: Config) -> LMModel:
         if cfg.args:
             raise ConfigError("model.args: a model loaded from a folder keeps its architecture; drop model.args")
         base = lm_folder(source)
-        if cfg.name not in ("llama", "simple_cnn") and cfg.init_from:
+        if cfg.name not in ("llama", ModelSection.model_fields["name"].default) and cfg.init_from:
             raise ConfigError("set model.init_from or a folder in model.name, not both")
         model, tokenizer, _ = open_lm(base)
         model.train()
@@ -239,3 +240,26 @@ class SampleLog(Callback):
         if any(isinstance(cb, ProgressDisplay) for cb in trainer.callbacks):  # progress=False: quiet
             for line in lines:
                 info(f"  step {step}: {line['prompt']} -> {' '.join(line['text'].split())[:120]}")
+
+
+def parts(built: LMSetup) -> TaskParts:
+    """An LM or SFT set-up as the parts the training service takes."""
+    return TaskParts(
+        built.task, built.model, built.train_loader, built.val_loader, built.meta, built.write_package, built.callbacks
+    )
+
+
+# what `modelcycle lm pretrain` and a Python run.task=lm both start from, under the recipe
+LM_DEFAULTS = {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}}
+
+PLUGIN = TaskPlugin(
+    name="lm",
+    setup=lambda config, ctx: parts(setup(config)),
+    evaluate="language_model",
+    defaults=LM_DEFAULTS,
+    summary_metrics=("val_loss", "val_perplexity"),
+    view="lm",
+    package_kind="hf_causal_lm",
+    default_for_kind=True,  # a downloaded causal LM folder (Qwen, Llama) is evaluated as a language model
+    description="causal language-model pretraining on packed text",
+)

@@ -235,3 +235,18 @@ def _iteration(config, policy, reference, scorer, score_tokenizer, tokenizer, st
         "score_s": scored - rolled,
         "update_s": time.perf_counter() - scored,
     }
+
+
+from modelcycle.tasks.plugin import TaskPlugin as _TaskPlugin  # noqa: E402  (the plugin is declared last)
+
+# its own loop (train_ppo above), not the engine's epochs: the training service sends run.task=ppo here
+PLUGIN = _TaskPlugin(
+    name="ppo",
+    loop="ppo",
+    evaluate="language_model",
+    summary_metrics=("reward", "kl"),
+    capabilities=frozenset({"chat"}),
+    view="lm",
+    package_kind="hf_causal_lm",
+    description="PPO: a policy tuned against a reward model, with a per-token KL penalty to its start",
+)

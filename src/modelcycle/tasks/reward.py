@@ -24,6 +24,7 @@ from modelcycle.data.preferences import open_pairs
 from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info
+from modelcycle.tasks.plugin import TaskParts, TaskPlugin
 from modelcycle.tasks.preference_loss import bradley_terry_loss
 
 METRICS = ("loss", "accuracy", "margin")
@@ -173,3 +174,19 @@ def reward_scores(
             ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
         out.append(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def parts(built: PairSetup) -> TaskParts:
+    """A reward or DPO set-up as the parts the training service takes."""
+    return TaskParts(built.task, built.model, built.train_loader, built.val_loader, built.meta, built.write_package)
+
+
+PLUGIN = TaskPlugin(
+    name="reward",
+    setup=lambda config, ctx: parts(setup(config)),
+    evaluate="reward_model",
+    summary_metrics=("val_accuracy", "val_margin", "val_loss"),
+    view="pairs",
+    package_kind="hf_sequence_classifier",
+    description="a reward model: a scalar score for (prompt, answer) from preference pairs",
+)

@@ -12,7 +12,8 @@ from modelcycle.config import Config
 from modelcycle.data.lm_data import EncodedChats, chat_rows, encode_chats, read_conversations
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info, warn
-from modelcycle.tasks.lm import LMSetup, language_setup
+from modelcycle.tasks.lm import LM_DEFAULTS, LMSetup, language_setup, parts
+from modelcycle.tasks.plugin import TaskPlugin
 
 
 def chats(files: list[str], tokenizer, length: int) -> EncodedChats:
@@ -48,3 +49,16 @@ def setup(config: Config) -> LMSetup:
         return encoded
 
     return language_setup(config, "sft", rows)
+
+
+PLUGIN = TaskPlugin(
+    name="sft",
+    setup=lambda config, ctx: parts(setup(config)),
+    evaluate="language_model",
+    defaults=LM_DEFAULTS,
+    summary_metrics=("val_loss", "val_perplexity"),
+    capabilities=frozenset({"chat"}),
+    view="lm",
+    package_kind="hf_causal_lm",
+    description="supervised fine-tuning on conversations (loss on the assistant's tokens)",
+)

@@ -17,8 +17,10 @@ from modelcycle.config import Config
 from modelcycle.data.text import TextData, text_loader
 from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
+from modelcycle.models import transfer
 from modelcycle.progress import info
-from modelcycle.tasks.classify import ClassifyTask
+from modelcycle.tasks.images import ClassifyTask
+from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
 
 
 def logits_of(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
@@ -108,3 +110,23 @@ def _refuse_image_only_settings(config: Config) -> None:
             "train.unfreeze_at_epoch with model.lora.r: LoRA never trains the pretrained weights; "
             "use model.freeze with train.unfreeze_at_epoch, or LoRA alone"
         )
+
+
+def _setup(config: Config, ctx: SetupContext) -> TaskParts:
+    parts = setup(config)  # applies model.freeze or LoRA itself
+    callbacks = transfer.unfreeze_callbacks(config, ctx.progress)
+    return TaskParts(
+        parts.task, parts.model, parts.train_loader, parts.val_loader, parts.meta, parts.write_package, callbacks
+    )
+
+
+PLUGIN = TaskPlugin(
+    name="text_classify",
+    setup=_setup,
+    evaluate="texts",
+    predict="texts",
+    summary_metrics=("val_accuracy", "val_loss"),
+    view="classification",
+    package_kind="hf_sequence_classifier",
+    description="text classification: a Hugging Face encoder with a classifier head on JSONL texts",
+)

@@ -79,6 +79,11 @@ def connect(mlflow: Any, uri: str, registry: bool) -> Any:
 
 
 class MlflowTracker(Tracker):
+    # the training service sets this from the task plugin's "mlflow_pytorch" capability: only a
+    # package that loads as a PyTorch image classifier (N, C, H, W in) becomes an MLflow PyTorch model;
+    # any other run logs its package folder as the model
+    pytorch_model = False
+
     def __init__(self, config: Config, resume: bool):
         self.mlflow = import_mlflow()
         self.config, self.settings, self.resume = config, config.track, resume
@@ -146,10 +151,10 @@ class MlflowTracker(Tracker):
                 self.client.log_artifacts(self.run_id, str(run.report_dir), "report")
             self.client.log_artifacts(self.run_id, str(run.model_dir), "model")
             with _use_tracking_uri(self.uri):  # log_model and a version's models:/ source read MLflow's global URI
-                logged = self._log_pytorch(run)
-                record: dict[str, Any] = {"model_uri": logged.model_uri}
+                logged = self._log_pytorch(run) if self.pytorch_model else None
+                record: dict[str, Any] = {"model_uri": logged.model_uri if logged else f"runs:/{self.run_id}/model"}
                 if self.settings.register:
-                    version = self._register(logged)
+                    version = self._register(logged, record["model_uri"])
                     record["registered_model"] = {"name": self.settings.register, "version": version}
                     info(f"MLflow: registered model '{self.settings.register}' version {version}")
             self._write_record(**record)
@@ -182,7 +187,7 @@ class MlflowTracker(Tracker):
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skips a slow inference subprocess
             )
 
-    def _register(self, logged: Any) -> int:
+    def _register(self, logged: Any, source: str) -> int:
         """A new version of ``track.register`` (created on first use) from the logged model."""
         from mlflow.exceptions import MlflowException
 
@@ -192,9 +197,8 @@ class MlflowTracker(Tracker):
         except MlflowException as exc:
             if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
-        version = self.client.create_model_version(
-            name, source=logged.model_uri, run_id=self.run_id, model_id=logged.model_id
-        ).version
+        model_id = logged.model_id if logged is not None else None
+        version = self.client.create_model_version(name, source=source, run_id=self.run_id, model_id=model_id).version
         self.client.set_tag(self.run_id, "modelcycle.registered", f"{name}/{version}")
         return int(version)
 

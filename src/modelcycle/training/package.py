@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from modelcycle import runs
 from modelcycle.config import Config
 from modelcycle.engine import checkpoint
 from modelcycle.runs import Run
-
-
-def portable(spec: dict) -> dict:
-    """A user's model file is recorded by absolute path so the package works from any folder."""
-    name = spec["name"]
-    if ":" in name and name.split(":", 1)[0].endswith(".py"):
-        file, func = name.rsplit(":", 1)
-        spec = {**spec, "name": f"{Path(file).resolve()}:{func}"}
-    return spec
+from modelcycle.tasks import registry
 
 
 def write_run_package(run: Run, meta: dict, state, config: Config, package=runs.write_package) -> None:
@@ -38,7 +28,7 @@ def write_run_package(run: Run, meta: dict, state, config: Config, package=runs.
             "monitor": config.train.monitor,
         },
     )
-    if meta.get("task") == "classify":  # what `modelcycle monitor` compares served traffic with
+    if registry.for_manifest(meta).can("monitor_profile"):  # what `modelcycle monitor` compares traffic with
         from modelcycle.monitor.profile import profile_after_training
 
         profile_after_training(run.model_dir, config.monitor)

@@ -1,0 +1,166 @@
+"""Image classification's step and data/model set-up, shared by the classify and distill tasks
+(tasks/classify.py, tasks/distill.py hold their plugins)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from modelcycle import runs
+from modelcycle.config import Config
+from modelcycle.data.datasets import make_loader
+from modelcycle.data.manifest import PreparedData
+from modelcycle.data.transforms import normalisation
+from modelcycle.engine import distributed
+from modelcycle.errors import ConfigError
+from modelcycle.models import transfer
+from modelcycle.models.registry import build_model
+from modelcycle.tasks.plugin import SetupContext, TaskParts
+
+
+class ClassifyTask:
+    metric_names = {"train": ("loss", "accuracy"), "val": ("loss", "accuracy", "top5")}
+
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0):
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.k = min(5, num_classes)
+
+    def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        images, labels = batch
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            correct = (logits.argmax(1) == labels).sum()
+        return loss, {"loss": loss.detach() * labels.numel(), "correct": correct, "count": torch.tensor(labels.numel())}
+
+    def validation_step(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits = model(images).float()
+        loss = F.cross_entropy(logits, labels, reduction="sum")
+        topk = logits.topk(self.k, dim=1).indices
+        return {
+            "loss": loss,
+            "correct": (topk[:, 0] == labels).sum(),
+            "correct_top5": (topk == labels[:, None]).any(1).sum(),
+            "count": torch.tensor(labels.numel()),
+        }
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        count = max(sums.get("count", 0.0), 1.0)
+        out = {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count}
+        if "correct_top5" in sums:
+            out["top5"] = sums["correct_top5"] / count
+        return out
+
+
+@dataclass
+class ClassifySetup:
+    data: PreparedData
+    channels: int
+    model: nn.Module
+    model_spec: dict
+    task: ClassifyTask
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    preprocessing: dict
+
+
+def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
+    """Data, model and task for a classification run; ``*_items`` override the manifests (crossval)."""
+    if not config.data.root:
+        raise ConfigError("data.root is not set; pass data.root=PATH to a folder made by `modelcycle prepare`")
+    data = PreparedData.open(config.data.root)
+    channels = config.data.channels or data.channels
+    train_items = train_items if train_items is not None else data.split("train")
+    if val_items is None and data.has_split("val"):
+        val_items = data.split("val")
+    if not train_items:
+        raise ConfigError(f"{data.root}/train.txt lists no images")
+    t = config.train
+    world = distributed.world_size()
+    distributed.split_batch(t.batch_size, world)  # the global batch, split evenly over the processes
+    shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
+    train_loader = make_loader(train_items, data, config.data, channels, t.batch_size, train=True, **shard)
+    val_loader = (
+        make_loader(val_items, data, config.data, channels, config.eval.batch_size, train=False, **shard)
+        if val_items
+        else None
+    )
+    torch.manual_seed(t.seed)
+    model = build_model(config.model.name, channels, len(data.classes), config.data.image_size, config.model.args)
+    mean, std = normalisation(config.data, channels)
+    preprocessing = {
+        "image_size": config.data.image_size,
+        "channels": channels,
+        "mean": mean,
+        "std": std,
+        "resize": "shorter side to image_size, centre crop",
+        "input_range": "0..255 -> (x/255 - mean)/std",
+        "layout": "NCHW float32",
+    }
+    spec = {
+        "name": config.model.name,
+        "args": dict(config.model.args),
+        "in_channels": channels,
+        "num_classes": len(data.classes),
+        "image_size": config.data.image_size,
+    }
+    return ClassifySetup(
+        data,
+        channels,
+        model,
+        spec,
+        ClassifyTask(len(data.classes), t.label_smoothing),
+        train_loader,
+        val_loader,
+        preprocessing,
+    )
+
+
+def portable(spec: dict) -> dict:
+    """A user's model file is recorded by absolute path so the package works from any folder."""
+    name = spec["name"]
+    if ":" in name and name.split(":", 1)[0].endswith(".py"):
+        file, func = name.rsplit(":", 1)
+        spec = {**spec, "name": f"{Path(file).resolve()}:{func}"}
+    return spec
+
+
+Attach = Callable[[Config, ClassifySetup], tuple[ClassifySetup, dict]]
+
+
+def run_setup(config: Config, ctx: SetupContext, attach: Attach | None = None) -> TaskParts:
+    """Data, model, step and package record of an image run; ``attach`` (a teacher's soft targets,
+    tasks/distill.py) when ``distill.teacher`` is set; ``model.init_from`` / ``model.freeze`` applied."""
+    parts = setup(config, ctx.train_items, ctx.val_items)
+    meta = {
+        "task": "classify",
+        "backend": "torch",
+        "architecture": portable(parts.model_spec),
+        "classes": parts.data.classes,
+        "preprocessing": parts.preprocessing,
+        "data_root": str(parts.data.root.resolve()),
+    }
+    if config.distill.teacher and attach is not None:
+        parts, meta["distillation"] = attach(config, parts)
+    tuning = transfer.prepare(
+        config, parts.model, parts.data.classes, parts.preprocessing, ctx.run_dir, ctx.resume, ctx.progress
+    )
+    if tuning.record:
+        meta["init_from"] = tuning.record
+    return TaskParts(
+        parts.task,
+        parts.model,
+        parts.train_loader,
+        parts.val_loader,
+        meta,
+        runs.write_package,
+        tuning.callbacks,
+        tuning.lines,
+    )

@@ -1,0 +1,102 @@
+"""What a task is to the rest of modelcycle: one :class:`TaskPlugin` per task (classify,
+text_classify, distill, lm, sft, reward, dpo, ppo, and any a user registers), looked up by name in
+tasks/registry.py. Everything task-specific hangs off it (its defaults, its setup, how its
+package is evaluated and predicted with, what the CLI shows), so no module outside ``tasks/``
+compares task names: it asks the plugin.
+
+A task written outside modelcycle is a module with a ``PLUGIN = TaskPlugin(...)``, registered by
+``modelcycle.register_task(PLUGIN)``, an entry point in the ``modelcycle.tasks`` group, or by
+naming its module in ``MODELCYCLE_TASKS`` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelcycle.config import Config
+
+# what a plugin may declare in ``capabilities``; the services ask for these, never for a name
+CAPABILITIES = frozenset(
+    {
+        "crossval",  # setup takes train_items/val_items (cross-validation folds, tuning subsets)
+        "monitor_profile",  # the package gets the feature profile `modelcycle monitor` compares traffic with
+        "mlflow_pytorch",  # MLflow gets a PyTorch model of the package (an image classifier: N, C, H, W input)
+        "chat",  # its language models answer chat turns (pretraining-only models continue text)
+    }
+)
+VIEWS = ("metrics", "classification", "lm", "pairs")  # how `modelcycle evaluate` shows evaluate's result
+
+
+@dataclass
+class SetupContext:
+    """What the training service knows about the run beyond its config."""
+
+    run_dir: Path
+    resume: bool = False
+    progress: bool = True
+    train_items: list | None = None  # cross-validation folds: the items instead of data.root's splits
+    val_items: list | None = None
+
+
+@dataclass
+class TaskParts:
+    """What one loop needs from a task's setup: the step (an engine Task), the model, the loaders,
+    the package's ``modelcycle.json`` less what training adds, its writer, extra callbacks and notes."""
+
+    task: Any
+    model: Any  # torch.nn.Module
+    train_loader: Any
+    val_loader: Any
+    meta: dict
+    write_package: Callable[[Path, dict, dict], Path]
+    callbacks: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what setup did to the model, for events.log and the terminal
+
+
+def _frozen(mapping: Mapping) -> Mapping:
+    return MappingProxyType({k: _frozen(v) if isinstance(v, Mapping) else v for k, v in mapping.items()})
+
+
+@dataclass(frozen=True)
+class TaskPlugin:
+    """One task. ``setup(config, ctx) -> TaskParts`` builds a run; ``evaluate(run, split=, data=,
+    backend=) -> dict`` and ``predict(run, inputs, topk=, backend=) -> list[dict]`` read its package."""
+
+    name: str  # run.task, and the "task" its packages' modelcycle.json records
+    setup: Callable[[Config, SetupContext], TaskParts] | None = None
+    evaluate: Callable[..., dict] | None = None
+    predict: Callable[..., list[dict]] | None = None
+    # config values under the recipe (nested sections): they fill what the caller left unset
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    summary_metrics: tuple[str, ...] = ("val_accuracy", "val_loss")  # what `train` prints at the end
+    capabilities: frozenset[str] = frozenset()
+    view: str = "metrics"
+    loop: str = "epochs"  # "epochs": the engine's Trainer; any other loop is the task's own
+    package_task: str | None = None  # the task its packages record, when not ``name`` (distill writes classify)
+    package_kind: str = ""  # "vision", "hf_sequence_classifier", "hf_causal_lm", ...: what the files are
+    default_for_kind: bool = False  # a foreign folder of package_kind (a downloaded HF model) opens as this task
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"task name {self.name!r}: use letters, digits and underscores")
+        unknown = set(self.capabilities) - CAPABILITIES
+        if unknown:
+            raise ValueError(f"task {self.name}: unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+        if self.view not in VIEWS:
+            raise ValueError(f"task {self.name}: view {self.view!r} is not one of {VIEWS}")
+        object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+        object.__setattr__(self, "defaults", _frozen(self.defaults))
+
+    @property
+    def writes(self) -> str:
+        """The task name its packages carry."""
+        return self.package_task or self.name
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities

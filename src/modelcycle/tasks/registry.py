@@ -1,0 +1,173 @@
+"""Task name -> :class:`TaskPlugin`. The one place a task name is looked up.
+
+Where plugins come from, in this order (a later one with a taken name is refused):
+1. the built-ins, each ``PLUGIN`` of a module in this package, imported on first use;
+2. the ``modelcycle.tasks`` entry-point group of installed distributions (a ``TaskPlugin``, or a
+   module with ``PLUGIN``), read with importlib.metadata on first use;
+3. the modules named in the environment variable ``MODELCYCLE_TASKS`` (comma-separated), imported
+   on first use: an explicit opt-in, because importing a module runs its code. The module either
+   calls :func:`register_task` or has a ``PLUGIN``;
+4. :func:`register_task` (``modelcycle.register_task``), at any time.
+
+Plugins never import this module, so nothing here can form an import cycle.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import threading
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from modelcycle.errors import ConfigError, UserError
+from modelcycle.tasks.plugin import TaskPlugin
+
+if TYPE_CHECKING:
+    from modelcycle.config import Config
+
+GROUP = "modelcycle.tasks"
+ENV = "MODELCYCLE_TASKS"
+_BUILTIN = ("classify", "text_classify", "distill", "lm", "sft", "reward", "dpo", "ppo")
+
+_plugins: dict[str, TaskPlugin] = {}
+_loaded = False
+_lock = threading.RLock()
+
+
+def register_task(plugin: TaskPlugin | ModuleType, replace: bool = False) -> TaskPlugin:
+    """Make ``plugin`` (or a module's ``PLUGIN``) the task ``plugin.name``: ``run.task=NAME`` then
+    trains it and packages recording that task are evaluated with it. A taken name is an error
+    unless ``replace=True``."""
+    plugin = _as_plugin(plugin, "register_task")
+    with _lock:
+        _load()
+        if plugin.name in _plugins and not replace and _plugins[plugin.name] is not plugin:
+            raise UserError(f"task {plugin.name!r} is already registered; pass replace=True to replace it")
+        _plugins[plugin.name] = plugin
+    return plugin
+
+
+def names() -> list[str]:
+    with _lock:
+        _load()
+        return sorted(_plugins)
+
+
+def get(name: str) -> TaskPlugin:
+    """The plugin of ``run.task=name``; an unknown name is a ConfigError listing the known ones."""
+    with _lock:
+        _load()
+        plugin = _plugins.get(name)
+    if plugin is None:
+        known = names()
+        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(
+            f"run.task={name}: unknown task{hint} Known tasks: {', '.join(known)}. A task of your own is registered "
+            f"with modelcycle.register_task, an entry point in the '{GROUP}' group, or {ENV}=your_module"
+        )
+    return plugin
+
+
+def for_config(config: Config) -> TaskPlugin:
+    return get(config.run.task)
+
+
+def for_manifest(manifest: Mapping | None) -> TaskPlugin:
+    """The plugin that reads a package: its recorded task (``classify`` when it records none,
+    as the first packages did); a foreign folder (``manifest`` None) goes to the plugin that
+    declares itself the default for language models."""
+    if manifest is None:
+        return for_kind("hf_causal_lm")
+    task = manifest.get("task", "classify")
+    try:
+        return get(task)
+    except ConfigError:
+        raise UserError(
+            f"{manifest.get('_dir', 'the package')} holds a model of task {task!r}, which no registered task reads "
+            f"(known: {', '.join(names())}); register its plugin ({ENV}=module, or an entry point in '{GROUP}')"
+        ) from None
+
+
+def for_kind(kind: str) -> TaskPlugin:
+    for name in names():
+        plugin = get(name)
+        if plugin.package_kind == kind and plugin.default_for_kind:
+            return plugin
+    raise UserError(f"no registered task reads a {kind} folder")
+
+
+def for_package(path: str | Path) -> TaskPlugin:
+    """The plugin of a run folder or model package (or a plain Hugging Face folder)."""
+    from modelcycle import runs
+
+    path = Path(path)
+    ours = (path / runs.MANIFEST).is_file() or (path / "model" / runs.MANIFEST).is_file()
+    if not ours and (path / "config.json").is_file():  # a downloaded Qwen, say
+        return for_manifest(None)
+    return for_manifest(runs.read_manifest(path))
+
+
+def apply_defaults(config: Config) -> Config:
+    """``config`` with its task's defaults filled into every field the caller left unset
+    (pydantic's ``model_fields_set``): what the recipe file, the overrides or the Python caller
+    set always wins, and a Python ``run.task=lm`` gets what ``modelcycle lm pretrain`` gets."""
+    return _fill(config, get(config.run.task).defaults)
+
+
+def _fill(section: Any, defaults: Mapping) -> Any:
+    update = {}
+    for key, value in defaults.items():
+        if key not in type(section).model_fields:
+            raise ConfigError(f"task defaults name '{key}', which is not a config key")
+        current = getattr(section, key)
+        if isinstance(value, Mapping) and hasattr(current, "model_fields_set"):
+            filled = _fill(current, value)
+            if filled is not current:
+                update[key] = filled
+        elif key not in section.model_fields_set:
+            update[key] = value
+    if not update:
+        return section
+    # validated like any other value: a default of the wrong type fails here, not mid-run
+    data = {**section.model_dump(exclude_unset=True), **update}
+    data = {k: v.model_dump(exclude_unset=True) if hasattr(v, "model_dump") else v for k, v in data.items()}
+    return type(section).model_validate(data)
+
+
+def _as_plugin(obj: Any, where: str) -> TaskPlugin:
+    if isinstance(obj, ModuleType):
+        obj = getattr(obj, "PLUGIN", None)
+    if not isinstance(obj, TaskPlugin):
+        raise UserError(f"{where}: expected a TaskPlugin (or a module with PLUGIN = TaskPlugin(...)), got {obj!r}")
+    return obj
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # before the imports: a user module that calls register_task comes back here
+    for name in _BUILTIN:
+        plugin = _as_plugin(importlib.import_module(f"modelcycle.tasks.{name}"), f"modelcycle.tasks.{name}")
+        _plugins[plugin.name] = plugin
+    for entry in metadata.entry_points(group=GROUP):
+        _add(_as_plugin(entry.load(), f"entry point {entry.name} = {entry.value}"), f"entry point {entry.value}")
+    for module in filter(None, (m.strip() for m in os.environ.get(ENV, "").split(","))):
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError as exc:
+            raise UserError(f"{ENV}={os.environ[ENV]}: cannot import {module} ({exc}); is it on PYTHONPATH?") from None
+        if getattr(loaded, "PLUGIN", None) is not None:
+            _add(_as_plugin(loaded, f"{ENV} module {module}"), f"{ENV} module {module}")
+
+
+def _add(plugin: TaskPlugin, source: str) -> None:
+    if plugin.name in _plugins and _plugins[plugin.name] is not plugin:
+        raise UserError(f"{source}: task {plugin.name!r} is already registered")
+    _plugins[plugin.name] = plugin
