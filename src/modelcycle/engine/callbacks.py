@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.progress import TextColumn
 
 from modelcycle.progress import console, make_progress
 
 if TYPE_CHECKING:
-    from modelcycle.engine.trainer import Trainer
+    from pathlib import Path
+
     from modelcycle.runs import Run
+
+
+class Loop(Protocol):
+    """What a callback sees of any loop on a run context: the epoch loop (engine/trainer.py) or
+    PPO's iterations (tasks/ppo_loop.py). ``state.step`` counts the loop's units of work."""
+
+    run_dir: Path | None
+    meta: dict
+    state: Any
+    cfg: Any
+    callbacks: list
+
+    def event(self, message: str) -> None: ...
+
+
+Trainer = Loop  # the name the hooks' annotations used before there were other loops
 
 
 class Callback:

@@ -14,32 +14,24 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from modelcycle import runfiles
 from modelcycle.config import TrainSection
 from modelcycle.engine import checkpoint, distributed, strategy
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.engine.ema import EMA
-from modelcycle.engine.loggers import EventLog, MetricsLog, reconcile
 from modelcycle.engine.optim import build_optimizer, build_scheduler
+from modelcycle.engine.run_context import RunContext, TrainingInterrupted
 from modelcycle.engine.task import Sums, Task, add_sums
-from modelcycle.errors import ConfigError, NonFiniteLossError, UserError
+from modelcycle.errors import ConfigError
 
-
-class TrainingInterrupted(UserError):
-    """Ctrl-C or SIGTERM: a checkpoint was saved and ``--resume`` continues."""
-
-    exit_code = 130
+__all__ = ["TrainState", "Trainer", "TrainingInterrupted", "to_device"]  # TrainingInterrupted: engine/run_context.py
 
 
 @dataclass
@@ -70,19 +62,23 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
 
 
 class Trainer:
+    """The epoch loop on a :class:`RunContext` (run folder, logs, signals, checkpoint files, the
+    non-finite guard): epochs, steps, accumulation, precision, EMA, validation, early stopping."""
+
     def __init__(
         self,
+        ctx: RunContext | None,
         task: Task,
         model: nn.Module,
         train_loader: DataLoader,
         val_loader: DataLoader | None,
         cfg: TrainSection,
-        run_dir: Path | None = None,
         callbacks: list[Callback] | None = None,
         meta: dict | None = None,
         progress: bool = True,
     ):
-        self.task, self.cfg, self.run_dir, self.meta = task, cfg, run_dir, meta or {}
+        self.ctx = ctx = ctx or RunContext(None)
+        self.task, self.cfg, self.run_dir, self.meta = task, cfg, ctx.run_dir, meta or {}
         self.train_loader, self.val_loader = train_loader, val_loader
         self.device = distributed.resolve_device(cfg.device)
         if cfg.precision == "fp16" and self.device.type != "cuda":
@@ -101,15 +97,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16")
         self.state = TrainState()
-        self.callbacks = ([ProgressDisplay()] if progress else []) + list(callbacks or [])
-        self.ckpt_dir = run_dir / "checkpoints" if run_dir else None  # read by every rank, written by rank 0
-        writes = run_dir if run_dir and distributed.is_main() else None
-        self.metrics_log = MetricsLog(writes / "metrics.jsonl") if writes else None
-        self.event = EventLog(writes / "events.log" if writes else None)
-        self.stop_vote = distributed.StopVote()
+        self.callbacks = ([ProgressDisplay()] if progress else []) + list(callbacks or []) + ctx.callbacks
+        self.ckpt_dir, self.metrics_log, self.event = ctx.ckpt_dir, ctx.metrics_log, ctx.event
         self.monitor_mode = cfg.monitor_direction
-        self._stop_signal: str | None = None
-        self._bad_step = torch.tensor(-1, device=self.device)
         self._check_monitor()
 
     # ------------------------------------------------------------------ sizes and helpers
@@ -161,121 +151,42 @@ class Trainer:
             return
         self._check_finite()
         state = self.checkpoint_state()  # every rank takes part (gathers), rank 0 writes
-        if not distributed.is_main():
-            return
-        last = self.ckpt_dir / "last.pt"
-        checkpoint.atomic_save(state, last)
-        checkpoint.atomic_link(last, self.ckpt_dir / f"step-{self.state.step:09d}.pt")
-        checkpoint.prune_numbered(self.ckpt_dir, self.cfg.keep_checkpoints)
-        if best:
-            checkpoint.atomic_link(last, self.ckpt_dir / "best.pt")
-        self.event(f"checkpoint step={self.state.step} epoch={self.state.epoch}{' (best)' if best else ''}")
+        self.ctx.save(state, self.state.step, f"step={self.state.step} epoch={self.state.epoch}", best)
 
     def restore(self) -> bool:
         """Load ``last.pt`` if there is one; False means there was nothing to resume."""
-        if self.ckpt_dir is None:
+        ck = self.ctx.load_last(self.strategy.map_location)
+        if ck is None:
             return False
-        if distributed.is_main():
-            checkpoint.remove_stale_temporaries(self.ckpt_dir)
-        path = self.ckpt_dir / "last.pt"
-        if not distributed.agree(path.exists(), f"whether {path} exists"):
-            return False
-        ck = checkpoint.load(path, self.strategy.map_location)
         self.strategy.load(self.model, self.optimizer, ck)
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
         if self.ema and ck.get("ema"):
             self.ema.load_state_dict(ck["ema"])
-        self.state = TrainState(**ck["state"])
-        state = self.state
+        self.state = state = TrainState(**ck["state"])
         if distributed.is_main() and state.epoch and state.best_epoch == state.epoch and not state.batch_in_epoch:
             # last.pt is the end-of-epoch save of the best epoch; a crash between writing it and
             # linking best.pt would otherwise leave best.pt an epoch behind the recorded best
-            checkpoint.atomic_link(path, self.ckpt_dir / "best.pt")
-        note = distributed.restore_rng(ck, self.cfg.seed)
-        if self.metrics_log:
-            damaged = self.metrics_log.truncate_after(self.state.step)
-            if damaged:
-                self.event(f"metrics.jsonl: {damaged} damaged line(s) dropped")
-            if mended := reconcile(self.metrics_log, self.state.history, self.state.epoch, path):
-                self.event(mended)
-        self.event(f"resumed from step={self.state.step} epoch={self.state.epoch}" + (f"; {note}" if note else ""))
+            checkpoint.atomic_link(self.ctx.last, self.ckpt_dir / "best.pt")
+        where = f"step={state.step} epoch={state.epoch}"
+        self.ctx.resumed(ck, self.cfg.seed, where, history=state.history, epochs=state.epoch)
         return True
 
     def _check_finite(self) -> None:
-        bad = distributed.first_bad_step(self._bad_step)
-        if bad < 0:
-            return
-        last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
-        kept = (
-            f"the last good checkpoint {last} is kept"
-            if last and last.exists()
-            else "no checkpoint had been written yet"
-        )
-        self.event(f"non-finite loss at step {bad}")
-        raise NonFiniteLossError(
-            f"the loss became NaN or infinite at step {bad} (epoch {self.state.epoch + 1}); training stopped "
-            f"and {kept}. Lower train.lr, set train.clip_grad, or check the data; then --resume or start again"
-        )
-
-    # ------------------------------------------------------------------ signals
-
-    @contextlib.contextmanager
-    def _graceful_signals(self):
-        """First Ctrl-C/SIGTERM: finish the step, save, stop. Second Ctrl-C: stop at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, _frame):
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._stop_signal = signal.Signals(signum).name
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        self.ctx.check_finite(f"epoch {self.state.epoch + 1}")
 
     def _stop_now(self) -> None:
-        self._stop_signal = self._stop_signal or "a signal to another process"
         self.save()
-        where = self.ckpt_dir / "last.pt" if self.ckpt_dir else "nowhere (no run folder)"
-        self.event(f"stopped by {self._stop_signal} at step {self.state.step}")
-        raise TrainingInterrupted(
-            f"stopped by {self._stop_signal} at step {self.state.step}; checkpoint saved to {where}. "
-            "Run the same command with --resume to continue"
-        )
+        raise self.ctx.interrupted(f"step {self.state.step}")
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self, resume: bool = False) -> TrainState:
         if not (resume and self.restore()):
-            if resume:
-                self.event("--resume given but no checkpoint found; starting from the beginning")
-            if self.metrics_log:  # lines from an earlier attempt that never checkpointed
-                self.metrics_log.truncate_after(0)
-        self.event(f"fit start step={self.state.step} epoch={self.state.epoch}{distributed.describe(self.cfg)}")
-        for cb in self.callbacks:
-            cb.on_fit_start(self)
-        try:
-            with self._graceful_signals():
-                while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
-                    self._run_epoch()
-        except OSError as exc:
-            if not runfiles.is_disk_error(exc):
-                raise
-            # a write of the run's own files says so itself; this is any other file a task or callback writes
-            where = exc.filename or (self.run_dir or "a file")
-            last = self.ckpt_dir / "last.pt" if self.ckpt_dir else None
-            kept = f"{last} is intact" if last and last.exists() else "no checkpoint had been written"
-            raise runfiles.write_error(exc, where, "", f"run the same command with --resume ({kept})") from None
-        finally:
-            self.stop_vote.close()
-            for cb in self.callbacks:
-                cb.on_fit_end(self)
+            self.ctx.fresh_start(resume)
+        with self.ctx.fitting(self, f"step={self.state.step} epoch={self.state.epoch}{distributed.describe(self.cfg)}"):
+            while self.state.epoch < self.cfg.epochs and not self.state.stopped_early:
+                self._run_epoch()
         self.event(f"fit end step={self.state.step} epoch={self.state.epoch}")
         return self.state
 
@@ -317,9 +228,7 @@ class Trainer:
                         loss = loss * weight
                 self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
             add_sums(window, sums, counted=weight > 0)
-            self._bad_step = torch.where(
-                (self._bad_step < 0) & ~torch.isfinite(loss.detach()), state.step + 1, self._bad_step
-            )
+            self.ctx.note_loss(loss, state.step + 1)
             if not ends_step:
                 continue
             self._optimizer_step()
@@ -334,7 +243,7 @@ class Trainer:
                 window_start = self._log_window(window, window_start, write=False)
                 window = {}
                 self.save()
-            if self.stop_vote(self._stop_signal is not None):
+            if self.ctx.stop_requested():
                 self._log_window(window, window_start, write=False)
                 self._stop_now()
         self._log_window(window, window_start, write=False)

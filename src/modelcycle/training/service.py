@@ -6,20 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelcycle import runs, track
+from modelcycle import runs
 from modelcycle.compress.masks import refuse_plain_resume
 from modelcycle.config import Config, load_config
 from modelcycle.engine import distributed
+from modelcycle.engine.run_context import RunContext
 from modelcycle.engine.trainer import Trainer
 from modelcycle.errors import UserError
 from modelcycle.models import transfer
-from modelcycle.progress import warn
 from modelcycle.runs import Run
+from modelcycle.tasks import classify, text_classify
 from modelcycle.tasks import distill as distillation
-from modelcycle.tasks import registry
-from modelcycle.tasks.plugin import SetupContext
-from modelcycle.track.mlflow import MlflowTracker
-from modelcycle.training.package import write_run_package
+from modelcycle.training.package import portable, write_run_package
 
 
 def train(
@@ -41,73 +39,91 @@ def train(
     process calls this and rank 0 writes the run folder."""
     if not isinstance(config, Config):
         config = load_config(config, overrides)
-    elif overrides:  # what the caller left unset stays unset, for the task's defaults
-        config = load_config(None, overrides, base=config.model_dump(exclude_unset=True))
-    config = registry.apply_defaults(config)  # the task is known (a ConfigError names the known ones)
+    elif overrides:
+        config = load_config(None, overrides, base=config.model_dump())
     if nproc is not None and (nproc != 1 or distributed.launched()):
         from modelcycle.engine import launch
 
         if callbacks or train_items is not None or val_items is not None:
             raise UserError("nproc: callbacks, train_items and val_items cannot be sent to other processes")
         return Run(launch.train(config, nproc, resume=resume, overwrite=overwrite))
-    distributed.init(config.train.device)  # joins torchrun's process group; nothing outside torchrun
-    run_dir = runs.check_run_dir(config, resume=resume or overwrite)
-    if resume:
-        refuse_plain_resume(run_dir, callbacks)  # a pruned fine-tune resumes through `compress --resume`
-    tracking = track.callbacks(config, resume)  # status.json, MLflow: a bad tracking set-up fails here, before work
-    _tracking_capabilities(tracking, config)
+    if resume:  # a pruned fine-tune resumes through `compress --resume`
+        refuse_plain_resume(Path(config.run.dir) / config.run.name, callbacks)
+    # joins torchrun's process group, checks the run folder, sets up tracking: all before any work
+    ctx = RunContext.open(config, resume=resume, overwrite=overwrite, callbacks=callbacks)
+    run_dir = ctx.run_dir
     parts, meta, package, tuning = _task_setup(config, run_dir, resume, progress, train_items, val_items)
     trainer = Trainer(
+        ctx,
         parts.task,
         parts.model,
         parts.train_loader,
         parts.val_loader,
         config.train,
-        run_dir,
-        callbacks=[*tuning.callbacks, *(callbacks or []), *tracking],
+        callbacks=tuning.callbacks,
         meta=meta,
         progress=progress and distributed.is_main(),
     )
-    # data, model and settings are all checked by now: only then does the run folder appear
-    if resume and (changes := runs.config_changes(run_dir, config)):
-        warn(
-            "resuming with changed settings, so the result will differ from an uninterrupted run: " + "; ".join(changes)
-        )
-    # rank 0 locks the folder for the run's life (one process writes it; the other ranks write nothing)
-    with runs.run_folder(run_dir, config, overwrite and not resume, resume, writer=distributed.is_main()):
-        distributed.barrier()  # the folder exists (and an --overwrite'n one is gone) before any rank goes on
+    with ctx.folder():  # data, model and settings are all checked by now: only then does the folder appear
         tuning.report(trainer.event, show=progress and distributed.is_main())
         state = trainer.fit(resume=resume)
         run = Run(run_dir)
         if distributed.is_main():
             write_run_package(run, meta, state, config, package)
-            track.finish(tracking, run)
+        ctx.finish(run)
         distributed.barrier()  # every rank returns a finished run
     return run
 
 
 def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, train_items, val_items):
-    """The task plugin's parts (data, model, step, callbacks), its package metadata and writer, and
-    what setup did to the model (``model.init_from``, ``model.freeze``) for the run's events."""
-    plugin = registry.for_config(config)
-    if (train_items is not None or val_items is not None) and not plugin.can("crossval"):
-        raise UserError(
-            f"cross-validation takes image runs only; run.task={plugin.name} trains on the data its config names"
-        )
-    if plugin.setup is None or plugin.loop != "epochs":
-        raise UserError(
-            f"run.task={plugin.name} trains in its own loop: `modelcycle lm {plugin.name} CONFIG policy=RUN reward=RUN`"
-        )
-    parts = plugin.setup(config, SetupContext(run_dir, resume, progress, train_items, val_items))
-    return parts, parts.meta, parts.write_package, transfer.FineTuning(None, list(parts.notes), list(parts.callbacks))
+    """The task's data, model and step, its package metadata and writer, and what fine-tuning
+    (``model.init_from``, ``model.freeze``, ``train.unfreeze_at_epoch``) did to the model."""
+    if config.run.task in ("lm", "sft"):
+        if train_items is not None or val_items is not None:
+            raise UserError("cross-validation takes image runs only; language-model runs train on lm.train_files")
+        parts = language_model_setup(config)
+        return parts, parts.meta, parts.write_package, transfer.FineTuning(None, [], parts.callbacks)
+    if config.run.task == "ppo":
+        raise UserError("run.task=ppo trains in its own loop: `modelcycle lm ppo CONFIG policy=RUN reward=RUN`")
+    if config.run.task in ("reward", "dpo"):  # preference pairs: tasks/reward.py, tasks/dpo.py
+        if train_items is not None or val_items is not None:
+            raise UserError("cross-validation takes image runs only; reward and dpo runs train on data.root")
+        parts = preference_setup(config)
+        return parts, parts.meta, parts.write_package, transfer.FineTuning(None, [], [])
+    if config.run.task == "text_classify":
+        if train_items is not None or val_items is not None:
+            raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
+        parts = text_classify.setup(config)  # applies model.freeze or LoRA itself
+        tuning = transfer.FineTuning(None, [], transfer.unfreeze_callbacks(config, progress))
+        return parts, parts.meta, parts.write_package, tuning  # the Hugging Face layout
+    parts = classify.setup(config, train_items, val_items)
+    meta = {
+        "task": "classify",
+        "backend": "torch",
+        "architecture": portable(parts.model_spec),
+        "classes": parts.data.classes,
+        "preprocessing": parts.preprocessing,
+        "data_root": str(parts.data.root.resolve()),
+    }
+    if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
+        parts, meta["distillation"] = distillation.attach(config, parts)
+    tuning = transfer.prepare(config, parts.model, parts.data.classes, parts.preprocessing, run_dir, resume, progress)
+    if tuning.record:
+        meta["init_from"] = tuning.record
+    return parts, meta, runs.write_package, tuning
 
 
-def _tracking_capabilities(tracking: list, config: Config) -> None:
-    """Trackers learn what the task's packages are: MLflow logs a PyTorch model only of one it can load."""
-    plugin = registry.for_config(config)
-    for tracker in tracking:
-        if isinstance(tracker, MlflowTracker):
-            tracker.pytorch_model = plugin.can("mlflow_pytorch")
+def preference_setup(config: Config):
+    from modelcycle.tasks import dpo, reward
+
+    return (reward if config.run.task == "reward" else dpo).setup(config)
+
+
+def language_model_setup(config: Config):
+    """Pretraining (run.task=lm) or SFT (run.task=sft): tasks/lm.py, tasks/sft.py."""
+    from modelcycle.tasks import lm, sft
+
+    return (lm if config.run.task == "lm" else sft).setup(config)
 
 
 def distill(
