@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelcycle import runs
 from modelcycle.compress.masks import refuse_plain_resume
 from modelcycle.config import Config, load_config
 from modelcycle.engine import distributed
@@ -15,9 +14,11 @@ from modelcycle.engine.trainer import Trainer
 from modelcycle.errors import UserError
 from modelcycle.models import transfer
 from modelcycle.runs import Run
-from modelcycle.tasks import classify, text_classify
 from modelcycle.tasks import distill as distillation
-from modelcycle.training.package import portable, write_run_package
+from modelcycle.tasks import registry
+from modelcycle.tasks.plugin import SetupContext
+from modelcycle.track.mlflow import MlflowTracker
+from modelcycle.training.package import write_run_package
 
 
 def train(
@@ -39,8 +40,9 @@ def train(
     process calls this and rank 0 writes the run folder."""
     if not isinstance(config, Config):
         config = load_config(config, overrides)
-    elif overrides:
-        config = load_config(None, overrides, base=config.model_dump())
+    elif overrides:  # what the caller left unset stays unset, for the task's defaults
+        config = load_config(None, overrides, base=config.model_dump(exclude_unset=True))
+    config = registry.apply_defaults(config)  # the task is known (a ConfigError names the known ones)
     if nproc is not None and (nproc != 1 or distributed.launched()):
         from modelcycle.engine import launch
 
@@ -52,6 +54,7 @@ def train(
     # joins torchrun's process group, checks the run folder, sets up tracking: all before any work
     ctx = RunContext.open(config, resume=resume, overwrite=overwrite, callbacks=callbacks)
     run_dir = ctx.run_dir
+    _tracking_capabilities(ctx.tracking, config)
     parts, meta, package, tuning = _task_setup(config, run_dir, resume, progress, train_items, val_items)
     trainer = Trainer(
         ctx,
@@ -76,54 +79,27 @@ def train(
 
 
 def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, train_items, val_items):
-    """The task's data, model and step, its package metadata and writer, and what fine-tuning
-    (``model.init_from``, ``model.freeze``, ``train.unfreeze_at_epoch``) did to the model."""
-    if config.run.task in ("lm", "sft"):
-        if train_items is not None or val_items is not None:
-            raise UserError("cross-validation takes image runs only; language-model runs train on lm.train_files")
-        parts = language_model_setup(config)
-        return parts, parts.meta, parts.write_package, transfer.FineTuning(None, [], parts.callbacks)
-    if config.run.task == "ppo":
-        raise UserError("run.task=ppo trains in its own loop: `modelcycle lm ppo CONFIG policy=RUN reward=RUN`")
-    if config.run.task in ("reward", "dpo"):  # preference pairs: tasks/reward.py, tasks/dpo.py
-        if train_items is not None or val_items is not None:
-            raise UserError("cross-validation takes image runs only; reward and dpo runs train on data.root")
-        parts = preference_setup(config)
-        return parts, parts.meta, parts.write_package, transfer.FineTuning(None, [], [])
-    if config.run.task == "text_classify":
-        if train_items is not None or val_items is not None:
-            raise UserError("cross-validation takes image runs only; run.task=text_classify trains on data.root")
-        parts = text_classify.setup(config)  # applies model.freeze or LoRA itself
-        tuning = transfer.FineTuning(None, [], transfer.unfreeze_callbacks(config, progress))
-        return parts, parts.meta, parts.write_package, tuning  # the Hugging Face layout
-    parts = classify.setup(config, train_items, val_items)
-    meta = {
-        "task": "classify",
-        "backend": "torch",
-        "architecture": portable(parts.model_spec),
-        "classes": parts.data.classes,
-        "preprocessing": parts.preprocessing,
-        "data_root": str(parts.data.root.resolve()),
-    }
-    if config.distill.teacher:  # the model learns from a teacher's logits too (see `distill` below)
-        parts, meta["distillation"] = distillation.attach(config, parts)
-    tuning = transfer.prepare(config, parts.model, parts.data.classes, parts.preprocessing, run_dir, resume, progress)
-    if tuning.record:
-        meta["init_from"] = tuning.record
-    return parts, meta, runs.write_package, tuning
+    """The task plugin's parts (data, model, step, callbacks), its package metadata and writer, and
+    what setup did to the model (``model.init_from``, ``model.freeze``) for the run's events."""
+    plugin = registry.for_config(config)
+    if (train_items is not None or val_items is not None) and not plugin.can("crossval"):
+        raise UserError(
+            f"cross-validation takes image runs only; run.task={plugin.name} trains on the data its config names"
+        )
+    if plugin.setup is None or plugin.loop != "epochs":
+        raise UserError(
+            f"run.task={plugin.name} trains in its own loop: `modelcycle lm {plugin.name} CONFIG policy=RUN reward=RUN`"
+        )
+    parts = plugin.setup(config, SetupContext(run_dir, resume, progress, train_items, val_items))
+    return parts, parts.meta, parts.write_package, transfer.FineTuning(None, list(parts.notes), list(parts.callbacks))
 
 
-def preference_setup(config: Config):
-    from modelcycle.tasks import dpo, reward
-
-    return (reward if config.run.task == "reward" else dpo).setup(config)
-
-
-def language_model_setup(config: Config):
-    """Pretraining (run.task=lm) or SFT (run.task=sft): tasks/lm.py, tasks/sft.py."""
-    from modelcycle.tasks import lm, sft
-
-    return (lm if config.run.task == "lm" else sft).setup(config)
+def _tracking_capabilities(tracking: list, config: Config) -> None:
+    """Trackers learn what the task's packages are: MLflow logs a PyTorch model only of one it can load."""
+    plugin = registry.for_config(config)
+    for tracker in tracking:
+        if isinstance(tracker, MlflowTracker):
+            tracker.pytorch_model = plugin.can("mlflow_pytorch")
 
 
 def distill(
