@@ -11,7 +11,8 @@ from torch import nn
 
 from modelcycle import runs
 from modelcycle.errors import UserError
-from modelcycle.runs import Run, load_model, package_dir, read_manifest, write_package
+from modelcycle.packages import load_model
+from modelcycle.runs import Run, package_dir, read_manifest, write_package
 
 ARCH = {"name": "simple_cnn", "args": {"width": 4}, "in_channels": 1, "num_classes": 3, "image_size": 16}
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
 from modelcycle import runfiles
 from modelcycle.config import Config, flatten, load_config
@@ -351,33 +350,3 @@ def refuse_own_run(run_dir: Path, manifest: dict, message: str) -> None:
     if run_dir.resolve() in (Path(manifest["_dir"]).resolve().parent, Path(source).resolve() if source else None):
         raise UserError(message)
 
-
-def load_model(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, dict]:
-    """Build the architecture named in the package and load its checked weights (eval mode).
-    A package whose architecture is a Python file is built only with ``trust_code`` (or the
-    ``--trust-code`` opt-in): see models/registry.py."""
-    from modelcycle.models.registry import build_model
-
-    manifest = read_manifest(path)
-    task = manifest.get("task", "classify")
-    if task != "classify":
-        raise UserError(
-            f"{manifest['_dir']} holds a {task} model (Hugging Face layout): `modelcycle evaluate` and `predict` take "
-            "it, and transformers loads it as it is; this command takes image classifiers only"
-        )
-    weights = verified_weights(manifest)
-    arch = manifest["architecture"]
-    model = build_model(
-        arch["name"],
-        arch["in_channels"],
-        arch["num_classes"],
-        arch["image_size"],
-        arch.get("args"),
-        package=str(Path(manifest["_dir"]) / MANIFEST),
-        trust_code=trust_code,
-    )
-    try:
-        model.load_state_dict(load_file(weights))
-    except RuntimeError as exc:
-        raise UserError(f"{weights} does not fit architecture {arch['name']}: {exc}") from None
-    return model.eval(), manifest

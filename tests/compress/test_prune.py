@@ -20,7 +20,8 @@ from modelcycle.data.manifest import PreparedData
 from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import preprocess
-from modelcycle.runs import Run, load_model
+from modelcycle.packages import load_model
+from modelcycle.runs import Run
 
 SOURCE_LR = 0.01  # tiny_overrides' train.lr
 

@@ -24,7 +24,7 @@ from modelcycle.config import load_config
 from modelcycle.data.datasets import EpochSampler, ShardedBatches
 from modelcycle.engine import distributed, strategy
 from modelcycle.errors import ConfigError, UserError
-from modelcycle.runs import load_model
+from modelcycle.packages import load_model
 
 STEPS_PER_EPOCH = 4  # 27 training images in global batches of 8: 8, 8, 8, 3 (the 3 split 1 + 2)
 EPOCHS = 8

@@ -17,7 +17,7 @@ from modelcycle.data.manifest import PreparedData
 from modelcycle.engine.callbacks import Callback
 from modelcycle.engine.optim import build_scheduler
 from modelcycle.errors import ConfigError, DataError, NonFiniteLossError, UserError
-from modelcycle.runs import load_model
+from modelcycle.packages import load_model
 
 STEPS_PER_EPOCH = 4  # 30 training images in batches of 8
 

@@ -19,7 +19,7 @@ from modelcycle.data.manifest import PreparedData
 from modelcycle.errors import DataError, UserError
 from modelcycle.evaluation.crossval import crossval
 from modelcycle.evaluation.inference import preprocess
-from modelcycle.runs import load_model
+from modelcycle.packages import load_model
 
 REPORT_KEYS = {"accuracy", "top5", "macro_f1", "weighted_f1", "per_class"}
 

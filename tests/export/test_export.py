@@ -62,7 +62,7 @@ def test_export_runs_in_its_runtime_and_matches_pytorch(trained: Path, fmt: str)
     assert manifest["exports"][fmt]["parity"]["passed"] is True
     assert manifest["exports"][fmt]["parity"]["images"] > 0
 
-    model, _ = modelcycle.runs.load_model(trained)
+    model, _ = modelcycle.packages.load_model(trained)
     items = modelcycle.runs.Run.open(trained).config  # the run's own val split
     from modelcycle.data.manifest import PreparedData
 

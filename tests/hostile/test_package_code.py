@@ -12,7 +12,7 @@ import pytest
 import modelcycle
 from helpers import LINEAR_MODEL, assert_user_error, run_cli
 from modelcycle.errors import UserError
-from modelcycle.runs import load_model
+from modelcycle.packages import load_model
 
 MARKER_CODE = """
 from pathlib import Path

@@ -16,7 +16,7 @@ from modelcycle.cli import app
 from modelcycle.data.manifest import PreparedData
 from modelcycle.evaluation.inference import preprocess
 from modelcycle.monitor.profile import PROFILE, embedding_summary, read_profile
-from modelcycle.runs import load_model
+from modelcycle.packages import load_model
 
 
 def test_training_writes_a_profile_of_the_validation_data(digits_run: Path):

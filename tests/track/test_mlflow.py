@@ -16,7 +16,7 @@ import modelcycle
 from helpers import InterruptAt, read_jsonl, tiny_overrides
 from modelcycle.engine.trainer import TrainingInterrupted
 from modelcycle.errors import UserError
-from modelcycle.runs import load_model
+from modelcycle.packages import load_model
 
 mlflow = pytest.importorskip("mlflow")  # the optional extra; installed with [dev]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow.*")  # its own SQLAlchemy usage

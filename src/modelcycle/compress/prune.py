@@ -38,7 +38,8 @@ from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import predict_items
 from modelcycle.export.runtime import Predictor, torch_runner
-from modelcycle.runs import Run, load_model, read_manifest, update_manifest, write_package
+from modelcycle.packages import VISION, load_model, open_package
+from modelcycle.runs import Run, read_manifest, update_manifest, write_package
 from modelcycle.training.service import train
 
 LR_FACTOR = {"unstructured": 0.1, "structured": 1.0}  # default fine-tuning lr: the source run's times this
@@ -141,7 +142,10 @@ def prune_model(
 
     _check_arguments(sparsity_target, method, finetune_epochs, lr, recalibrate, resume)
     source, out = Path(source), Path(out)
-    manifest = read_manifest(source)
+    package = open_package(source).require(
+        VISION, "{folder} holds a {task} model; pruning takes image classifiers only"
+    )
+    manifest = package.manifest
     if manifest.get("backend", "torch") != "torch":
         raise UserError(
             f"{manifest['_dir']} is not a PyTorch package (backend {manifest['backend']!r}), so it cannot be "

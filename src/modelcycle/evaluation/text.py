@@ -48,6 +48,11 @@ def _examples(run: Run | None, manifest: dict, split: str, data: str | Path | No
     return texts.split(split)
 
 
+def text_examples(run: Run | None, manifest: dict, split: str, data: str | Path | None) -> list[tuple[str, int]]:
+    """(text, label index) pairs: a JSONL file given, else the split of the package's data folder."""
+    return _examples(run, manifest, split, data)
+
+
 def evaluate_text(
     run: str | Path | Run, split: str = "val", data: str | Path | None = None, backend: str = "auto"
 ) -> dict:

