@@ -178,14 +178,17 @@ def test_sigterm_lets_a_streaming_answer_finish(server, lm):
     assert server.process.wait(30) == -signal.SIGTERM and "in-flight requests answered" in server.log
 
 
-def test_one_server_serves_either_images_or_language_models(tiny_lm_run, tmp_path):
-    from modelcycle.errors import UserError
-    from modelcycle.serve.server import language_models
+def test_one_server_gives_each_kind_its_protocols(tiny_lm_run, tmp_path):
+    """Issue 15 changed this by design: one server now hosts language models beside image
+    classifiers (tests/serve/test_mixed_server.py); each kind gets its own protocols."""
+    from modelcycle.serve.server import protocols_of
 
     image = tmp_path / "digits" / "model"
     image.mkdir(parents=True)
-    (image / "modelcycle.json").write_text(json.dumps({"format": "modelcycle.package/1", "task": "classify"}))
-    assert language_models([f"chat={tiny_lm_run}"])
-    assert not language_models([str(tmp_path / "digits")])
-    with pytest.raises(UserError, match="separate servers"):
-        language_models([str(tiny_lm_run), f"img={tmp_path / 'digits'}"])
+    manifest = {"format": "modelcycle.package/1", "task": "classify", "architecture": {"name": "simple_cnn"}}
+    (image / "modelcycle.json").write_text(json.dumps(manifest))
+    found = protocols_of([str(tiny_lm_run), f"img={tmp_path / 'digits'}"])
+    assert [(name, chosen) for name, _, chosen in found] == [
+        ("tiny-chat", ("openai",)),
+        ("img", ("predict_v1", "kserve_v2")),
+    ]

@@ -7,17 +7,11 @@ means a bug or an overload (503 + Retry-After), never bad input.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import os
-import time
-from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -26,31 +20,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from modelcycle.config import ServeSection
-from modelcycle.errors import ConfigError, DataError
+from modelcycle.errors import ConfigError
 from modelcycle.progress import info
 from modelcycle.serve import replies, schemas
 from modelcycle.serve.auth import require_key
-from modelcycle.serve.batching import DynamicBatcher, QueueFull
 from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.methods import JsonErrorsProtocol
-from modelcycle.serve.metrics import MetricsMiddleware, ServeMetrics
+from modelcycle.serve.metrics import MetricsMiddleware
 from modelcycle.serve.models import ServedModel
-from modelcycle.serve.pool import DecodePool
-from modelcycle.serve.predict import PredictEndpoint, b64decode, check_count, openapi_operation, softmax
+from modelcycle.serve.protocols import kserve_v2, openai, predict_v1, score
+from modelcycle.serve.protocols.openai import NeverReset
+from modelcycle.serve.replies import ERRORS, ERRORS_TEXT
+from modelcycle.serve.state import ServeState
 
+__all__ = ["ERRORS", "ERRORS_TEXT", "ServeApp", "ServeState", "build_app", "create_app", "docs_routes"]
 STATIC = Path(__file__).parent / "static"
-ERRORS_TEXT = {
-    400: "An image or tensor could not be used (the message says which and why).",
-    401: "Missing or wrong API key.",
-    404: "No model of that name or version.",
-    408: "The request body arrived too slowly.",
-    413: "Body, image count or image size over a limit.",
-    415: "Body is neither JSON nor multipart/form-data.",
-    422: "The body does not match the schema.",
-    503: "The model's queue is full; retry after the Retry-After header's seconds.",
-    504: "The model did not answer within serve.request_timeout_s.",
-}
-ERRORS = {code: {"model": schemas.ErrorResponse, "description": text} for code, text in ERRORS_TEXT.items()}
 
 
 class ServeApp(FastAPI):
@@ -62,10 +46,11 @@ class ServeApp(FastAPI):
 
     fast_routes: dict[str, tuple[object, dict, dict]]  # path: (ASGI app, POST operation, schemas)
     http_protocol = JsonErrorsProtocol
+    head_as_get = True
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            if scope["method"] == "HEAD":  # uvicorn sends no body for HEAD, as it still sees HEAD
+            if scope["method"] == "HEAD" and self.head_as_get:  # uvicorn sends no body for HEAD, as it still sees HEAD
                 scope = {**scope, "method": "GET"}
             if (fast := self.fast_routes.get(scope["path"])) is not None:
                 return await fast[0](scope, receive, send)
@@ -97,131 +82,76 @@ class ServeApp(FastAPI):
         return self.openapi_schema
 
 
-class ServeState:
-    """The models, their batchers and the decode pool of one app."""
-
-    def __init__(self, models: list[ServedModel], cfg: ServeSection, metrics: ServeMetrics):
-        self.cfg = cfg
-        self.models = {m.name: m for m in models}
-        self.default = models[0].name
-        self.metrics = metrics
-        self.monitor = None  # a modelcycle.monitor.live.Monitor with `serve --monitor DIR`
-        self.decode_pool = DecodePool(cfg.preprocess_threads or os.cpu_count() or 1)
-        self.batchers = {
-            m.name: DynamicBatcher(
-                m.predictor,
-                cfg.max_batch_size,
-                cfg.max_batch_delay_ms,
-                cfg.max_queue,
-                on_batch=metrics.batch_size.labels(m.name).observe,
-            )
-            for m in models
-        }
-        for name, batcher in self.batchers.items():
-            metrics.queue_depth.labels(name).set_function(lambda b=batcher: b.depth)
-
-    def model(self, name: str | None, version: str | None = None) -> ServedModel:
-        served = self.models.get(name or self.default)
-        if served is None:
-            raise HTTPException(404, f"no model named {name!r}; this server has {', '.join(self.models)}")
-        if version is not None and version != served.version:
-            raise HTTPException(404, f"model {served.name!r} has version {served.version}, not {version!r}")
-        return served
-
-    @asynccontextmanager
-    async def deadline(self) -> AsyncIterator[float]:
-        """``serve.request_timeout_s`` over all the work of a request once its body is in, decoding
-        and the model together: 504 when it runs out. Yields the deadline on ``time.monotonic``."""
-        timeout = self.cfg.request_timeout_s
-        try:
-            async with asyncio.timeout(timeout):
-                yield time.monotonic() + timeout
-        except TimeoutError:
-            raise HTTPException(504, f"no answer within {timeout:g} s (serve.request_timeout_s); retry later") from None
-
-    async def decode(
-        self, served: ServedModel, blobs: list[bytes], deadline: float
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Decode and preprocess in the pool, all images of a request in parallel. With a monitor,
-        also each file's ``size`` feature (from the header the decoder reads anyway); else None.
-        A job still queued at ``deadline`` is skipped: its request has had its 504."""
-        sized = self.monitor is not None
-        work = functools.partial(_in_time, deadline, served.preprocess_sized if sized else served.preprocess)
-        results = await asyncio.gather(*[self.decode_pool.submit(work, blob) for blob in blobs], return_exceptions=True)
-        for i, result in enumerate(results):
-            if isinstance(result, DataError):
-                raise HTTPException(400, f"image {i}: {result}")
-            if isinstance(result, BaseException):
-                raise result
-        if sized:
-            images, sizes = zip(*results, strict=True)
-            return np.stack(images), np.asarray(sizes)
-        return np.stack(results), None
-
-    async def logits(self, served: ServedModel, images: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
-        """The model's answer; callers bound the wait with :meth:`deadline`."""
-        started = time.perf_counter()
-        try:
-            out = await self.batchers[served.name].submit(images)
-        except QueueFull as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
-        self.metrics.images.labels(served.name).inc(len(images))
-        if self.monitor is not None:  # hands the arrays to its writer thread; nothing else on this path
-            self.monitor.observe(served, images, out, time.perf_counter() - started, sizes)
-        return out
-
-
-def _in_time(deadline: float, work, blob: bytes):
-    """``work(blob)`` in a pool thread, unless the request's deadline has passed while it queued."""
-    if time.monotonic() > deadline:
-        raise TimeoutError  # its request has been answered (504); nobody waits for this
-    return work(blob)
+STYLES = {  # error replies by protocol: (http_error, invalid, bug); bug None: NeverReset answers
+    "predict_v1": (replies.http_error, replies.invalid, replies.bug),
+    "kserve_v2": (replies.http_error, replies.invalid, replies.bug),
+    "openai": (openai.http_error, openai.invalid, openai.bug),
+    "score": (score.http_error, score.invalid, openai.bug),
+}
+OWNED = {"openai": openai.PREFIXES, "score": score.PREFIXES}  # paths whose errors are that protocol's
+MODULES = {"predict_v1": predict_v1, "kserve_v2": kserve_v2, "openai": openai, "score": score}
+ORDER = tuple(MODULES)
 
 
 def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None, monitor=None) -> FastAPI:
-    metrics = ServeMetrics()
-    state = ServeState(models, cfg, metrics)
+    """The image (and text) classifier server: ``/v1/predict`` and KServe v2 over ``models``."""
+    state = ServeState(models, cfg, api_key=api_key)
     if monitor is not None:  # drift gauges on /metrics next to latency
         state.monitor = monitor
-        monitor.attach(metrics.registry)
+        monitor.attach(state.metrics.registry)
+    return build_app(state, ["predict_v1", "kserve_v2"])
+
+
+def build_app(state: ServeState, protocols: list[str]) -> ServeApp:
+    """One app over ``state``: the common routes (/metrics, health, /v1/models, /docs), then each
+    protocol module's routes. Errors take the shape of the protocol that owns the path, else of
+    the first protocol served."""
+    cfg, api_key = state.cfg, state.api_key
+    protocols = [name for name in ORDER if name in protocols]
     auth = [Depends(require_key(api_key))] if api_key else []  # no per-request dependency when open
     if cfg.metrics_auth and not api_key:
         raise ConfigError("serve.metrics_auth=true puts /metrics behind the API key: give one with --api-key-env NAME")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        for batcher in state.batchers.values():
-            batcher.start()
+        await state.start()
         yield
-        # uvicorn has let in-flight requests finish by now (graceful shutdown)
-        for batcher in state.batchers.values():
-            await batcher.stop()
-        state.decode_pool.shutdown()
-        if state.monitor is not None:
-            state.monitor.close()  # commits the rows still waiting
+        await state.stop()  # uvicorn has let in-flight requests finish by now (graceful shutdown)
         info("server stopped: in-flight requests answered")
 
+    served = [*state.models, *state.lms, *state.rewards]
     app = ServeApp(
         title="modelcycle serve",
         version=package_version("modelcycle"),
-        description="Image classification: `/v1/predict` (JSON or multipart) and the Open Inference Protocol "
-        "(KServe v2) under `/v2`. Metrics at `/metrics`, a playground at `/`. Served: " + ", ".join(state.models),
+        description=f"Protocols: {', '.join(protocols)}. Metrics at `/metrics`. Served: " + ", ".join(served),
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
     )
     app.state.serve = state
-    limits = {"max_bytes": int(cfg.max_body_mb * 1e6), "timeout_s": cfg.body_timeout_s}
-    app.add_middleware(BodyLimits, **limits)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    predict = MetricsMiddleware(BodyLimits(PredictEndpoint(state, api_key), **limits), metrics)
-    app.fast_routes = {"/v1/predict": (predict, *openapi_operation(ERRORS_TEXT, api_key is not None))}
-    _error_handlers(app)
+    app.fast_routes = {}
+    classifiers = "predict_v1" in protocols
+    if not classifiers:  # the LM and score servers: uvicorn's own parser, HEAD as the routes declare
+        app.http_protocol, app.head_as_get = "auto", False
+    app.add_middleware(BodyLimits, max_bytes=int(cfg.max_body_mb * 1e6), timeout_s=cfg.body_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    if not classifiers or len(protocols) > 2:
+        app.add_middleware(NeverReset)  # outermost: sees whatever the others let through
+    _error_handlers(app, protocols)
     docs_routes(app)
+    _common_routes(app, state, protocols, auth)
+    for name in protocols:
+        MODULES[name].add_routes(app, state, auth)
+    return app
 
-    @app.get("/", include_in_schema=False)
-    async def playground() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text())
+
+def _common_routes(app: ServeApp, state: ServeState, protocols: list[str], auth: list) -> None:
+    cfg, metrics = state.cfg, state.metrics
+    if state.images:
+
+        @app.get("/", include_in_schema=False)
+        async def playground() -> HTMLResponse:
+            return HTMLResponse((STATIC / "index.html").read_text())
 
     @app.get(
         "/metrics",
@@ -233,24 +163,9 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.get("/v1/models", tags=["v1"], response_model=schemas.ModelList, responses=ERRORS, dependencies=auth)
+    @app.get("/v1/models", tags=["v1"], responses=replies.ERRORS, dependencies=auth)
     async def list_models() -> dict:
-        return {
-            "models": [
-                {
-                    "name": m.name,
-                    "version": m.version,
-                    "backend": m.predictor.backend,
-                    "classes": m.classes,
-                    "input_shape": m.input_shape,
-                }
-                for m in state.models.values()
-            ]
-        }
-
-    @app.get("/v2", tags=["v2"], response_model=schemas.ServerMetadata)
-    async def server_metadata() -> dict:
-        return {"name": "modelcycle", "version": app.version, "extensions": []}
+        return models_listing(state, protocols)
 
     @app.get("/v2/health/live", tags=["v2"], response_model=schemas.Live)
     async def live() -> dict:
@@ -258,100 +173,64 @@ def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None
 
     @app.get("/v2/health/ready", tags=["v2"], response_model=schemas.Ready)
     async def ready() -> JSONResponse:
-        ok = all(b.running for b in state.batchers.values())
+        ok = state.ready
         # the Open Inference Protocol: 200 means ready, a 4xx not ready (probes read only the code)
         return JSONResponse({"ready": ok}, 200 if ok else 400)
 
-    def latest(name: str) -> ServedModel:
-        return state.model(name)
 
-    def versioned(name: str, version: str) -> ServedModel:
-        return state.model(name, version)
-
-    _v2_model_routes(app, state, "/v2/models/{name}", auth, latest)
-    _v2_model_routes(app, state, "/v2/models/{name}/versions/{version}", auth, versioned)
-    return app
-
-
-def _v2_model_routes(app: FastAPI, state: ServeState, prefix: str, auth: list, pick) -> None:
-    """The per-model endpoints, under /v2/models/NAME and /v2/models/NAME/versions/VERSION."""
-
-    @app.get(prefix, tags=["v2"], response_model=schemas.ModelMetadata, responses=ERRORS, dependencies=auth)
-    async def model_metadata(served: ServedModel = Depends(pick)) -> dict:
-        return served.metadata()
-
-    @app.get(prefix + "/ready", tags=["v2"], response_model=schemas.ModelReady, responses=ERRORS, dependencies=auth)
-    async def model_ready(served: ServedModel = Depends(pick)) -> dict:
-        return {"name": served.name, "ready": True}
-
-    @app.post(prefix + "/infer", tags=["v2"], response_model=schemas.InferResponse, responses=ERRORS, dependencies=auth)
-    async def infer(body: schemas.InferRequest, served: ServedModel = Depends(pick)) -> JSONResponse:
-        async with state.deadline() as deadline:
-            images, sizes = await _v2_images(state, served, body.inputs[0], deadline)
-            logits = await state.logits(served, images, sizes)
-        wanted = [o.name for o in body.outputs] if body.outputs else ["probabilities", "logits", "label"]
-        values = {
-            "probabilities": lambda: softmax(logits),
-            "logits": lambda: logits,
-            "label": lambda: np.asarray([served.classes[i] for i in logits.argmax(1)]),
-        }
-        outputs = []
-        for out in dict.fromkeys(wanted):
-            array = values[out]()
-            datatype = "BYTES" if out == "label" else "FP32"
-            data = array.ravel().tolist()
-            outputs.append({"name": out, "shape": list(array.shape), "datatype": datatype, "data": data})
-        return JSONResponse(
-            {"model_name": served.name, "model_version": served.version, "id": body.id, "outputs": outputs}
-        )
+def models_listing(state: ServeState, protocols: list[str]) -> dict:
+    """``models`` for our clients (classifiers), ``object``/``data`` for OpenAI's; a server with
+    several kinds lists every model in both, each entry with its task."""
+    ours = [m.describe() for m in state.models.values()]
+    theirs = [openai.describe(m, state.started) for m in state.lms.values()]
+    theirs += [score.describe(m) for m in state.rewards.values()]
+    if not theirs:
+        return {"models": ours}
+    if not ours and len(protocols) == 1:
+        return {"object": "list", "data": theirs}
+    tasks = {m.name: _task(m) for m in [*state.models.values(), *state.lms.values(), *state.rewards.values()]}
+    for entry in ours:
+        entry["task"] = tasks[entry["name"]]
+    for entry in theirs:
+        entry["task"] = tasks[entry["id"]]
+    everyone = ours + [{"name": e["id"], "version": e.get("version"), "task": e["task"]} for e in theirs]
+    data = theirs + [
+        {"id": e["name"], "object": "model", "created": state.started, "owned_by": "modelcycle", "task": e["task"]}
+        for e in ours
+    ]
+    return {"models": everyone, "object": "list", "data": data}
 
 
-async def _v2_images(
-    state: ServeState, served: ServedModel, tensor: schemas.InferTensor, deadline: float
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The request's images, and their sizes as sent when they came as files and a monitor wants them."""
-    count = tensor.shape[0]
-    if count < 1 or any(d < 1 for d in tensor.shape):
-        raise HTTPException(400, f"input {tensor.name!r}: shape {tensor.shape} has an empty or negative dimension")
-    check_count(count, state.cfg)
-    if tensor.name == "image_bytes" and tensor.datatype == "BYTES":
-        if tensor.shape != [count] or len(tensor.data) != count or not all(isinstance(v, str) for v in tensor.data):
-            raise HTTPException(400, f"input 'image_bytes': send shape [N] and N base64 strings, not {tensor.shape}")
-        blobs = [b64decode(text, f"image_bytes[{i}]") for i, text in enumerate(tensor.data)]
-        return await state.decode(served, blobs, deadline)
-    if tensor.name == "input" and tensor.datatype == "FP32":
-        expected = [count, *served.input_shape]
-        if tensor.shape != expected:
-            raise HTTPException(400, f"input 'input': shape {tensor.shape}, expected {expected} (N, C, H, W)")
-        try:
-            array = np.asarray(tensor.data, dtype=np.float32).ravel()
-        except (ValueError, TypeError):
-            raise HTTPException(400, "input 'input': data must be numbers (flat or nested lists)") from None
-        if array.size != np.prod(expected):
-            raise HTTPException(400, f"input 'input': {array.size} values for shape {expected} ({np.prod(expected)})")
-        if not np.isfinite(array).all():
-            raise HTTPException(400, "input 'input': NaN or infinite values")
-        return array.reshape(expected), None  # a tensor: the size it had as a file is unknown
-    shape = served.input_shape
-    raise HTTPException(
-        400,
-        f"input {tensor.name!r} ({tensor.datatype}): send 'input' as FP32 shape [N, {', '.join(map(str, shape))}]"
-        " (preprocessed) or 'image_bytes' as BYTES base64 image files",
-    )
+def _task(served) -> str | None:
+    manifest = getattr(getattr(served, "predictor", None), "manifest", None)
+    if manifest is None:
+        manifest = getattr(getattr(served, "lm", None), "manifest", None)
+    if manifest is None:
+        return "reward" if hasattr(served, "score") else None
+    return manifest.get("task", "classify")
 
 
-def _error_handlers(app: FastAPI) -> None:
+def _style(path: str, protocols: list[str]):
+    for name in protocols:
+        if path.startswith(OWNED.get(name, ("\0",))):
+            return STYLES[name]
+    return STYLES[protocols[0]]
+
+
+def _error_handlers(app: FastAPI, protocols: list[str]) -> None:
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return replies.http_error(exc)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _style(request.url.path, protocols)[0](exc)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return replies.invalid(exc)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _style(request.url.path, protocols)[1](exc)
 
-    @app.exception_handler(Exception)
-    async def bug(_request: Request, exc: Exception) -> JSONResponse:
-        return replies.bug(exc)
+    if "predict_v1" in protocols:  # the others leave a bug's 500 to NeverReset, as they always have
+
+        @app.exception_handler(Exception)
+        async def bug(request: Request, exc: Exception) -> JSONResponse:
+            return _style(request.url.path, protocols)[2](exc)
 
 
 def docs_routes(app: FastAPI) -> None:

@@ -28,7 +28,7 @@ from modelcycle.serve import replies, schemas
 from modelcycle.serve.auth import check_header
 
 if TYPE_CHECKING:
-    from modelcycle.serve.app import ServeState
+    from modelcycle.serve.state import ServeState
 
 PATH = "/v1/predict"
 QUERY = [
@@ -94,10 +94,15 @@ class PredictEndpoint:
         state = self.state
         model, topk = _query(request)
         served = state.model(model)
-        blobs, body_topk = await _read_images(request, state.cfg)
-        async with state.deadline() as deadline:
-            images, sizes = await state.decode(served, blobs, deadline)
-            probs = softmax(await state.logits(served, images, sizes))
+        if getattr(served, "texts", False):
+            texts, body_topk = await _read_texts(request, state.cfg)
+            async with state.deadline() as deadline:
+                probs = softmax(await state.logits(served, await state.encode(served, texts, deadline)))
+        else:
+            blobs, body_topk = await _read_images(request, state.cfg)
+            async with state.deadline() as deadline:
+                images, sizes = await state.decode(served, blobs, deadline)
+                probs = softmax(await state.logits(served, images, sizes))
         k = min(topk or body_topk or state.cfg.topk, len(served.classes))
         # no re-validation against PredictResponse (it documents the reply): it is built right here
         return JSONResponse(
@@ -105,8 +110,9 @@ class PredictEndpoint:
         )
 
 
-def openapi_operation(errors: dict[int, str], secured: bool) -> tuple[dict, dict]:
-    """The POST operation for the spec, and the component schemas it refers to."""
+def openapi_operation(errors: dict[int, str], secured: bool, texts: bool = False) -> tuple[dict, dict]:
+    """The POST operation for the spec, and the component schemas it refers to; ``texts``: the
+    server holds text classifiers too, whose models take ``{"texts": [...]}``."""
     ref = "#/components/schemas/{model}"
     reply = schemas.PredictResponse.model_json_schema(ref_template=ref, mode="serialization")
     components = {**reply.pop("$defs", {}), "PredictResponse": reply}
@@ -123,7 +129,7 @@ def openapi_operation(errors: dict[int, str], secured: bool) -> tuple[dict, dict
         "summary": "Classify images sent as JSON base64 or as multipart files",
         "operationId": "predict_v1_predict_post",
         "parameters": QUERY,
-        "requestBody": BODY,
+        "requestBody": _text_body() if texts else BODY,
         "responses": responses,
     }
     if secured:
@@ -131,10 +137,15 @@ def openapi_operation(errors: dict[int, str], secured: bool) -> tuple[dict, dict
     return operation, components
 
 
-def check_count(count: int, cfg: ServeSection) -> None:
+def _text_body() -> dict:
+    either = [BODY["content"]["application/json"]["schema"], schemas.TextPredictRequest.model_json_schema()]
+    return {**BODY, "content": {**BODY["content"], "application/json": {"schema": {"anyOf": either}}}}
+
+
+def check_count(count: int, cfg: ServeSection, what: str = "images") -> None:
     """Before any decoding: a request over the limit costs nothing."""
     if count > cfg.max_images:
-        raise HTTPException(413, f"{count} images in one request; the limit is {cfg.max_images}")
+        raise HTTPException(413, f"{count} {what} in one request; the limit is {cfg.max_images}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -188,6 +199,19 @@ async def _read_images(request: Request, cfg: ServeSection) -> tuple[list[bytes]
         raise RequestValidationError(exc.errors(include_url=False)) from None
     check_count(len(body.images), cfg)
     return [b64decode(text, f"images[{i}]") for i, text in enumerate(body.images)], body.topk
+
+
+async def _read_texts(request: Request, cfg: ServeSection) -> tuple[list[str], int | None]:
+    """The texts of a /v1/predict body for a text classifier: JSON ``{"texts": [...], "topk": k}``."""
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise HTTPException(415, f"content type {kind!r}: a text classifier takes application/json with 'texts'")
+    try:
+        body = schemas.TextPredictRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+    check_count(len(body.texts), cfg, "texts")
+    return body.texts, body.topk
 
 
 def _ranked(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:

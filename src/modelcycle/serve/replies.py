@@ -9,7 +9,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from modelcycle.serve import schemas
+
 log = logging.getLogger("modelcycle.serve")
+ERRORS_TEXT = {
+    400: "An image or tensor could not be used (the message says which and why).",
+    401: "Missing or wrong API key.",
+    404: "No model of that name or version.",
+    408: "The request body arrived too slowly.",
+    413: "Body, image count or image size over a limit.",
+    415: "Body is neither JSON nor multipart/form-data.",
+    422: "The body does not match the schema.",
+    503: "The model's queue is full; retry after the Retry-After header's seconds.",
+    504: "The model did not answer within serve.request_timeout_s.",
+}
+ERRORS = {code: {"model": schemas.ErrorResponse, "description": text} for code, text in ERRORS_TEXT.items()}
 
 
 def http_error(exc: HTTPException) -> JSONResponse:

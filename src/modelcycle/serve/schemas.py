@@ -19,6 +19,11 @@ class PredictRequest(Strict):
     topk: int | None = Field(None, ge=1, le=1000, description="Classes to return per image (default serve.topk).")
 
 
+class TextPredictRequest(Strict):
+    texts: list[str] = Field(..., min_length=1, description="Texts to classify (a text classifier's model).")
+    topk: int | None = Field(None, ge=1, le=1000, description="Classes to return per text (default serve.topk).")
+
+
 class Ranked(BaseModel):
     label: str
     index: int

@@ -1,4 +1,6 @@
-"""Starting the server: load and warm the models, bind, run uvicorn until SIGTERM or Ctrl-C.
+"""Starting the server: open every package, load and warm its model, give it the protocols its
+files call for, bind, run uvicorn until SIGTERM or Ctrl-C. One process hosts image classifiers,
+text classifiers, language models and reward models side by side.
 
 On SIGTERM uvicorn stops accepting connections and lets in-flight requests finish (up to
 ``serve.graceful_timeout_s``) before the batchers stop, so a rolling restart drops nothing.
@@ -6,64 +8,102 @@ On SIGTERM uvicorn stops accepting connections and lets in-flight requests finis
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from modelcycle.config import MonitorSection, ServeSection
 from modelcycle.errors import UserError
+from modelcycle.packages import VISION, open_package
+from modelcycle.serve import protocols as protocol_table
 from modelcycle.serve.auth import read_api_key
 from modelcycle.serve.http import run
-from modelcycle.serve.models import ServedModel, load_models
+from modelcycle.serve.models import ServedModel, ServedText, model_name
+from modelcycle.serve.state import ServeState
+
+ENDPOINTS = {
+    "predict_v1": "playground {url}/",
+    "openai": "OpenAI API {url}/v1",
+    "score": "POST {url}/v1/score",
+}
 
 
-def warm_up(models: list[ServedModel], batch: int) -> None:
+def warm_up(models: list, batch: int) -> None:
     """One call per batch size the batcher will use first, so no client pays for lazy set-up."""
     for served in models:
         for size in sorted({1, batch}):
-            served.predictor(np.zeros((size, *served.input_shape), np.float32))
+            if getattr(served, "texts", False):
+                served.predictor(served.encode(["warm up"] * size))
+            else:
+                served.predictor(np.zeros((size, *served.input_shape), np.float32))
+
+
+def protocols_of(specs: list[str]) -> list[tuple[str, Path, tuple[str, ...]]]:
+    """(name, path, protocols) per ``runs/a`` or ``name=runs/a``; names must be unique (URL paths)."""
+    out: list[tuple[str, Path, tuple[str, ...]]] = []
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        path = Path(path)
+        name = name or model_name(path)
+        if any(taken == name for taken, _, _ in out):
+            raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
+        out.append((name, path, protocol_table.for_package(open_package(path))))
+    return out
+
+
+def load_state(specs: list[str], cfg: ServeSection, api_key: str | None = None) -> tuple[ServeState, list[str]]:
+    """The server state over every model in ``specs``, and the protocols they need."""
+    from modelcycle.export.runtime import load_predictor, load_text_predictor
+    from modelcycle.lm.load import load_lm
+    from modelcycle.serve.lm_runner import ServedLM
+    from modelcycle.serve.protocols.score import load_reward_models
+
+    classifiers, lms, rewards, wanted = [], [], [], set()
+    for name, path, chosen in protocols_of(specs):
+        wanted.update(chosen)
+        if "openai" in chosen:
+            lms.append(ServedLM(name, load_lm(path), str(path), cfg.max_queue, cfg.max_active))
+        elif "score" in chosen:
+            rewards.extend(load_reward_models([f"{name}={path}"]))
+        else:
+            package = open_package(path)
+            if package.kind == VISION:
+                predictor = load_predictor(package, cfg.backend, spin=False)
+                classifiers.append(ServedModel(name, package.version, predictor, cfg.max_pixels, str(path)))
+            else:
+                predictor = load_text_predictor(package, cfg.backend, spin=False)
+                classifiers.append(ServedText(name, package.version, predictor, str(path)))
+    state = ServeState(classifiers, cfg, lms=lms, rewards=rewards, api_key=api_key)
+    return state, sorted(wanted, key=protocol_table.ORDER.index)
 
 
 def serve(specs: list[str], cfg: ServeSection, monitoring: MonitorSection | None = None) -> None:
-    """``monitoring`` with a ``dir``: log predictions there and export drift (docs/monitor.md)."""
-    from modelcycle.serve.app import create_app
+    """``monitoring`` with a ``dir``: log the image classifiers' predictions there and export
+    drift (docs/monitor.md)."""
+    from modelcycle.serve.app import build_app
 
     api_key = read_api_key(cfg.api_key_env)
-    if reward_models(specs):  # POST /v1/score (serve/score.py)
-        from modelcycle.serve.score import serve_reward_models
-
-        return serve_reward_models(specs, cfg, api_key)
-    if language_models(specs):
-        from modelcycle.serve.openai import serve_language_models
-
-        return serve_language_models(specs, cfg, api_key)
-    models = load_models(specs, cfg.backend, cfg.max_pixels)
-    monitor = None
-    if monitoring is not None and monitoring.dir:
+    state, protocols = load_state(specs, cfg, api_key)
+    images = list(state.images.values())
+    if monitoring is not None and monitoring.dir and images:
         from modelcycle.monitor.live import start_monitor
 
-        monitor = start_monitor(models, monitoring)
-    warm_up(models, cfg.max_batch_size)
-    app = create_app(models, cfg, api_key, monitor)
-    lines = [f"serving {m.name} (version {m.version}, {m.predictor.backend}, {len(m.classes)} classes)" for m in models]
-    run(app, cfg, lines, "playground {url}/  docs {url}/docs  metrics {url}/metrics", api_key is not None)
+        state.monitor = start_monitor(images, monitoring)
+        state.monitor.attach(state.metrics.registry)  # drift gauges on /metrics next to latency
+    warm_up(list(state.models.values()), cfg.max_batch_size)
+    for lm in state.lms.values():
+        lm.warm_up()
+    app = build_app(state, protocols)
+    lines = [_line(m) for m in state.models.values()]
+    lines += [
+        f"serving {m.name} ({m.path}, context {m.lm.context_length} tokens, {m.lm.device})" for m in state.lms.values()
+    ]
+    lines += [f"serving {m.name} (version {m.version}, reward model)" for m in state.rewards.values()]
+    endpoints = [ENDPOINTS[p] for p in protocols if p in ENDPOINTS]
+    endpoints = "  ".join([*endpoints, "docs {url}/docs", "metrics {url}/metrics"])
+    run(app, cfg, lines, endpoints, api_key is not None)
 
 
-def language_models(specs: list[str]) -> bool:
-    """True when every model is a causal language model (served by the OpenAI-compatible app)."""
-    from modelcycle.lm.load import is_language_model
-
-    return _all_of(specs, is_language_model, "language models")
-
-
-def reward_models(specs: list[str]) -> bool:
-    """True when every model is a reward model (served for ``POST /v1/score``)."""
-    from modelcycle.serve.score import is_reward_model
-
-    return _all_of(specs, is_reward_model, "reward models")
-
-
-def _all_of(specs: list[str], is_kind, kind: str) -> bool:
-    """One server hosts one kind of model: their APIs share paths such as ``/v1/models``."""
-    kinds = {is_kind(spec.rpartition("=")[2]) for spec in specs}
-    if len(kinds) > 1:
-        raise UserError(f"{kind} and other models are served by separate servers; start one for each kind")
-    return kinds == {True}
+def _line(m) -> str:
+    texts = ", texts" if getattr(m, "texts", False) else ""
+    return f"serving {m.name} (version {m.version}, {m.predictor.backend}, {len(m.classes)} classes{texts})"
