@@ -154,33 +154,29 @@ class Package:
         return model.eval()
 
     def load_sequence_classifier(self) -> Loaded:
-        self.verify()
-        hf.require_safetensors(self.folder)
-        try:
-            tokenizer = hf.load_tokenizer(self.folder)
-            model = hf.load_sequence_classifier(self.folder)
-        except (OSError, ValueError, KeyError) as exc:
-            why = f"transformers could not load a classifier and its tokenizer: {exc}"
-            raise UserError(f"{self.folder}: {why}") from None
-        hf.check_vocabulary(model, tokenizer, self.folder)
-        return Loaded(model.eval(), tokenizer, self.manifest)
+        return self._hugging_face("a classifier", self.folder, lambda: hf.load_sequence_classifier(self.folder))
 
     def load_causal(self, dtype: torch.dtype = torch.float32) -> Loaded:
         """A causal LM (or a peft adapter folded into its base) with its tokenizer."""
+        if self.kind != ADAPTER:
+            return self._hugging_face("a causal LM", self.folder, lambda: hf.load_causal(self.folder, dtype))
+        base = open_package(hf.adapter_base(self.folder))
+        # an adapter saved by peft alone has no tokenizer files: it reads its base model's
+        tokenizer_from = self.folder if hf.has_tokenizer(self.folder) else base.folder
+        return self._hugging_face(
+            "a causal LM", tokenizer_from, lambda: hf.fold_adapter(base.load_causal(dtype).model, self.folder)
+        )
+
+    def _hugging_face(self, what: str, tokenizer_from: Path, build) -> Loaded:
+        """Checked weights (sha256, safetensors only), then tokenizer and model, then the
+        vocabulary check; transformers' own errors become a UserError naming the folder."""
         self.verify()
         hf.require_safetensors(self.folder)
-        adapter = self.kind == ADAPTER
-        base = open_package(hf.adapter_base(self.folder)) if adapter else None
-        # an adapter saved by peft alone has no tokenizer files: it reads its base model's
-        tokenizer_from = base.folder if adapter and not hf.has_tokenizer(self.folder) else self.folder
         try:
             tokenizer = hf.load_tokenizer(tokenizer_from)
-            if adapter:
-                model = hf.fold_adapter(base.load_causal(dtype).model, self.folder)
-            else:
-                model = hf.load_causal(self.folder, dtype)
+            model = build()
         except (OSError, ValueError, KeyError) as exc:
-            why = f"transformers could not load a causal LM and its tokenizer from it: {exc}"
+            why = f"transformers could not load {what} and its tokenizer from it: {exc}"
             raise UserError(f"{self.folder}: {why}") from None
         hf.check_vocabulary(model, tokenizer, self.folder)
         return Loaded(model.eval(), tokenizer, self.manifest)

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 from lm_setup import lm_overrides, sft_overrides, write_jsonl
-from tiny_lm import build_model, build_tokenizer
+from tiny_lm import write_run
 
 import modelcycle
 from helpers import one_torch_thread
 from modelcycle.config import load_config
 from modelcycle.data.pydocs import write_pydocs
-from modelcycle.lm.model import package_writer
 from modelcycle.lm.tokenizer import train_tokenizer
 
 
@@ -75,13 +74,7 @@ def other_tokenizer(pydocs, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm_run(tmp_path_factory) -> Path:
     """``runs/tiny-chat/`` whose ``model/`` is an LM package (served as ``tiny-chat``)."""
-    run = tmp_path_factory.mktemp("lm") / "runs" / "tiny-chat"
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer)
-    manifest = {"task": "sft", "backend": "transformers", "metrics": {}, "source_run": str(run)}
-    package_writer(model, tokenizer, None)(run / "model", model.state_dict(), manifest)
-    (run / "config.yaml").write_text("run:\n  name: tiny-chat\n")
-    return run
+    return write_run(tmp_path_factory.mktemp("lm") / "runs" / "tiny-chat")
 
 
 @pytest.fixture(scope="session")

@@ -48,3 +48,16 @@ def build_model(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, co
     torch.manual_seed(seed)
     model, _ = build_lm("tiny", tokenizer, context, shape)
     return model.eval()
+
+
+def write_run(run: Path) -> Path:
+    """``run`` as a run folder whose ``model/`` is the tiny chat model's LM package (task sft),
+    written by the project's package writer; served under the run folder's name."""
+    from modelcycle.lm.model import package_writer
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer)
+    manifest = {"task": "sft", "backend": "transformers", "metrics": {}, "source_run": str(run)}
+    package_writer(model, tokenizer, None)(run / "model", model.state_dict(), manifest)
+    (run / "config.yaml").write_text(f"run:\n  name: {run.name}\n")
+    return run

@@ -27,16 +27,9 @@ def text_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory) -> Path:
-    from lm.tiny_lm import build_model, build_tokenizer
-    from modelcycle.lm.model import package_writer
+    from lm.tiny_lm import write_run
 
-    run = tmp_path_factory.mktemp("mixed-lm") / "runs" / "chat"
-    tokenizer = build_tokenizer()
-    model = build_model(tokenizer)
-    manifest = {"task": "sft", "backend": "transformers", "metrics": {}, "source_run": str(run)}
-    package_writer(model, tokenizer, None)(run / "model", model.state_dict(), manifest)
-    (run / "config.yaml").write_text("run:\n  name: chat\n")
-    return run
+    return write_run(tmp_path_factory.mktemp("mixed-lm") / "runs" / "chat")
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 import modelcycle
 from helpers import InterruptAt, assert_mentions, one_torch_thread
 from modelcycle.config import load_config
-from modelcycle.data.pydoc_topics import corpus
 from modelcycle.engine.callbacks import Callback
 from modelcycle.engine.trainer import TrainingInterrupted
 from modelcycle.errors import ConfigError, DataError, UserError
 from modelcycle.models.text import apply_tuning, build_text_model, resolve_folder
+from text_fixtures import write_texts
 
 MINILM = "all-MiniLM-L6-v2"
 TINY = "{pretrained: false, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64}"
@@ -37,14 +37,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory) -> Path:
     """8 training and 2 validation paragraphs per topic group of pydoc-topics (40 + 10)."""
-    root = tmp_path_factory.mktemp("texts")
-    by_group: dict[str, list[dict]] = {}
-    for record in corpus():
-        by_group.setdefault(record["label"], []).append(record)
-    for name, part in (("train", slice(0, 8)), ("val", slice(8, 10))):
-        rows = [r for group in sorted(by_group) for r in by_group[group][part]]
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_texts(tmp_path_factory.mktemp("texts"))
 
 
 def _config(texts: Path, runs: Path, name: str, *more: str):

@@ -36,7 +36,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path, opset: int =
     return {"opset": opset, "input": "input", "output": "logits"}
 
 
-def onnx_runner(path: Path, threads: int | None = None, spin: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_session(path: Path, threads: int | None = None, spin: bool = True):
+    """An ONNX Runtime CPU session over ``path``: ``threads`` intra-op threads (None: its default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -46,7 +47,11 @@ def onnx_runner(path: Path, threads: int | None = None, spin: bool = True) -> Ca
         # worker threads that spin-wait between calls burn a core the server's event loop and
         # decoders need (0.7 ms of CPU per request with a small model); a batch call barely notices
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(path: Path, threads: int | None = None, spin: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    session = onnx_session(path, threads, spin)
     name = session.get_inputs()[0].name
     return lambda images: session.run(None, {name: images.astype(np.float32, copy=False)})[0]
 

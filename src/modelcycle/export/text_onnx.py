@@ -73,14 +73,9 @@ def export_text_onnx(model: nn.Module, packed: torch.Tensor, out: Path, opset: i
 
 def text_onnx_runner(path: Path, threads: int | None = None, spin: bool = True) -> Callable[[np.ndarray], np.ndarray]:
     """packed (N, 2, L) int64 -> (N, classes) float32 logits, through ONNX Runtime."""
-    import onnxruntime as ort
+    from modelcycle.export.formats import onnx_session
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(path, threads, spin)
 
     def run(packed: np.ndarray) -> np.ndarray:
         packed = packed.astype(np.int64, copy=False)

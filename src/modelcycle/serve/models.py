@@ -58,13 +58,7 @@ class ServedModel:
         return (chw - self.mean) * self.inv_std
 
     def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "backend": self.predictor.backend,
-            "classes": self.classes,
-            "input_shape": self.input_shape,
-        }
+        return {**_described(self), "input_shape": self.input_shape}
 
     def metadata(self) -> dict:
         """The Open Inference Protocol's model metadata."""
@@ -102,14 +96,7 @@ class ServedText:
         return self.predictor.encode(texts)
 
     def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "backend": self.predictor.backend,
-            "classes": self.classes,
-            "task": self.predictor.manifest.get("task"),
-            "input": "text",
-        }
+        return {**_described(self), "task": self.predictor.manifest.get("task"), "input": "text"}
 
     def metadata(self) -> dict:
         """The Open Inference Protocol's model metadata: one BYTES input of UTF-8 texts."""
@@ -126,6 +113,16 @@ class ServedText:
             ],
             "parameters": {"classes": self.classes, "preprocessing": self.predictor.manifest["preprocessing"]},
         }
+
+
+def _described(served) -> dict:
+    """What /v1/models says of a classifier."""
+    return {
+        "name": served.name,
+        "version": served.version,
+        "backend": served.predictor.backend,
+        "classes": served.classes,
+    }
 
 
 def model_name(path: Path) -> str:
