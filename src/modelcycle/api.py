@@ -17,12 +17,13 @@ from modelcycle.export.export import export as export_model
 from modelcycle.runs import Run
 from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
 from modelcycle.tasks.registry import register_task
-from modelcycle.training.service import distill, train
+from modelcycle.training.service import distill, train, train_ppo
 from modelcycle.tuning import tune_recipe as tune
 
 __all__ = [
     "prepare",
     "train",
+    "train_ppo",
     "distill",
     "evaluate",
     "predict",

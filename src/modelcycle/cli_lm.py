@@ -300,7 +300,7 @@ def ppo(
 ):
     """Tune a policy against a reward model with PPO (rollouts, per-token KL to the reference, GAE, clipped
     updates); logs reward, KL, entropy, clip fraction and value loss per iteration."""
-    from modelcycle.tasks.ppo import train_ppo
+    from modelcycle.api import train_ppo
 
     path, overrides = split_config(config, overrides)
     run = train_ppo(path, overrides, resume=resume, overwrite=overwrite)

@@ -53,7 +53,7 @@ def packages(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def test_ppo_refuses_a_locked_run_and_takes_over_an_abandoned_lock(packages, tmp_path: Path):
-    from modelcycle.tasks.ppo import train_ppo
+    from modelcycle.api import train_ppo
 
     prefs, policy, reward = packages
     overrides = ppo_overrides(tmp_path, prefs, policy, reward, "run.name=ppo", "ppo.iterations=1")

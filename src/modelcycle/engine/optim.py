@@ -52,13 +52,15 @@ def build_optimizer(model: nn.Module, cfg: TrainSection) -> torch.optim.Optimize
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def lr_factor(cfg: TrainSection, steps_per_epoch: int):
+def lr_factor(cfg: TrainSection, steps_per_epoch: int, total_steps: int | None = None):
     """A function of the optimizer step giving the LR multiplier.
 
     Everything is expressed as one LambdaLR so that the schedule's whole state is a step
-    counter, which makes resume exact.
+    counter, which makes resume exact. A loop whose length is not ``train.epochs`` (PPO's
+    iterations) gives ``total_steps``; its "epoch" (warmup_epochs, step_size) is then its unit
+    of ``steps_per_epoch`` steps.
     """
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, total_steps if total_steps is not None else cfg.epochs * steps_per_epoch)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
@@ -81,5 +83,7 @@ def lr_factor(cfg: TrainSection, steps_per_epoch: int):
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSection, steps_per_epoch: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainSection, steps_per_epoch: int, total_steps: int | None = None
+):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, total_steps))

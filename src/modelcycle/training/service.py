@@ -17,6 +17,8 @@ from modelcycle.runs import Run
 from modelcycle.tasks import distill as distillation
 from modelcycle.tasks import registry
 from modelcycle.tasks.plugin import SetupContext
+from modelcycle.tasks.ppo import ppo_config
+from modelcycle.tasks.ppo_loop import PPOLoop
 from modelcycle.track.mlflow import MlflowTracker
 from modelcycle.training.package import write_run_package
 
@@ -55,6 +57,8 @@ def train(
     ctx = RunContext.open(config, resume=resume, overwrite=overwrite, callbacks=callbacks)
     run_dir = ctx.run_dir
     _tracking_capabilities(ctx.tracking, config)
+    if (plugin := registry.for_config(config)).loop != "epochs":
+        return _own_loop(plugin, ctx, config, resume, progress, train_items, val_items)
     parts, meta, package, tuning = _task_setup(config, run_dir, resume, progress, train_items, val_items)
     trainer = Trainer(
         ctx,
@@ -92,6 +96,41 @@ def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, tra
         )
     parts = plugin.setup(config, SetupContext(run_dir, resume, progress, train_items, val_items))
     return parts, parts.meta, parts.write_package, transfer.FineTuning(None, list(parts.notes), list(parts.callbacks))
+
+
+# the loops a plugin may name besides the engine's "epochs" (engine/trainer.py); each runs on the
+# run context: ``Loop(ctx, config, progress=)``, ``.fit(resume)``, ``.write_package(run)``
+LOOPS = {"ppo": PPOLoop}
+
+
+def _own_loop(plugin, ctx: RunContext, config: Config, resume: bool, progress: bool, train_items, val_items) -> Run:
+    if train_items is not None or val_items is not None:
+        raise UserError(f"cross-validation takes image runs only; run.task={plugin.name} runs its own loop")
+    if plugin.loop not in LOOPS:
+        raise UserError(f"run.task={plugin.name}: no loop named {plugin.loop!r}; known: epochs, {', '.join(LOOPS)}")
+    loop = LOOPS[plugin.loop](ctx, config, progress=progress and distributed.is_main())
+    with ctx.folder():  # its setup has checked data, models and settings: only now does the folder appear
+        loop.fit(resume=resume)
+        run = Run(ctx.run_dir)
+        if distributed.is_main():
+            loop.write_package(run)
+        ctx.finish(run)
+        distributed.barrier()
+    return run
+
+
+def train_ppo(
+    config: Config | str | Path | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: list | None = None,
+) -> Run:
+    """``modelcycle lm ppo``: :func:`train` with ``run.task=ppo`` and ``policy=RUN`` / ``reward=RUN``
+    as short forms of ``ppo.policy`` / ``ppo.reward``; the run's ``model/`` is the tuned policy."""
+    config = ppo_config(config, overrides)
+    return train(config, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks)
 
 
 def _tracking_capabilities(tracking: list, config: Config) -> None:
