@@ -212,14 +212,17 @@ class RunContext:
         bad = distributed.first_bad_step(self._bad_step if self._bad_step is not None else torch.tensor(-1))
         if bad < 0:
             return
-        last = self.last
-        kept = (
-            f"the last good checkpoint {last} is kept"
-            if last and last.exists()
-            else "no checkpoint had been written yet"
-        )
         self.event(f"non-finite loss at {unit} {bad}")
         raise NonFiniteLossError(
             f"the loss became NaN or infinite at {unit} {bad}{f' ({where})' if where else ''}; training stopped "
-            f"and {kept}. Lower train.lr, set train.clip_grad, or check the data; then --resume or start again"
+            f"and {self.kept()}. Lower train.lr, set train.clip_grad, or check the data; then --resume or start again"
+        )
+
+    def kept(self) -> str:
+        """What a stop for a non-finite value leaves behind, in words for its error message."""
+        last = self.last
+        return (
+            f"the last good checkpoint {last} is kept"
+            if last and last.exists()
+            else "no checkpoint had been written yet"
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from modelcycle.config import Config
 from modelcycle.tasks import distill
-from modelcycle.tasks.images import ClassifySetup, ClassifyTask, portable, run_setup, setup
+from modelcycle.tasks.images import IMAGE_PLUGIN_FIELDS, ClassifySetup, ClassifyTask, portable, run_setup, setup
 from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
 
 __all__ = ["ClassifySetup", "ClassifyTask", "setup", "portable", "PLUGIN"]
@@ -19,11 +19,6 @@ def _setup(config: Config, ctx: SetupContext) -> TaskParts:
 PLUGIN = TaskPlugin(
     name="classify",
     setup=_setup,
-    evaluate="images",
-    predict="images",
-    summary_metrics=("val_accuracy", "val_loss"),
-    capabilities=frozenset({"crossval", "monitor_profile", "mlflow_pytorch"}),
-    view="classification",
-    package_kind="vision",
+    **IMAGE_PLUGIN_FIELDS,
     description="image classification on a folder made by `modelcycle prepare`",
 )

@@ -24,7 +24,7 @@ from modelcycle.errors import ConfigError, UserError
 from modelcycle.models.registry import resolve_builder
 from modelcycle.packages import load_model
 from modelcycle.runs import pytorch_classifier, refuse_own_run
-from modelcycle.tasks.images import ClassifySetup, ClassifyTask, run_setup
+from modelcycle.tasks.images import IMAGE_PLUGIN_FIELDS, ClassifySetup, ClassifyTask, run_setup
 from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
 
 
@@ -213,12 +213,7 @@ def _setup(config: Config, ctx: SetupContext) -> TaskParts:
 PLUGIN = TaskPlugin(
     name="distill",
     setup=_setup,
-    evaluate="images",
-    predict="images",
-    summary_metrics=("val_accuracy", "val_loss"),
-    capabilities=frozenset({"crossval", "monitor_profile", "mlflow_pytorch"}),
-    view="classification",
+    **IMAGE_PLUGIN_FIELDS,
     package_task="classify",
-    package_kind="vision",
     description="an image classifier learning from a teacher's soft targets (distill.teacher)",
 )

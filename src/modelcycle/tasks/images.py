@@ -71,6 +71,17 @@ class ClassifySetup:
     preprocessing: dict
 
 
+# What an image-classifier plugin declares (classify, and distill whose package is a classifier too)
+IMAGE_PLUGIN_FIELDS = {
+    "evaluate": "images",
+    "predict": "images",
+    "summary_metrics": ("val_accuracy", "val_loss"),
+    "capabilities": frozenset({"crossval", "monitor_profile", "mlflow_pytorch"}),
+    "view": "classification",
+    "package_kind": "vision",
+}
+
+
 def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
     """Data, model and task for a classification run; ``*_items`` override the manifests (crossval)."""
     if not config.data.root:

@@ -142,16 +142,10 @@ class PPOLoop:
         batch = _prompt_batch(len(parts.encoded), p.rollout_batch, iteration, t.seed)
         figures = self._iteration([parts.encoded[i] for i in batch], [parts.prompts[i] for i in batch])
         if not np.isfinite(figures["reward"]):
-            last = self.ctx.last
-            kept = (
-                f"the last good checkpoint {last} is kept"
-                if last and last.exists()
-                else "no checkpoint was written yet"
-            )
             self.event(f"iteration {iteration + 1}: the reward model returned NaN or infinity; step refused")
             raise NonFiniteLossError(
                 f"ppo iteration {iteration + 1}: the reward model ({p.reward}) gave a NaN or infinite score, "
-                f"so the step was refused and training stopped; {kept}. Check the reward model "
+                f"so the step was refused and training stopped; {self.ctx.kept()}. Check the reward model "
                 f"(`modelcycle evaluate {p.reward}`), then --resume"
             )
         state.step += 1
