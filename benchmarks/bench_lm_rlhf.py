@@ -19,7 +19,7 @@ import time
 
 import common
 from modelcycle import load_config, train  # the first use imports torch
-from modelcycle.tasks.ppo import train_ppo
+from modelcycle.api import train_ppo
 
 sys.path.insert(0, str(common.REPO / "tests"))
 from lm_fixtures import MAX_LENGTH, build_sft_policy, write_prefs  # noqa: E402

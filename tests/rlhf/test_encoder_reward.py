@@ -9,11 +9,11 @@ import pytest
 
 from lm_fixtures import ppo_overrides
 from modelcycle import api
+from modelcycle.api import train_ppo
 from modelcycle.config import load_config
 from modelcycle.data.preference_batches import answer_ids, is_text_pair_encoder, prompt_ids
 from modelcycle.data.preferences import read_pairs
 from modelcycle.models.text import load_package, resolve_folder
-from modelcycle.tasks.ppo import train_ppo
 from modelcycle.tasks.reward import reward_scores
 
 
