@@ -13,6 +13,7 @@ from modelcycle.data.manifest import PreparedData
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import predict_items
 from modelcycle.evaluation.metrics import classification_metrics
+from modelcycle.tasks import registry
 from modelcycle.training.service import train
 
 REPORTED = ("accuracy", "top5", "macro_f1", "weighted_f1")
@@ -28,8 +29,11 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
 
     if not isinstance(config, Config):
         config = load_config(config, overrides)
-    if config.run.task != "classify":
-        raise UserError(f"crossval takes image classification runs only, not run.task={config.run.task}")
+    plugin = registry.for_config(config)
+    if not plugin.can("crossval"):
+        raise UserError(
+            f"crossval takes tasks whose setup takes fold items (image classification), not run.task={plugin.name}"
+        )
     if folds < 2:
         raise UserError(f"--folds {folds}: cross-validation needs at least 2 folds")
     data = PreparedData.open(config.data.root or "")
