@@ -249,17 +249,20 @@ def parts(built: LMSetup) -> TaskParts:
     )
 
 
+# What a causal-LM plugin declares (lm, and sft on the same model and package); the defaults are
 # what `modelcycle lm pretrain` and a Python run.task=lm both start from, under the recipe
-LM_DEFAULTS = {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}}
+LM_PLUGIN_FIELDS = {
+    "evaluate": "language_model",
+    "defaults": {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}},
+    "summary_metrics": ("val_loss", "val_perplexity"),
+    "view": "lm",
+    "package_kind": "hf_causal_lm",
+}
 
 PLUGIN = TaskPlugin(
     name="lm",
     setup=lambda config, ctx: parts(setup(config)),
-    evaluate="language_model",
-    defaults=LM_DEFAULTS,
-    summary_metrics=("val_loss", "val_perplexity"),
-    view="lm",
-    package_kind="hf_causal_lm",
+    **LM_PLUGIN_FIELDS,
     default_for_kind=True,  # a downloaded causal LM folder (Qwen, Llama) is evaluated as a language model
     description="causal language-model pretraining on packed text",
 )

@@ -12,7 +12,7 @@ from modelcycle.config import Config
 from modelcycle.data.lm_data import EncodedChats, chat_rows, encode_chats, read_conversations
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info, warn
-from modelcycle.tasks.lm import LM_DEFAULTS, LMSetup, language_setup, parts
+from modelcycle.tasks.lm import LM_PLUGIN_FIELDS, LMSetup, language_setup, parts
 from modelcycle.tasks.plugin import TaskPlugin
 
 
@@ -54,11 +54,7 @@ def setup(config: Config) -> LMSetup:
 PLUGIN = TaskPlugin(
     name="sft",
     setup=lambda config, ctx: parts(setup(config)),
-    evaluate="language_model",
-    defaults=LM_DEFAULTS,
-    summary_metrics=("val_loss", "val_perplexity"),
+    **LM_PLUGIN_FIELDS,
     capabilities=frozenset({"chat"}),
-    view="lm",
-    package_kind="hf_causal_lm",
     description="supervised fine-tuning on conversations (loss on the assistant's tokens)",
 )
