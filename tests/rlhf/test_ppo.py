@@ -129,7 +129,7 @@ def test_ppo_on_the_run_context_ctrl_c_saves_exits_130_and_resumes_to_the_same_w
 
 def test_a_nan_policy_loss_stops_ppo_before_it_is_saved(tmp_path, prefs, sft_policy, reward_package, monkeypatch):
     """The non-finite guard covers PPO's losses too, not only the reward."""
-    from modelcycle.tasks.ppo_loop import PPOLoop
+    from modelcycle.tasks.ppo import PPOLoop
 
     real = PPOLoop._iteration
 
@@ -155,7 +155,7 @@ def test_train_keys_the_ppo_loop_does_not_read_are_refused(tmp_path):
 
     from modelcycle.config import load_config
     from modelcycle.errors import ConfigError
-    from modelcycle.tasks.ppo_loop import refuse_unread
+    from modelcycle.tasks.ppo import refuse_unread
 
     base = ["run.task=ppo", f"run.dir={tmp_path}", "ppo.policy=runs/x", "ppo.reward=runs/y"]
     with pytest.raises(ConfigError, match=r"train.epochs=5, train.precision=bf16: run.task=ppo does not read them"):

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 class Loop(Protocol):
     """What a callback sees of any loop on a run context: the epoch loop (engine/trainer.py) or
-    PPO's iterations (tasks/ppo_loop.py). ``state.step`` counts the loop's units of work."""
+    PPO's iterations (tasks/ppo.py). ``state.step`` counts the loop's units of work."""
 
     run_dir: Path | None
     meta: dict

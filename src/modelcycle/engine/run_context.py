@@ -1,5 +1,5 @@
 """What every run needs, whatever its loop: the epoch loop (``engine/trainer.py``) and custom
-loops such as PPO's iterations (``tasks/ppo_loop.py``) both run on one :class:`RunContext`.
+loops such as PPO's iterations (``tasks/ppo.py``) both run on one :class:`RunContext`.
 
 It owns the run folder (checked before any work, locked and made only once data, model and
 settings are checked, its ``config.yaml``), the tracking callbacks (``status.json``, MLflow),

@@ -143,5 +143,6 @@ PLUGIN = TaskPlugin(
     capabilities=frozenset({"chat"}),
     view="lm",
     package_kind="hf_causal_lm",
+    serve_protocols=("openai",),
     description="direct preference optimisation of a policy on preference pairs",
 )

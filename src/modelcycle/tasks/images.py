@@ -79,6 +79,8 @@ IMAGE_PLUGIN_FIELDS = {
     "capabilities": frozenset({"crossval", "monitor_profile", "mlflow_pytorch"}),
     "view": "classification",
     "package_kind": "vision",
+    "serve_protocols": ("predict_v1", "kserve_v2"),
+    "export_formats": ("onnx", "torchscript"),
 }
 
 

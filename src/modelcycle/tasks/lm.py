@@ -257,6 +257,7 @@ LM_PLUGIN_FIELDS = {
     "summary_metrics": ("val_loss", "val_perplexity"),
     "view": "lm",
     "package_kind": "hf_causal_lm",
+    "serve_protocols": ("openai",),
 }
 
 PLUGIN = TaskPlugin(

@@ -76,7 +76,15 @@ class TaskPlugin:
     summary_metrics: tuple[str, ...] = ("val_accuracy", "val_loss")  # what `train` prints at the end
     capabilities: frozenset[str] = frozenset()
     view: str = "metrics"
-    loop: str = "epochs"  # "epochs": the engine's Trainer; any other loop is the task's own
+    # the loop that trains it: None is the engine's epoch loop (engine/trainer.py); a task with a
+    # loop of its own (PPO's rollouts and updates) gives its class, ``Loop(ctx, config, progress=)``
+    # with ``.fit(resume)`` and ``.write_package(run)``, run on the same RunContext
+    loop: Callable[..., Any] | None = None
+    serve_protocols: tuple[str, ...] = ()  # what `modelcycle serve` offers its packages (serve/protocols)
+    export_formats: tuple[str, ...] = ()  # what `modelcycle export` writes for them ("onnx", "torchscript")
+    # the config sections (or "section.key") it reads beyond those every run reads (run, train, track,
+    # tune, serve, monitor, eval): a key set in any other section is a ConfigError, not ignored
+    reads: tuple[str, ...] = ()
     package_task: str | None = None  # the task its packages record, when not ``name`` (distill writes classify)
     package_kind: str = ""  # "vision", "hf_sequence_classifier", "hf_causal_lm", ...: what the files are
     default_for_kind: bool = False  # a foreign folder of package_kind (a downloaded HF model) opens as this task
@@ -90,7 +98,11 @@ class TaskPlugin:
             raise ValueError(f"task {self.name}: unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
         if self.view not in VIEWS:
             raise ValueError(f"task {self.name}: view {self.view!r} is not one of {VIEWS}")
+        if self.loop is not None and not callable(self.loop):
+            raise ValueError(f"task {self.name}: loop must be a class Loop(ctx, config, progress=), or None")
         object.__setattr__(self, "capabilities", frozenset(self.capabilities))
+        for name in ("serve_protocols", "export_formats", "reads"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "defaults", _frozen(self.defaults))
 
     @property

@@ -1,147 +1,279 @@
-"""PPO for language models (``run.task=ppo``, ``modelcycle lm ppo``; Ouyang et al. 2022 / Ziegler et al. 2019).
+"""PPO's plugin and its iteration loop (``run.task=ppo``), on the run context every loop shares.
 
-Each iteration: sample answers to a batch of prompts from the policy (rollout), score them with
-the frozen reward model (scoring), then take ``ppo.update_epochs`` passes of clipped policy and value
-updates over that batch (update). The reward per token is ``-β·KL`` to the frozen reference (the
-starting policy) plus the reward model's score on the last token; GAE turns those into
-advantages. The pieces are tasks/ppo_loss.py; the sampler and value head tasks/ppo_rollout.py.
+An iteration is PPO's unit of work, as an optimizer step is the epoch loop's: rollout, scoring and
+``ppo.update_epochs`` passes of updates (tasks/ppo_setup.py says what they compute). From the run context
+(engine/run_context.py) it gets what any run has: status.json, metrics.jsonl and events.log,
+callbacks and MLflow, Ctrl-C/SIGTERM finishing the iteration, saving and exiting 130, checkpoints
+with every random stream (so ``--resume`` ends with the same weights as an uninterrupted run), the
+non-finite guard on the losses. ``train.*`` gives the optimizer, the learning-rate schedule (an
+"epoch" of ``train.warmup_epochs`` or ``train.step_size`` is one iteration here), ``clip_grad``,
+``seed`` and ``keep_checkpoints``; ``ppo.checkpoint_every`` counts iterations.
 
-This module is the task: the recipe's short forms, the setup (the policy with its value head, the
-frozen reference, the reward model, the prompts) and the package. The iteration loop is
-tasks/ppo_loop.py, on the run context every loop shares (engine/run_context.py).
+A NaN or infinite reward refuses the iteration: it is logged and training stops, keeping the
+last good checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
-from modelcycle import runs
-from modelcycle.config import Config, load_config
-from modelcycle.data.preference_batches import prompt_ids
-from modelcycle.data.preferences import open_pairs, unique_prompts
-from modelcycle.engine import checkpoint, distributed
-from modelcycle.errors import ConfigError
-from modelcycle.lm.load import open_lm
-from modelcycle.lm.model import package_writer
-from modelcycle.lm.tokenizer import end_of_turn_ids
-from modelcycle.models.text import load_package
-from modelcycle.progress import info
-from modelcycle.tasks.lm import prepare_model
-from modelcycle.tasks.ppo_rollout import PolicyWithValue
-from modelcycle.tasks.reward import pair_length
+from modelcycle.config import Config
+from modelcycle.engine import distributed
+from modelcycle.engine.optim import build_optimizer, build_scheduler
+from modelcycle.engine.run_context import RunContext
+from modelcycle.errors import ConfigError, NonFiniteLossError
+from modelcycle.progress import progress_bar
+from modelcycle.runs import Run
+from modelcycle.tasks import ppo_setup
+from modelcycle.tasks import ppo_loss as L
+from modelcycle.tasks.plugin import TaskPlugin
+from modelcycle.tasks.ppo_rollout import Rollout, response_figures, sample
+from modelcycle.tasks.reward import pair_length, reward_scores
 
-ALIASES = ("policy", "reward")  # `policy=RUN` is short for `ppo.policy=RUN`
-NEEDS_BOTH = "ppo.policy and ppo.reward must be set: `modelcycle lm ppo CONFIG policy=RUN reward=RUN`"
+# the train.* keys this loop reads; any other one set to a value of its own is refused (ConfigError),
+# not silently ignored: train.precision=bf16 or train.epochs=5 would do nothing here
+READS = frozenset(
+    {
+        *("lr", "optimizer", "momentum", "nesterov", "weight_decay", "head_lr_mult"),  # engine/optim.py
+        *("schedule", "warmup_epochs", "step_size", "gamma"),
+        *("clip_grad", "seed", "device", "keep_checkpoints"),
+    }
+)
 
 
-def ppo_config(config: Config | str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The recipe with ``policy=`` / ``reward=`` as short forms of ``ppo.policy`` / ``ppo.reward``."""
-    overrides = [f"ppo.{o}" if o.split("=", 1)[0] in ALIASES else o for o in overrides]
-    if isinstance(config, Config):  # what the caller left unset stays unset, for the task's defaults
-        config = load_config(None, overrides, base=config.model_dump(exclude_unset=True))
-    else:
-        config = load_config(config, overrides)
-    if not config.ppo.policy or not config.ppo.reward:
-        raise ConfigError(NEEDS_BOTH)
-    return config.model_copy(update={"run": config.run.model_copy(update={"task": "ppo"})})
+def refuse_unread(config: Config) -> None:
+    """``train.*`` keys the caller set (to other than their default) that PPO's loop does not read."""
+    train, default = config.train, type(config.train)()
+    unread = sorted(key for key in train.model_fields_set - READS if getattr(train, key) != getattr(default, key))
+    if unread:
+        settings = ", ".join(f"train.{key}={getattr(train, key)}" for key in unread)
+        raise ConfigError(
+            f"{settings}: run.task=ppo does not read {'it' if len(unread) == 1 else 'them'}; its loop reads "
+            f"train.{{{','.join(sorted(READS))}}} and ppo.* (ppo.iterations, ppo.checkpoint_every, ...). "
+            "Remove the setting from the recipe or the command line"
+        )
 
 
 @dataclass
-class PPOParts:
-    """What the iteration loop works with."""
-
-    built: Any  # tasks.lm.prepare_model's result: the policy's LM, tokenizer, base folder, records
-    tokenizer: Any
-    policy: PolicyWithValue
-    reference: torch.nn.Module
-    scorer: torch.nn.Module
-    score_tokenizer: Any
-    score_manifest: dict
-    retokenised: bool
-    prompts: list  # the chat messages of each prompt
-    encoded: list  # their token ids, cut to leave room for the answer
-    stop: list[int]  # end-of-turn token ids
+class PPOState:
+    step: int = 0  # iterations completed (what callbacks and the run context count)
+    updates: int = 0  # optimizer steps taken
 
 
-def setup(config: Config) -> PPOParts:
-    p = config.ppo
-    if not p.policy or not p.reward:
-        raise ConfigError(NEEDS_BOTH)
-    device = distributed.resolve_device(config.train.device)
-    built = prepare_model(config.model_copy(update={"model": config.model.model_copy(update={"init_from": p.policy})}))
-    tokenizer = built.tokenizer
-    policy = PolicyWithValue(built.model).to(device)
-    reference, _, _ = open_lm(built.base)
-    reference = reference.to(device).requires_grad_(False)
-    scorer, score_tokenizer, score_manifest = load_package(p.reward, task="reward")
-    scorer = scorer.to(device).requires_grad_(False)
-    retokenised = score_tokenizer.get_vocab() != tokenizer.get_vocab()
-    if retokenised:
-        info("the reward model's tokenizer differs from the policy's: answers are scored on their re-tokenised text")
-    if not config.data.root:
-        raise ConfigError("data.root is not set; pass the folder with prefs-train.jsonl whose prompts PPO answers")
-    prompts = unique_prompts(open_pairs(config.data.root)[0])
-    length = pair_length(config)
-    budget = length - p.max_new_tokens
-    if budget < 8:
-        raise ConfigError(
-            f"lm.context_length={length} leaves no room for prompts after ppo.max_new_tokens={p.max_new_tokens}; "
-            "raise the one or lower the other"
+class PPOLoop:
+    def __init__(self, ctx: RunContext, config: Config, progress: bool = True, callbacks: list | None = None):
+        if distributed.world_size() > 1:
+            raise ConfigError("run.task=ppo trains on one process: drop --nproc (torchrun) for PPO")
+        refuse_unread(config)
+        self.ctx, self.config, self.cfg = ctx, config, config.train
+        self.run_dir, self.event, self.progress = ctx.run_dir, ctx.event, progress
+        self.callbacks = [*(callbacks or []), *ctx.callbacks]
+        self.meta = {"task": "ppo"}
+        self.parts = ppo_setup.setup(config)  # a wrong setting fails here, before the run folder appears
+        p, policy = config.ppo, self.parts.policy
+        self.optimizer = build_optimizer(policy, self.cfg)
+        per_iteration = math.ceil(p.rollout_batch / p.minibatch) * p.update_epochs
+        self.scheduler = build_scheduler(
+            self.optimizer, self.cfg, per_iteration, total_steps=p.iterations * per_iteration
         )
-    encoded = [prompt_ids(tokenizer, m)[-budget:] for m in prompts]
-    stop = end_of_turn_ids(tokenizer, getattr(built.model, "generation_config", None))
-    return PPOParts(
-        built,
-        tokenizer,
-        policy,
-        reference,
-        scorer,
-        score_tokenizer,
-        score_manifest,
-        retokenised,
-        prompts,
-        encoded,
-        stop,
-    )
+        self.kl = L.KLController(p.kl_coef, p.kl_target, p.kl_horizon)
+        self.state = PPOState()
+        self.last: dict = {}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "format": 1,
+            "policy": self.parts.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "kl": self.kl.state_dict(),
+            **distributed.rng_states(),
+            "world_size": distributed.world_size(),
+            "state": asdict(self.state),
+            "iteration": self.state.step,
+            "meta": self.meta,
+        }
+
+    def save(self) -> None:
+        self.ctx.check_finite("", unit="iteration")
+        self.ctx.save(self.checkpoint_state(), self.state.step, f"iteration={self.state.step}")
+
+    def restore(self) -> bool:
+        ck = self.ctx.load_last()
+        if ck is None:
+            return False
+        ck.setdefault("state", {"step": ck["iteration"]})  # a checkpoint of the loop before the run context
+        self.parts.policy.load_state_dict(ck["policy"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if "scheduler" in ck:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.kl.load_state_dict(ck["kl"])
+        self.state = PPOState(**ck["state"])
+        self.ctx.resumed(ck, self.cfg.seed, f"iteration {self.state.step}")
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> PPOState:
+        if not (resume and self.restore()):
+            self.ctx.fresh_start(resume)
+            torch.manual_seed(self.cfg.seed)
+        iterations = self.config.ppo.iterations
+        start = self.state.step
+        with self.ctx.fitting(self, f"step={start} iteration={start} of {iterations}"):
+            bar = progress_bar("ppo iterations", iterations - start) if self.progress else _no_bar()
+            with bar as advance:
+                while self.state.step < iterations:
+                    self._iterate()
+                    advance()
+        self.event(f"fit end step={self.state.step} iteration={self.state.step}")
+        return self.state
+
+    def _iterate(self) -> None:
+        p, t, parts, state = self.config.ppo, self.cfg, self.parts, self.state
+        iteration = state.step
+        batch = _prompt_batch(len(parts.encoded), p.rollout_batch, iteration, t.seed)
+        figures = self._iteration([parts.encoded[i] for i in batch], [parts.prompts[i] for i in batch])
+        if not np.isfinite(figures["reward"]):
+            self.event(f"iteration {iteration + 1}: the reward model returned NaN or infinity; step refused")
+            raise NonFiniteLossError(
+                f"ppo iteration {iteration + 1}: the reward model ({p.reward}) gave a NaN or infinite score, "
+                f"so the step was refused and training stopped; {self.ctx.kept()}. Check the reward model "
+                f"(`modelcycle evaluate {p.reward}`), then --resume"
+            )
+        state.step += 1
+        self.ctx.check_finite("", unit="iteration")  # a NaN policy or value loss: stop before it is saved
+        self.last = {"step": state.step, "iteration": state.step, "lr": self.optimizer.param_groups[0]["lr"], **figures}
+        if self.ctx.metrics_log:
+            self.ctx.metrics_log.write(self.last)
+        for cb in self.callbacks:
+            cb.on_log(self, self.last)
+        for cb in self.callbacks:
+            cb.on_step_end(self)
+        saved = state.step % p.checkpoint_every == 0 or state.step == p.iterations
+        if saved:
+            self.save()
+        if self.ctx.stop_requested():
+            if not saved:
+                self.save()
+            raise self.ctx.interrupted(f"iteration {state.step}")
+
+    def _iteration(self, prompts: list, messages: list) -> dict[str, float]:
+        """One rollout, its scores and ``ppo.update_epochs`` passes of clipped updates; its figures."""
+        p, t, parts = self.config.ppo, self.cfg, self.parts
+        policy, tokenizer = parts.policy, parts.tokenizer
+        started = time.perf_counter()
+        rollout = sample(policy.lm, prompts, tokenizer.pad_token_id, parts.stop, p.max_new_tokens, p.temperature)
+        rolled = time.perf_counter()
+        texts = rollout.texts(tokenizer)
+        scores = reward_scores(parts.scorer, parts.score_tokenizer, messages, texts, pair_length(self.config))
+        scores = scores.to(rollout.mask.device)
+        scored = time.perf_counter()
+        if not torch.isfinite(scores).all():
+            return {"reward": float("nan")}
+        mask = rollout.mask
+        with torch.no_grad():
+            old_logp, old_values, _ = response_figures(policy, rollout, p.temperature)
+            ref_logp, _, _ = response_figures(parts.reference, rollout, p.temperature, with_values=False)
+            per_token_kl = L.kl_per_token(old_logp, ref_logp) * mask
+            # a judge whose scores differ little between the policy's answers (all far from the text it
+            # learned on) gives a signal the KL penalty drowns: whitened, the ranking is what counts
+            used = L.masked_whiten(scores, torch.ones_like(scores)) if p.whiten_scores else scores
+            rewards = L.token_rewards(used, per_token_kl, mask, self.kl.value)
+            advantages, returns = L.gae(rewards, old_values, mask, p.gamma, p.lam)
+            advantages = L.masked_whiten(advantages, mask)
+        figures: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "clipfrac": 0.0, "entropy": 0.0}
+        updates = 0
+        policy.train()
+        for _ in range(p.update_epochs):
+            for chunk in torch.randperm(len(prompts)).split(p.minibatch):
+                part = Rollout(
+                    rollout.sequences[chunk], rollout.attention_mask[chunk], rollout.prompt_width, mask[chunk]
+                )
+                logp, values, logits = response_figures(policy, part, p.temperature)
+                pl, clipfrac = L.policy_loss(logp, old_logp[chunk], advantages[chunk], part.mask, p.clip)
+                vl, _ = L.value_loss(values, old_values[chunk], returns[chunk], part.mask, p.value_clip)
+                loss = pl + p.vf_coef * vl
+                loss.backward()
+                self.ctx.note_loss(loss, self.state.step + 1)
+                if t.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(policy.parameters(), t.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.state.updates += 1
+                with torch.no_grad():
+                    step = {
+                        "policy_loss": pl,
+                        "value_loss": vl,
+                        "clipfrac": clipfrac,
+                        "entropy": L.entropy(logits, part.mask),
+                    }
+                for key, value in step.items():
+                    figures[key] += float(value.detach())
+                updates += 1
+        sequence_kl = float(per_token_kl.sum(1).mean())
+        coef = self.kl.value
+        self.kl.update(sequence_kl, len(prompts))
+        return {
+            "reward": float(scores.mean()),
+            "kl": sequence_kl,
+            "kl_coef": coef,
+            **{k: v / updates for k, v in figures.items()},
+            "response_length": float(mask.sum(1).mean()),
+            "ended": float(
+                torch.isin(rollout.responses, torch.tensor(parts.stop, device=mask.device)).any(1).float().mean()
+            ),
+            "rollout_s": rolled - started,
+            "score_s": scored - rolled,
+            "update_s": time.perf_counter() - scored,
+        }
+
+    # ------------------------------------------------------------------ the package
+
+    def write_package(self, run: Run) -> None:
+        metrics = self.last or (run.metrics[-1:] or [{}])[0]  # a resumed run with nothing left to do
+        ppo_setup.write_package(run, self.parts, self.config, metrics, self.ctx.last)
 
 
-def write_package(run: runs.Run, parts: PPOParts, config: Config, metrics: dict, last: Path) -> None:
-    """The tuned policy (its value head left out) as a Hugging Face causal LM, task ``ppo``."""
-    built = parts.built
-    weights = checkpoint.load(last)["policy"]
-    lm_weights = {k.removeprefix("lm."): v for k, v in weights.items() if k.startswith("lm.")}
-    manifest = {
-        "task": "ppo",
-        "backend": "transformers",
-        "layout": "transformers",
-        "architecture": built.record,
-        "ppo": config.ppo.model_dump(mode="json"),
-        "reward_model": {"package": parts.score_manifest["_dir"], "retokenised": parts.retokenised},
-        "fine_tuning": {**built.tuning, "merged": built.tuning["lora"] is not None},
-        "init_from": str(built.base.resolve()),
-        "metrics": {k: v for k, v in metrics.items() if isinstance(v, float | int)},
-        "source_run": str(run.path.resolve()),
-        "checkpoint": last.name,
-    }
-    package_writer(built.model, parts.tokenizer, built.base)(run.model_dir, lm_weights, manifest)
+def _prompt_batch(count: int, size: int, iteration: int, seed: int) -> list[int]:
+    """Prompt indices for an iteration: a seeded permutation per pass over the prompts, so a
+    resumed run answers the same prompts as an uninterrupted one."""
+    out = []
+    position = iteration * size
+    while len(out) < size:
+        epoch, offset = divmod(position, count)
+        order = np.random.default_rng([seed, epoch]).permutation(count)
+        take = order[offset : offset + size - len(out)].tolist()
+        out += take
+        position += len(take)
+    return out
 
 
-from modelcycle.tasks.plugin import TaskPlugin as _TaskPlugin  # noqa: E402  (the plugin is declared last)
+@contextlib.contextmanager
+def _no_bar():
+    yield lambda n=1: None
 
-# its own loop (tasks/ppo_loop.py), not the engine's epochs; a constant learning rate unless the
-# recipe sets train.schedule (as before PPO had schedules)
-PLUGIN = _TaskPlugin(
+
+# it trains in its own loop (PPOLoop above; tasks/ppo_setup.py builds what it runs on), not the
+# engine's epochs, at a constant learning rate unless the recipe sets train.schedule
+PLUGIN = TaskPlugin(
     name="ppo",
-    loop="ppo",
+    loop=PPOLoop,
     defaults={"train": {"schedule": "none"}},
     evaluate="language_model",
     summary_metrics=("reward", "kl"),
     capabilities=frozenset({"chat"}),
     view="lm",
     package_kind="hf_causal_lm",
+    serve_protocols=("openai",),
     description="PPO: a policy tuned against a reward model, with a per-token KL penalty to its start",
 )

@@ -188,5 +188,6 @@ PLUGIN = TaskPlugin(
     summary_metrics=("val_accuracy", "val_margin", "val_loss"),
     view="pairs",
     package_kind="hf_sequence_classifier",
+    serve_protocols=("score",),
     description="a reward model: a scalar score for (prompt, answer) from preference pairs",
 )

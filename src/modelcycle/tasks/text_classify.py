@@ -128,5 +128,7 @@ PLUGIN = TaskPlugin(
     summary_metrics=("val_accuracy", "val_loss"),
     view="classification",
     package_kind="hf_sequence_classifier",
+    serve_protocols=("predict_v1", "kserve_v2"),
+    export_formats=("onnx",),
     description="text classification: a Hugging Face encoder with a classifier head on JSONL texts",
 )

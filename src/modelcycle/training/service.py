@@ -17,8 +17,7 @@ from modelcycle.runs import Run
 from modelcycle.tasks import distill as distillation
 from modelcycle.tasks import registry
 from modelcycle.tasks.plugin import SetupContext
-from modelcycle.tasks.ppo import ppo_config
-from modelcycle.tasks.ppo_loop import PPOLoop
+from modelcycle.tasks.ppo_setup import ppo_config
 from modelcycle.track.mlflow import MlflowTracker
 from modelcycle.training.package import write_run_package
 
@@ -57,7 +56,7 @@ def train(
     ctx = RunContext.open(config, resume=resume, overwrite=overwrite, callbacks=callbacks)
     run_dir = ctx.run_dir
     _tracking_capabilities(ctx.tracking, config)
-    if (plugin := registry.for_config(config)).loop != "epochs":
+    if (plugin := registry.for_config(config)).loop is not None:
         return _own_loop(plugin, ctx, config, resume, progress, train_items, val_items)
     parts, meta, package, tuning = _task_setup(config, run_dir, resume, progress, train_items, val_items)
     trainer = Trainer(
@@ -90,25 +89,17 @@ def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, tra
         raise UserError(
             f"cross-validation takes image runs only; run.task={plugin.name} trains on the data its config names"
         )
-    if plugin.setup is None or plugin.loop != "epochs":
-        raise UserError(
-            f"run.task={plugin.name} trains in its own loop: `modelcycle lm {plugin.name} CONFIG policy=RUN reward=RUN`"
-        )
+    if plugin.setup is None:
+        raise UserError(f"run.task={plugin.name}: its plugin gives neither a setup nor a loop of its own to train with")
     parts = plugin.setup(config, SetupContext(run_dir, resume, progress, train_items, val_items))
     return parts, parts.meta, parts.write_package, transfer.FineTuning(None, list(parts.notes), list(parts.callbacks))
 
 
-# the loops a plugin may name besides the engine's "epochs" (engine/trainer.py); each runs on the
-# run context: ``Loop(ctx, config, progress=)``, ``.fit(resume)``, ``.write_package(run)``
-LOOPS = {"ppo": PPOLoop}
-
-
 def _own_loop(plugin, ctx: RunContext, config: Config, resume: bool, progress: bool, train_items, val_items) -> Run:
+    """A task that trains in a loop of its own (``plugin.loop``), on the same run context."""
     if train_items is not None or val_items is not None:
         raise UserError(f"cross-validation takes image runs only; run.task={plugin.name} runs its own loop")
-    if plugin.loop not in LOOPS:
-        raise UserError(f"run.task={plugin.name}: no loop named {plugin.loop!r}; known: epochs, {', '.join(LOOPS)}")
-    loop = LOOPS[plugin.loop](ctx, config, progress=progress and distributed.is_main())
+    loop = plugin.loop(ctx, config, progress=progress and distributed.is_main())
     with ctx.folder():  # its setup has checked data, models and settings: only now does the folder appear
         loop.fit(resume=resume)
         run = Run(ctx.run_dir)
