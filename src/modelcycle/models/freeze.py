@@ -16,25 +16,15 @@ and undoes much of what pretraining gave.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from torch import nn
 
+from modelcycle.config_sections import FreezeMode, parse_freeze  # parsed in the config layer; re-exported
 from modelcycle.errors import ConfigError
 
 HEAD_NAMES = ("head", "classifier", "score", "fc")  # ours, then the usual Hugging Face / torchvision names
-_PATTERN = re.compile(r"^(none|backbone|all_but_last:(\d+))$")
 _HOOKS = "_modelcycle_frozen_norm_hooks"
-
-
-@dataclass(frozen=True)
-class FreezeMode:
-    kind: str  # none | backbone | all_but_last
-    last: int = 0
-
-    def __str__(self) -> str:
-        return f"all_but_last:{self.last}" if self.kind == "all_but_last" else self.kind
 
 
 @dataclass
@@ -47,21 +37,6 @@ class FreezeReport:
     def line(self) -> str:
         share = self.trainable / max(self.total, 1)
         return f"freeze={self.mode}: {self.trainable:,} of {self.total:,} parameters train ({share:.1%})"
-
-
-def parse_freeze(text: str) -> FreezeMode:
-    match = _PATTERN.match(str(text).strip())
-    if not match:
-        raise ConfigError(f"model.freeze: '{text}' is not a freeze mode; use none, backbone or all_but_last:N (N >= 1)")
-    if match.group(2) is not None:
-        last = int(match.group(2))
-        if last < 1:
-            raise ConfigError(
-                "model.freeze: all_but_last:0 freezes as much as backbone does; use none, backbone or "
-                "all_but_last:N (N >= 1)"
-            )
-        return FreezeMode("all_but_last", last)
-    return FreezeMode(match.group(1))
 
 
 def head_name(model: nn.Module, names: tuple[str, ...] = HEAD_NAMES) -> str:
