@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from modelcycle.models.text import load_package
+from modelcycle.packages import open_package
 from modelcycle.serve.process import ServerProcess
 from modelcycle.tasks.reward import reward_scores
 
@@ -13,8 +13,9 @@ from modelcycle.tasks.reward import reward_scores
 def test_score_endpoint_returns_the_packages_scores(reward_run):
     prompt = "Explain `for` in Python."
     answers = ["The for statement iterates over the elements of a sequence.", "sequence the over for elements iterates"]
-    model, tokenizer, manifest = load_package(reward_run.model_dir, task="reward")
-    want = reward_scores(model, tokenizer, [[{"role": "user", "content": prompt}]] * 2, answers, 96).tolist()
+    loaded = open_package(reward_run.model_dir).load_sequence_classifier()
+    messages = [[{"role": "user", "content": prompt}]] * 2
+    want = reward_scores(loaded.model, loaded.tokenizer, messages, answers, 96).tolist()
     with ServerProcess([reward_run.path]) as server, httpx.Client(base_url=server.url, timeout=60) as client:
         listed = client.get("/v1/models").json()["data"]
         assert [m["task"] for m in listed] == ["reward"]

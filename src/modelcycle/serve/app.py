@@ -28,7 +28,7 @@ from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.methods import JsonErrorsProtocol
 from modelcycle.serve.metrics import MetricsMiddleware
 from modelcycle.serve.models import ServedModel
-from modelcycle.serve.protocols import kserve_v2, openai, predict_v1, score
+from modelcycle.serve.protocols import MODULES, ORDER, openai, score
 from modelcycle.serve.protocols.openai import NeverReset
 from modelcycle.serve.replies import ERRORS, ERRORS_TEXT
 from modelcycle.serve.state import ServeState
@@ -89,8 +89,6 @@ STYLES = {  # error replies by protocol: (http_error, invalid, bug); bug None: N
     "score": (score.http_error, score.invalid, openai.bug),
 }
 OWNED = {"openai": openai.PREFIXES, "score": score.PREFIXES}  # paths whose errors are that protocol's
-MODULES = {"predict_v1": predict_v1, "kserve_v2": kserve_v2, "openai": openai, "score": score}
-ORDER = tuple(MODULES)
 
 
 def create_app(models: list[ServedModel], cfg: ServeSection, api_key: str | None = None, monitor=None) -> FastAPI:
@@ -188,7 +186,7 @@ def models_listing(state: ServeState, protocols: list[str]) -> dict:
         return {"models": ours}
     if not ours and len(protocols) == 1:
         return {"object": "list", "data": theirs}
-    tasks = {m.name: _task(m) for m in [*state.models.values(), *state.lms.values(), *state.rewards.values()]}
+    tasks = {m.name: m.task for m in [*state.models.values(), *state.lms.values(), *state.rewards.values()]}
     for entry in ours:
         entry["task"] = tasks[entry["name"]]
     for entry in theirs:
@@ -199,15 +197,6 @@ def models_listing(state: ServeState, protocols: list[str]) -> dict:
         for e in ours
     ]
     return {"models": everyone, "object": "list", "data": data}
-
-
-def _task(served) -> str | None:
-    manifest = getattr(getattr(served, "predictor", None), "manifest", None)
-    if manifest is None:
-        manifest = getattr(getattr(served, "lm", None), "manifest", None)
-    if manifest is None:
-        return "reward" if hasattr(served, "score") else None
-    return manifest.get("task", "classify")
 
 
 def _style(path: str, protocols: list[str]):

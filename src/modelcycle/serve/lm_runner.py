@@ -18,13 +18,10 @@ import contextlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 from fastapi import HTTPException
 
-from modelcycle.errors import UserError
 from modelcycle.lm.generate import Generation, GenerationStream, LanguageModel, Piece
-from modelcycle.lm.load import load_lm
 from modelcycle.lm.sampling import Sampling
 
 
@@ -43,6 +40,7 @@ class ServedLM:
 
     def __init__(self, name: str, lm: LanguageModel, path: str, max_queue: int, max_active: int = 8):
         self.name, self.lm, self.path = name, lm, path
+        self.task: str | None = None  # what /v1/models shows: the package's task
         self.max_queue, self.max_active = max_queue, max_active
         self.pending = 0  # requests queued or running; touched only on the event loop
         self._queue: deque[_Job] = deque()
@@ -191,22 +189,3 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
     """``fn(*args)`` on ``loop`` from the worker thread; nothing when the loop is gone (shutdown)."""
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(fn, *args)
-
-
-def split_spec(spec: str) -> tuple[str | None, Path]:
-    """``runs/a`` or ``name=runs/a``."""
-    name, _, path = spec.rpartition("=")
-    return name or None, Path(path)
-
-
-def load_served(specs: list[str], max_queue: int, max_active: int = 8) -> list[ServedLM]:
-    from modelcycle.serve.models import model_name
-
-    served: list[ServedLM] = []
-    for spec in specs:
-        name, path = split_spec(spec)
-        name = name or model_name(path)
-        if any(s.name == name for s in served):
-            raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
-        served.append(ServedLM(name, load_lm(path), str(path), max_queue, max_active))
-    return served

@@ -1,4 +1,5 @@
-"""What the server holds per model: the predictor, its preprocessing and the names it answers to."""
+"""What the server holds per classifier: the predictor, its preprocessing and the names it answers
+to; :func:`load_classifier` loads one for ``/v1/predict`` and KServe v2 alike."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from modelcycle.config import ServeSection
 from modelcycle.data.images import decode_bytes, decode_sized
 from modelcycle.data.transforms import build_transform
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import data_section
-from modelcycle.export.runtime import Predictor, TextPredictor, load_predictor
+from modelcycle.export.runtime import Predictor, TextPredictor, load_predictor, load_text_predictor
 from modelcycle.monitor.features import image_side
-from modelcycle.packages import VISION, open_package
+from modelcycle.packages import VISION, Package, open_package
 
 PLATFORMS = {"torch": "pytorch_safetensors", "onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
 
@@ -25,6 +27,7 @@ class ServedModel:
     predictor: Predictor
     max_pixels: int
     path: str
+    task: str | None = None  # what /v1/models shows: the package's task
     transform: object = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -87,6 +90,7 @@ class ServedText:
     version: str
     predictor: TextPredictor
     path: str
+    task: str | None = None  # what /v1/models shows: the package's task
     texts = True
 
     def __post_init__(self):
@@ -96,7 +100,7 @@ class ServedText:
         return self.predictor.encode(texts)
 
     def describe(self) -> dict:
-        return {**_described(self), "task": self.predictor.manifest.get("task"), "input": "text"}
+        return {**_described(self), "task": self.task, "input": "text"}
 
     def metadata(self) -> dict:
         """The Open Inference Protocol's model metadata: one BYTES input of UTF-8 texts."""
@@ -143,6 +147,13 @@ def load_models(specs: list[str], backend: str, max_pixels: int, threads: int | 
         package = open_package(path)
         package.require(VISION, "{folder} holds a {task} model; the image server serves image classifiers")
         predictor = load_predictor(package, backend, threads=threads, spin=False)
-        version = predictor.manifest["weights"]["sha256"][:12]
-        models.append(ServedModel(name, version, predictor, max_pixels, str(path)))
+        models.append(ServedModel(name, package.version, predictor, max_pixels, str(path)))
     return models
+
+
+def load_classifier(name: str, path: Path, package: Package, cfg: ServeSection) -> ServedModel | ServedText:
+    """An image or a text classifier (by what its files hold) behind ``serve.backend``."""
+    if package.kind == VISION:
+        predictor = load_predictor(package, cfg.backend, spin=False)
+        return ServedModel(name, package.version, predictor, cfg.max_pixels, str(path))
+    return ServedText(name, package.version, load_text_predictor(package, cfg.backend, spin=False), str(path))

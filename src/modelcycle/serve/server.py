@@ -14,11 +14,11 @@ import numpy as np
 
 from modelcycle.config import MonitorSection, ServeSection
 from modelcycle.errors import UserError
-from modelcycle.packages import VISION, open_package
-from modelcycle.serve import protocols as protocol_table
+from modelcycle.packages import Package, open_package
+from modelcycle.serve import protocols
 from modelcycle.serve.auth import read_api_key
 from modelcycle.serve.http import run
-from modelcycle.serve.models import ServedModel, ServedText, model_name
+from modelcycle.serve.models import model_name
 from modelcycle.serve.state import ServeState
 
 ENDPOINTS = {
@@ -40,41 +40,37 @@ def warm_up(models: list, batch: int) -> None:
 
 def protocols_of(specs: list[str]) -> list[tuple[str, Path, tuple[str, ...]]]:
     """(name, path, protocols) per ``runs/a`` or ``name=runs/a``; names must be unique (URL paths)."""
-    out: list[tuple[str, Path, tuple[str, ...]]] = []
+    return [(name, path, chosen) for name, path, _, chosen in _opened(specs)]
+
+
+def _opened(specs: list[str]) -> list[tuple[str, Path, Package, tuple[str, ...]]]:
+    out: list[tuple[str, Path, Package, tuple[str, ...]]] = []
     for spec in specs:
         name, _, path = spec.rpartition("=")
         path = Path(path)
         name = name or model_name(path)
-        if any(taken == name for taken, _, _ in out):
+        if any(taken == name for taken, *_ in out):
             raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
-        out.append((name, path, protocol_table.for_package(open_package(path))))
+        package = open_package(path)
+        out.append((name, path, package, protocols.for_package(package)))
     return out
 
 
 def load_state(specs: list[str], cfg: ServeSection, api_key: str | None = None) -> tuple[ServeState, list[str]]:
-    """The server state over every model in ``specs``, and the protocols they need."""
-    from modelcycle.export.runtime import load_predictor, load_text_predictor
-    from modelcycle.lm.load import load_lm
-    from modelcycle.serve.lm_runner import ServedLM
-    from modelcycle.serve.protocols.score import load_reward_models
-
-    classifiers, lms, rewards, wanted = [], [], [], set()
-    for name, path, chosen in protocols_of(specs):
+    """The server state over every model in ``specs``, and the protocols they need. Each protocol
+    module loads the models it answers for (``load``) into its slot of the state (``HOLDS``);
+    protocols that share a loader (/v1/predict and v2) load a model once."""
+    held: dict[str, list] = {"models": [], "lms": [], "rewards": []}
+    wanted: set[str] = set()
+    for name, path, package, chosen in _opened(specs):
         wanted.update(chosen)
-        if "openai" in chosen:
-            lms.append(ServedLM(name, load_lm(path), str(path), cfg.max_queue, cfg.max_active))
-        elif "score" in chosen:
-            rewards.extend(load_reward_models([f"{name}={path}"]))
-        else:
-            package = open_package(path)
-            if package.kind == VISION:
-                predictor = load_predictor(package, cfg.backend, spin=False)
-                classifiers.append(ServedModel(name, package.version, predictor, cfg.max_pixels, str(path)))
-            else:
-                predictor = load_text_predictor(package, cfg.backend, spin=False)
-                classifiers.append(ServedText(name, package.version, predictor, str(path)))
-    state = ServeState(classifiers, cfg, lms=lms, rewards=rewards, api_key=api_key)
-    return state, sorted(wanted, key=protocol_table.ORDER.index)
+        loaders = {(protocols.MODULES[p].load, protocols.MODULES[p].HOLDS): None for p in chosen}
+        for load, slot in loaders:
+            served = load(name, path, package, cfg)
+            served.task = protocols.task_of(package)
+            held[slot].append(served)
+    state = ServeState(held["models"], cfg, lms=held["lms"], rewards=held["rewards"], api_key=api_key)
+    return state, sorted(wanted, key=protocols.ORDER.index)
 
 
 def serve(specs: list[str], cfg: ServeSection, monitoring: MonitorSection | None = None) -> None:
@@ -83,7 +79,7 @@ def serve(specs: list[str], cfg: ServeSection, monitoring: MonitorSection | None
     from modelcycle.serve.app import build_app
 
     api_key = read_api_key(cfg.api_key_env)
-    state, protocols = load_state(specs, cfg, api_key)
+    state, served = load_state(specs, cfg, api_key)
     images = list(state.images.values())
     if monitoring is not None and monitoring.dir and images:
         from modelcycle.monitor.live import start_monitor
@@ -93,13 +89,13 @@ def serve(specs: list[str], cfg: ServeSection, monitoring: MonitorSection | None
     warm_up(list(state.models.values()), cfg.max_batch_size)
     for lm in state.lms.values():
         lm.warm_up()
-    app = build_app(state, protocols)
+    app = build_app(state, served)
     lines = [_line(m) for m in state.models.values()]
     lines += [
         f"serving {m.name} ({m.path}, context {m.lm.context_length} tokens, {m.lm.device})" for m in state.lms.values()
     ]
     lines += [f"serving {m.name} (version {m.version}, reward model)" for m in state.rewards.values()]
-    endpoints = [ENDPOINTS[p] for p in protocols if p in ENDPOINTS]
+    endpoints = [ENDPOINTS[p] for p in served if p in ENDPOINTS]
     endpoints = "  ".join([*endpoints, "docs {url}/docs", "metrics {url}/metrics"])
     run(app, cfg, lines, endpoints, api_key is not None)
 

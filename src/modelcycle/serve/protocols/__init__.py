@@ -1,48 +1,61 @@
 """Serving protocols as units. Each module adds its routes to one app over the shared
-:class:`modelcycle.serve.state.ServeState` (``add_routes(app, state, auth)``):
+:class:`modelcycle.serve.state.ServeState` (``add_routes(app, state, auth)``) and loads the
+models it answers for (``load(name, path, package, cfg)``, into the state's ``HOLDS`` slot):
 
 * ``predict_v1``: ``POST /v1/predict``, our endpoint for image and text classifiers;
 * ``kserve_v2``: the Open Inference Protocol under ``/v2`` for the same classifiers;
 * ``openai``: ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models/NAME`` for language models;
 * ``score``: ``POST /v1/score`` for reward models.
 
-Which protocols a package gets: what its task plugin declares (``serve_protocols``, when the
-plugin has that field), else what its files hold (:func:`for_package`).
+Which protocols a package gets (:func:`for_package`): for our packages, what its task plugin
+declares (``TaskPlugin.serve_protocols``; a task that declares none cannot be served); for a
+foreign folder (a downloaded Hugging Face model, a bare peft adapter), what its files hold.
 """
 
 from __future__ import annotations
 
 from modelcycle.errors import UserError
 from modelcycle.packages import SEQUENCE, VISION, Package
+from modelcycle.serve.protocols import kserve_v2, openai, predict_v1, score
+from modelcycle.tasks import registry
 
+MODULES = {module.NAME: module for module in (predict_v1, kserve_v2, openai, score)}
+ORDER = tuple(MODULES)
 CLASSIFIER = ("predict_v1", "kserve_v2")
-ORDER = ("predict_v1", "kserve_v2", "openai", "score")
 
 
 def for_package(package: Package) -> tuple[str, ...]:
-    """The task plugin's ``serve_protocols`` if it declares them; else by kind: image and text
-    classifiers /v1/predict and v2; a one-output sequence classifier (a reward model) /v1/score;
-    a causal LM or an adapter the OpenAI API."""
-    declared = _declared(package)
-    if declared:
-        unknown = [name for name in declared if name not in ORDER]
-        if unknown:
-            raise UserError(f"{package.folder}: its task declares unknown serving protocols {unknown}; known: {ORDER}")
-        return tuple(name for name in ORDER if name in declared)
-    if package.kind == VISION:
-        return CLASSIFIER
-    if package.kind == SEQUENCE:
-        return ("score",) if package.scores else CLASSIFIER
-    return ("openai",)
+    """Our package: its task plugin's ``serve_protocols``. A foreign folder by its files: a text
+    classifier /v1/predict and v2, a one-output sequence classifier (a reward model) /v1/score, a
+    causal LM or an adapter the OpenAI API."""
+    if package.manifest is None:
+        if package.kind == VISION:
+            return CLASSIFIER
+        if package.kind == SEQUENCE:
+            return ("score",) if package.scores else CLASSIFIER
+        return ("openai",)
+    plugin = registry.for_manifest(package.manifest)  # a task no registered plugin reads: a UserError
+    if not plugin.serve_protocols:
+        raise UserError(
+            f"{package.folder} holds a model of task {plugin.name!r}, whose plugin names no serving protocols; "
+            f"`modelcycle serve` serves a task whose TaskPlugin lists them in serve_protocols (known: "
+            f"{', '.join(ORDER)}); use `modelcycle predict` or `evaluate` for it instead"
+        )
+    unknown = [name for name in plugin.serve_protocols if name not in MODULES]
+    if unknown:
+        raise UserError(
+            f"{package.folder}: task {plugin.name!r} declares unknown serving protocols {unknown}; known: {ORDER}"
+        )
+    return tuple(name for name in ORDER if name in plugin.serve_protocols)
 
 
-def _declared(package: Package) -> tuple[str, ...]:
-    if package.manifest is None:  # a foreign folder: no task recorded, its files decide
-        return ()
-    from modelcycle.tasks import registry
-
+def task_of(package: Package) -> str | None:
+    """The task /v1/models shows: the plugin's that reads our package (``classify`` for the first
+    packages, which recorded none); for a foreign folder, the task that opens folders of its kind,
+    None when no registered task does."""
+    if package.manifest is not None:
+        return registry.for_manifest(package.manifest).name
     try:
-        plugin = registry.for_manifest(package.manifest)
-    except UserError:  # a task no registered plugin reads: its files decide
-        return ()
-    return tuple(getattr(plugin, "serve_protocols", ()) or ())
+        return registry.for_kind(package.kind).name
+    except UserError:
+        return None

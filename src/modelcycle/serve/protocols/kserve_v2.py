@@ -9,11 +9,14 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 
 from modelcycle.serve import schemas
+from modelcycle.serve.models import load_classifier as load  # the classifiers /v1/predict serves
 from modelcycle.serve.predict import b64decode, check_count, softmax
 from modelcycle.serve.replies import ERRORS
 from modelcycle.serve.state import ServeState
 
 NAME = "kserve_v2"
+HOLDS = "models"  # the ServeState slot its models go in
+__all__ = ["HOLDS", "NAME", "add_routes", "load"]
 
 
 def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:

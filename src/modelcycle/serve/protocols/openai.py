@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
@@ -29,9 +30,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter, Gauge
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelcycle.config import ServeSection
 from modelcycle.errors import UserError
 from modelcycle.lm.generate import Generation, GenerationStream, Piece, PromptTooLong
+from modelcycle.lm.load import load_lm
 from modelcycle.lm.sampling import Sampling
+from modelcycle.packages import Package
 from modelcycle.serve.lm_runner import ServedLM
 from modelcycle.serve.openai_schemas import ChatRequest, CompletionRequest, SamplingRequest
 from modelcycle.serve.state import ServeState
@@ -41,7 +45,13 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
 
 
 NAME = "openai"
+HOLDS = "lms"  # the ServeState slot its models go in
 PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models/")  # paths whose errors take OpenAI's shape
+
+
+def load(name: str, path: Path, package: Package, cfg: ServeSection) -> ServedLM:
+    """A language model (or an adapter folded into its base) behind its generation worker."""
+    return ServedLM(name, load_lm(path), str(path), cfg.max_queue, cfg.max_active)
 
 
 def describe(m: ServedLM, started: int) -> dict:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from modelcycle.serve.limits import BodyLimits
 from modelcycle.serve.metrics import MetricsMiddleware
+from modelcycle.serve.models import load_classifier as load  # the classifiers KServe v2 serves
 from modelcycle.serve.predict import PATH, PredictEndpoint, openapi_operation
 from modelcycle.serve.replies import ERRORS_TEXT
 from modelcycle.serve.state import ServeState
 
 NAME = "predict_v1"
+HOLDS = "models"  # the ServeState slot its models go in
+__all__ = ["HOLDS", "NAME", "add_routes", "load"]
 
 
 def add_routes(app, state: ServeState, auth: list) -> None:

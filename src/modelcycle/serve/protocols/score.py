@@ -25,11 +25,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelcycle.config import ServeSection
 from modelcycle.errors import UserError
 from modelcycle.lm.chat_template import chat_ids
-from modelcycle.models.text import load_package
-from modelcycle.packages import open_package
-from modelcycle.serve.models import model_name
+from modelcycle.packages import Package
 from modelcycle.serve.openai_schemas import Text
 from modelcycle.serve.protocols.openai import ErrorJSON
 from modelcycle.serve.state import ServeState
@@ -67,6 +66,7 @@ class ServedReward:
     model: object
     tokenizer: object
     max_length: int
+    task: str | None = None  # what /v1/models shows: the package's task
     lock: Lock = field(default_factory=Lock)
 
     def score(self, messages: list[dict[str, str]], responses: list[str]) -> list[float]:
@@ -77,30 +77,23 @@ class ServedReward:
 
 
 NAME = "score"
+HOLDS = "rewards"  # the ServeState slot its models go in
 PREFIXES = ("/v1/score",)
 
 
-def is_reward_model(path: str | Path) -> bool:
-    """A sequence classifier with one output: a scorer (see ``Package.scores``)."""
-    try:
-        return open_package(path).scores
-    except UserError:
-        return False
-
-
-def load_reward_models(specs: list[str]) -> list[ServedReward]:
-    models: list[ServedReward] = []
-    for spec in specs:
-        name, _, path = spec.rpartition("=")
-        name = name or model_name(Path(path))
-        if any(m.name == name for m in models):
-            raise UserError(f"two models are named {name!r}; name them apart, e.g. {name}-v2={path}")
-        model, tokenizer, manifest = load_package(path, task="reward")
-        if getattr(tokenizer, "chat_template", None):  # a template that fails: say so now, not per request
-            chat_ids(tokenizer, [{"role": "user", "content": "Hello"}], name=name)
-        version = manifest["weights"]["sha256"][:12]
-        models.append(ServedReward(name, version, model, tokenizer, manifest["preprocessing"]["max_length"]))
-    return models
+def load(name: str, path: Path, package: Package, cfg: ServeSection) -> ServedReward:
+    """A reward model package: a sequence classifier with one output, and the ``max_length`` its
+    training recorded. Its chat template, if it has one, is tried now, not on the first request."""
+    if package.manifest is None or not package.scores:
+        raise UserError(
+            f"{package.folder} is not a reward model (a sequence classifier with one output and its "
+            "modelcycle.json): /v1/score serves a `modelcycle lm reward` run or its model/ package"
+        )
+    loaded = package.load_sequence_classifier()
+    if getattr(loaded.tokenizer, "chat_template", None):
+        chat_ids(loaded.tokenizer, [{"role": "user", "content": "Hello"}], name=name)
+    max_length = package.manifest["preprocessing"]["max_length"]
+    return ServedReward(name, package.version, loaded.model, loaded.tokenizer, max_length)
 
 
 def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
@@ -136,7 +129,7 @@ def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
 
 
 def describe(m: ServedReward) -> dict:
-    return {"id": m.name, "object": "model", "owned_by": "modelcycle", "task": "reward", "version": m.version}
+    return {"id": m.name, "object": "model", "owned_by": "modelcycle", "task": m.task, "version": m.version}
 
 
 def http_error(exc: StarletteHTTPException) -> JSONResponse:
