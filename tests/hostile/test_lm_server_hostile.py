@@ -222,7 +222,7 @@ def test_a_stream_that_runs_past_the_request_timeout_is_cut_off(lm):
 def test_a_bug_is_a_json_500_and_never_escapes_to_uvicorn():
     """Re-raised, an exception makes uvicorn close the connection (the client's next request on it
     is reset): ``NeverReset`` answers a JSON 500 before the answer started, ends it cleanly after."""
-    from modelcycle.serve.openai import NeverReset
+    from modelcycle.serve.protocols.openai import NeverReset
 
     async def before(scope, receive, send):
         raise RuntimeError("a bug")
