@@ -1,6 +1,7 @@
-"""Starting the server: open every package, load and warm its model, give it the protocols its
-files call for, bind, run uvicorn until SIGTERM or Ctrl-C. One process hosts image classifiers,
-text classifiers, language models and reward models side by side.
+"""Starting the server: open every package, give it the protocols its task plugin names (a
+downloaded folder: its files), let those protocols load its model, warm it, bind, run uvicorn
+until SIGTERM or Ctrl-C. One process hosts image classifiers, text classifiers, language models
+and reward models side by side.
 
 On SIGTERM uvicorn stops accepting connections and lets in-flight requests finish (up to
 ``serve.graceful_timeout_s``) before the batchers stop, so a rolling restart drops nothing.
