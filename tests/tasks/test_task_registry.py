@@ -95,3 +95,92 @@ def test_modelcycle_tasks_imports_the_named_module_only_when_asked(tmp_path: Pat
         timeout=120,
     )
     assert missing.returncode != 0 and "MODELCYCLE_TASKS=no_such_module: cannot import" in missing.stderr
+
+
+# ---------------------------------------------------------------- keys a task does not read
+
+
+def _checked(*overrides: str, base: dict | None = None):
+    config = registry.apply_defaults(load_config(None, list(overrides), base=base))
+    registry.check_reads(config)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (
+            ["run.task=lm", "distill.temperature=3"],
+            ["distill.temperature=3.0: run.task=lm does not read it", "run.task=classify or distill reads"],
+        ),
+        (["run.task=classify", "lm.context_length=64"], ["lm.context_length=64: run.task=classify does not read it"]),
+        (["run.task=classify", "model.lora.r=8"], ["model.lora.r=8: run.task=classify"]),  # a nested section
+        (["run.task=text_classify", "distill.teacher=runs/t"], ["distill.teacher=runs/t: run.task=text_classify"]),
+        (["run.task=text_classify", "data.image_size=32"], ["data.image_size=32: run.task=text_classify"]),
+        (["run.task=sft", "data.root=data/x"], ["data.root=data/x: run.task=sft", "reads model.*, lm.*"]),
+        (["run.task=reward", "lm.tokenizer=runs/tok"], ["lm.tokenizer=runs/tok: run.task=reward"]),
+        (["run.task=dpo", "lm.sample_every=5"], ["lm.sample_every=5: run.task=dpo"]),
+        (["run.task=ppo", "ppo.policy=a", "ppo.reward=b", "model.init_from=runs/x"], ["model.init_from=runs/x"]),
+        (
+            ["run.task=lm", "reward.margin_scale=2", "dpo.beta=0.5"],
+            ["reward.margin_scale=2.0, dpo.beta=0.5: run.task=lm does not read them, so they would be ignored"],
+        ),
+    ],
+)
+def test_a_key_the_task_does_not_read_is_a_config_error(overrides, fragments):
+    """Issue 15: a key of a section the task never reads did nothing; it is a ConfigError naming
+    the key and value, the task, what the task reads and what to do."""
+    with pytest.raises(ConfigError) as info:
+        _checked(*overrides)
+    message = str(info.value)
+    for fragment in [*fragments, "Remove", "from the recipe or the command line", "besides what every run reads"]:
+        assert fragment in message, message
+
+
+def test_defaults_and_values_equal_to_them_pass():
+    _checked("run.task=lm")  # the task's defaults (model.name=llama) are filled, not the caller's
+    _checked("run.task=classify", "lm.context_length=256", "distill.temperature=4")  # the defaults, spelled out
+    _checked("run.task=lm", "data.max_length=128", "model.lora.r=0")
+    full = registry.apply_defaults(load_config(None, ["run.task=sft"])).model_dump()
+    _checked(base=full)  # a saved config.yaml sets every key (crossval and tuning pass the whole dump on)
+    _checked("run.task=reward", "data.max_length=256", "lm.context_length=256")  # pair_length decides on that one
+
+
+def test_every_shipped_recipe_passes_its_tasks_check():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    recipes = sorted(r for r in root.glob("*.yaml") if not r.name.startswith("space"))
+    tasks = set()
+    for recipe in recipes:
+        config = registry.apply_defaults(load_config(recipe))
+        registry.check_reads(config)
+        tasks.add(config.run.task)
+    assert tasks == BUILT_IN - {"distill"}  # `modelcycle distill` builds its config from the teacher's
+
+
+def test_training_refuses_an_unread_key_before_the_run_folder_appears(tmp_path: Path):
+    config = load_config(None, ["run.task=lm", f"run.dir={tmp_path}", "distill.alpha=0.5"])
+    with pytest.raises(ConfigError, match=r"distill.alpha=0.5: run.task=lm does not read it"):
+        modelcycle.train(config, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_plugin_that_declares_no_reads_reads_data_and_model():
+    plugin = TaskPlugin(name="reads_test_task", defaults={"lm": {"size": "small"}})
+    assert plugin.reads == ("data", "model")
+    modelcycle.register_task(plugin, replace=True)
+    assert _checked("run.task=reads_test_task", "data.root=x", "model.args={a: 1}").lm.size == "small"
+    with pytest.raises(ConfigError, match=r"lm.size=base: run.task=reads_test_task does not read it"):
+        _checked("run.task=reads_test_task", "lm.size=base")
+    modelcycle.register_task(TaskPlugin(name="reads_test_task", reads=("lm.size",)), replace=True)
+    _checked("run.task=reads_test_task", "lm.size=base")
+    with pytest.raises(ConfigError, match=r"data.root=x: run.task=reads_test_task .* reads lm.size besides"):
+        _checked("run.task=reads_test_task", "data.root=x")
+    with pytest.raises(ValueError, match="not config keys"):
+        TaskPlugin(name="x", reads=("lm.sise",))
+
+
+def test_every_built_in_declares_what_it_reads():
+    for name in BUILT_IN:
+        reads = registry.get(name).reads
+        assert reads and reads != ("data", "model"), name  # its own list, not the default for plugins of users
+        assert not set(reads) & set(registry.ALWAYS_READ), name

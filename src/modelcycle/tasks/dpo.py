@@ -144,5 +144,12 @@ PLUGIN = TaskPlugin(
     view="lm",
     package_kind="hf_causal_lm",
     serve_protocols=("openai",),
+    # the policy as tasks/lm.prepare_model builds it (model.*, lm.tokenizer, lm.size, lm.context_length),
+    # data.root's pairs (data.max_length only to refuse a disagreeing value), and what `modelcycle
+    # evaluate` reads of the run (lm.val_files, lm.eval_*); not lm.train_files nor lm.sample_*
+    reads=(
+        *("dpo", "data.root", "data.max_length", "model"),
+        *("lm.tokenizer", "lm.size", "lm.context_length", "lm.val_files", "lm.eval_samples", "lm.eval_tokens"),
+    ),
     description="direct preference optimisation of a policy on preference pairs",
 )

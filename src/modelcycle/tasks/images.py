@@ -81,6 +81,14 @@ IMAGE_PLUGIN_FIELDS = {
     "package_kind": "vision",
     "serve_protocols": ("predict_v1", "kserve_v2"),
     "export_formats": ("onnx", "torchscript"),
+    # the data keys the loaders and the preprocessing read (data.max_length is text's), the model
+    # keys (model.lora is the Hugging Face models'), and distill.* (a classify run with a teacher distils)
+    "reads": (
+        *("data.root", "data.image_size", "data.channels", "data.mean", "data.std", "data.hflip"),
+        *("data.crop_scale", "data.crop_ratio", "data.color_jitter", "data.cache", "data.cache_max_mb", "data.workers"),
+        *("model.name", "model.args", "model.init_from", "model.freeze"),
+        "distill",
+    ),
 }
 
 

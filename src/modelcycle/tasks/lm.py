@@ -258,6 +258,9 @@ LM_PLUGIN_FIELDS = {
     "view": "lm",
     "package_kind": "hf_causal_lm",
     "serve_protocols": ("openai",),
+    # no data.*: the text comes from lm.train_files / lm.val_files. lm.packing is SFT's choice;
+    # pretraining always packs, so the one value that differs from the default is what lm does
+    "reads": ("model", "lm"),
 }
 
 PLUGIN = TaskPlugin(

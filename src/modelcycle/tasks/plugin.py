@@ -17,6 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from modelcycle.config import valid_keys
+
 if TYPE_CHECKING:
     from modelcycle.config import Config
 
@@ -84,7 +86,10 @@ class TaskPlugin:
     export_formats: tuple[str, ...] = ()  # what `modelcycle export` writes for them ("onnx", "torchscript")
     # the config sections (or "section.key") it reads beyond those every run reads (run, train, track,
     # tune, serve, monitor, eval): a key set in any other section is a ConfigError, not ignored
-    reads: tuple[str, ...] = ()
+    # (registry.check_reads). Left out: data.* and model.*, what the worked example reads (docs/tasks.md)
+    # and most tasks do; a task of your own that reads a built-in's section (lm, distill, reward, dpo,
+    # ppo) names it here. Every built-in gives its own
+    reads: tuple[str, ...] = ("data", "model")
     package_task: str | None = None  # the task its packages record, when not ``name`` (distill writes classify)
     package_kind: str = ""  # "vision", "hf_sequence_classifier", "hf_causal_lm", ...: what the files are
     default_for_kind: bool = False  # a foreign folder of package_kind (a downloaded HF model) opens as this task
@@ -104,6 +109,9 @@ class TaskPlugin:
         for name in ("serve_protocols", "export_formats", "reads"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "defaults", _frozen(self.defaults))
+        unknown = [key for key in self.reads if key not in valid_keys()]  # a str would be its letters here
+        if unknown:
+            raise ValueError(f"task {self.name}: reads {unknown}, which are not config keys (e.g. data, lm.tokenizer)")
 
     @property
     def writes(self) -> str:

@@ -30,8 +30,8 @@ from modelcycle.engine.run_context import RunContext
 from modelcycle.errors import ConfigError, NonFiniteLossError
 from modelcycle.progress import progress_bar
 from modelcycle.runs import Run
-from modelcycle.tasks import ppo_setup
 from modelcycle.tasks import ppo_loss as L
+from modelcycle.tasks import ppo_setup
 from modelcycle.tasks.plugin import TaskPlugin
 from modelcycle.tasks.ppo_rollout import Rollout, response_figures, sample
 from modelcycle.tasks.reward import pair_length, reward_scores
@@ -275,5 +275,12 @@ PLUGIN = TaskPlugin(
     view="lm",
     package_kind="hf_causal_lm",
     serve_protocols=("openai",),
+    # the policy is ppo.policy (model.name and model.init_from are not read), with model.lora and
+    # lm.tokenizer applied as tasks/lm.prepare_model does; data.root's prompts; what `modelcycle
+    # evaluate` reads of the run (lm.val_files, lm.eval_*). train.* is narrowed further by READS above
+    reads=(
+        *("ppo", "data.root", "data.max_length", "model.args", "model.freeze", "model.lora"),
+        *("lm.tokenizer", "lm.context_length", "lm.val_files", "lm.eval_samples", "lm.eval_tokens"),
+    ),
     description="PPO: a policy tuned against a reward model, with a per-token KL penalty to its start",
 )

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 GROUP = "modelcycle.tasks"
 ENV = "MODELCYCLE_TASKS"
+# the config sections every run reads, whatever its task; a plugin's ``reads`` names the others it reads
+ALWAYS_READ = ("run", "train", "eval", "track", "tune", "serve", "monitor")
 _BUILTIN = ("classify", "text_classify", "distill", "lm", "sft", "reward", "dpo", "ppo")
 
 _plugins: dict[str, TaskPlugin] = {}
@@ -118,6 +120,65 @@ def apply_defaults(config: Config) -> Config:
     (pydantic's ``model_fields_set``): what the recipe file, the overrides or the Python caller
     set always wins, and a Python ``run.task=lm`` gets what ``modelcycle lm pretrain`` gets."""
     return _fill(config, get(config.run.task).defaults)
+
+
+def check_reads(config: Config) -> None:
+    """Refuse, before any work, every key the caller set to a value of its own (other than the
+    field's default or the task's) in a section the task does not read (``plugin.reads`` plus
+    :data:`ALWAYS_READ`): ``distill.temperature=3`` on an LM run would otherwise do nothing at all.
+    What ``apply_defaults`` filled in is the task's default, so it passes."""
+    plugin = get(config.run.task)
+    unread = _unread(config, plugin.defaults, "", {*ALWAYS_READ, *plugin.reads})
+    if not unread:
+        return
+    settings = ", ".join(f"{key}={value}" for key, value in unread)
+    it, they = ("it", "it") if len(unread) == 1 else ("them", "they")
+    others = []
+    for key, _ in unread:
+        readers = [name for name in names() if name != plugin.name and _covers({*ALWAYS_READ, *get(name).reads}, key)]
+        if readers:
+            others.append(f"run.task={' or '.join(readers)} reads {key}")
+    hint = f" ({'; '.join(others)})" if others else ""
+    raise ConfigError(
+        f"{settings}: run.task={plugin.name} does not read {it}, so {they} would be ignored{hint}. "
+        f"run.task={plugin.name} reads {_spelled(plugin.reads) or 'nothing more'} besides what every run reads "
+        f"({_spelled(ALWAYS_READ)}). Remove {it} from the recipe or the command line"
+    )
+
+
+def _spelled(reads: tuple[str, ...]) -> str:
+    """``("data.root", "data.max_length", "model")`` -> ``data.{root,max_length}, model.*``."""
+    groups: dict[str, list[str]] = {}
+    for entry in reads:
+        section, _, key = entry.partition(".")
+        groups.setdefault(section, []).append(key or "*")
+    return ", ".join(
+        f"{section}.{keys[0]}" if len(keys) == 1 else f"{section}.{{{','.join(keys)}}}"
+        for section, keys in groups.items()
+    )
+
+
+def _covers(readable: set[str], key: str) -> bool:
+    """``key`` (``model.lora.r``) is read if it or a section above it (``model.lora``, ``model``) is."""
+    parts = key.split(".")
+    return any(".".join(parts[:n]) in readable for n in range(1, len(parts) + 1))
+
+
+def _unread(section: Any, defaults: Mapping, prefix: str, readable: set[str]) -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf under ``section`` that is set (``model_fields_set``),
+    differs from its default (the task's, else the field's) and is not read."""
+    found = []
+    blank = type(section)()
+    for key in type(section).model_fields:
+        dotted, value = prefix + key, getattr(section, key)
+        if _covers(readable, dotted):
+            continue
+        own = defaults.get(key)  # the task's default, if it has one
+        if hasattr(value, "model_fields_set"):  # a section (model.lora): its own set keys, whatever its parent's
+            found += _unread(value, own if isinstance(own, Mapping) else {}, dotted + ".", readable)
+        elif key in section.model_fields_set and value != (own if key in defaults else getattr(blank, key)):
+            found.append((dotted, value))
+    return found
 
 
 def _fill(section: Any, defaults: Mapping) -> Any:

@@ -189,5 +189,8 @@ PLUGIN = TaskPlugin(
     view="pairs",
     package_kind="hf_sequence_classifier",
     serve_protocols=("score",),
+    # a sequence classifier (model.*) over data.root's pairs cut to lm.context_length; data.max_length
+    # only to refuse a value that disagrees with it (pair_length)
+    reads=("reward", "data.root", "data.max_length", "model", "lm.context_length"),
     description="a reward model: a scalar score for (prompt, answer) from preference pairs",
 )

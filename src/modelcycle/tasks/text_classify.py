@@ -98,8 +98,6 @@ def _refuse_image_only_settings(config: Config) -> None:
             "data.root is not set; pass data.root=PATH to a folder with train.jsonl and val.jsonl "
             "(`modelcycle datasets pydoc-topics --out data/pydoc-topics` writes one)"
         )
-    if config.distill.teacher:
-        raise ConfigError("distill.teacher: distillation takes image classifiers only; unset it for a text run")
     if config.model.init_from:
         raise ConfigError(
             "model.init_from: a text run starts from the model folder in model.name; "
@@ -130,5 +128,6 @@ PLUGIN = TaskPlugin(
     package_kind="hf_sequence_classifier",
     serve_protocols=("predict_v1", "kserve_v2"),
     export_formats=("onnx",),
+    reads=("data.root", "data.max_length", "model"),  # model.init_from only to refuse it, with what to do instead
     description="text classification: a Hugging Face encoder with a classifier head on JSONL texts",
 )

@@ -44,6 +44,7 @@ def train(
     elif overrides:  # what the caller left unset stays unset, for the task's defaults
         config = load_config(None, overrides, base=config.model_dump(exclude_unset=True))
     config = registry.apply_defaults(config)  # the task is known (a ConfigError names the known ones)
+    registry.check_reads(config)  # a key the task does not read is an error, not ignored
     if nproc is not None and (nproc != 1 or distributed.launched()):
         from modelcycle.engine import launch
 
