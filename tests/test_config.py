@@ -116,3 +116,18 @@ def test_shipped_recipes_are_valid():
     assert recipes
     for recipe in recipes:
         load_config(recipe)
+
+
+def test_the_sections_stay_importable_from_config():
+    """The sections live in config_sections.py (the lowest layer); every name modules import from
+    modelcycle.config is the same object there, so isinstance checks and pydantic agree."""
+    import modelcycle.config as config
+    import modelcycle.config_sections as sections
+    from modelcycle.models import freeze
+
+    names = [name for name in vars(sections) if name.endswith("Section")]
+    assert len(names) >= 15
+    for name in names:
+        assert getattr(config, name) is getattr(sections, name)
+    assert freeze.parse_freeze is sections.parse_freeze  # models/freeze.py applies the modes config parses
+    assert {field.annotation for field in Config.model_fields.values()} <= {getattr(sections, n) for n in names}
