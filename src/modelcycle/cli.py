@@ -231,7 +231,7 @@ def evaluate(
 
         return show_policy_evaluation(run, against, reward, data, samples, as_json)
     metrics = run_evaluate(run, split=split, data=data, backend=backend)
-    if view == "lm":  # a language model: perplexity, answer loss, sample answers
+    if view == "language_model":  # a language model: perplexity, answer loss, sample answers
         from modelcycle.cli_lm import show_lm_metrics
 
         show_lm_metrics(run, metrics, as_json)

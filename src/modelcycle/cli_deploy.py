@@ -24,7 +24,7 @@ def export(
     images: int = typer.Option(64, help="How many validation images the parity check uses."),
 ):
     """Add an ONNX or TorchScript file to the model package, checked against PyTorch on real images."""
-    from modelcycle.export.export import export as run_export
+    from modelcycle.api import export_model as run_export
 
     record = run_export(run, fmt, opset=opset, data=data, count=images)
     parity = record["parity"]
@@ -76,7 +76,7 @@ def compress(
         raise UserError(
             "--finetune-epochs, --lr, --recalibrate and --resume go with --prune; int8 quantization does not train"
         )
-    from modelcycle.compress.quantize import quantize_int8
+    from modelcycle.api import quantize_int8
 
     if quantize != "int8":
         raise UserError(f"--quantize {quantize!r}: only int8 is supported")
@@ -91,7 +91,8 @@ def compress(
 def _compress_prune(
     run: Path, out: Path, sparsity: float, method: str, epochs: int, lr: float | None, recal: int | None, resume: bool
 ) -> None:
-    from modelcycle.compress.prune import RECALIBRATE, prune_model
+    from modelcycle.api import prune_model
+    from modelcycle.compress.prune import RECALIBRATE
 
     recal = RECALIBRATE if recal is None else recal
     manifest = prune_model(
@@ -142,8 +143,8 @@ def serve(
 ):
     """Serve models over HTTP: image classifiers on /v1/predict, KServe v2 (/v2/...), a playground at /;
     language models on the OpenAI API (/v1/models, /v1/chat/completions, /v1/completions). /metrics, /docs."""
+    from modelcycle.api import serve as run_server
     from modelcycle.config import load_config
-    from modelcycle.serve.server import serve as run_server
 
     settings = [m for m in models if m.split("=", 1)[0].startswith(("serve.", "monitor."))]
     specs = [m for m in models if m not in settings]
@@ -238,8 +239,8 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ):
     """Accuracy, size, latency (batch 1) and throughput (batch 32) per package and backend."""
+    from modelcycle.api import bench as run_bench
     from modelcycle.evaluation.bench import MEASURED
-    from modelcycle.evaluation.bench import bench as run_bench
 
     rows = run_bench(runs, data=data, seconds=seconds)
     if as_json:

@@ -86,9 +86,9 @@ def merge(
     base: Path | None = typer.Option(None, help="The base model folder (default: the one adapter_config.json names)."),
 ):
     """Fold LoRA adapters into the base weights: a plain LM package that needs no peft."""
-    from modelcycle.lm.merge import merge as run_merge
+    from modelcycle.api import merge_lora
 
-    manifest = run_merge(source, out, base)
+    manifest = merge_lora(source, out, base)
     info(f"merged package: {manifest['_dir']} (adapter {manifest['fine_tuning']['merged_from']})")
 
 

@@ -26,9 +26,10 @@ from modelcycle.errors import UserError
 from modelcycle.models import hf
 
 VISION, SEQUENCE, CAUSAL, ADAPTER = "vision", "hf_sequence_classifier", "hf_causal_lm", "hf_adapter"
-KINDS = (VISION, SEQUENCE, CAUSAL, ADAPTER)
+OWN = "own"  # a package of a task of one's own (tasks/plugin.py): its plugin knows what the files hold
+KINDS = (VISION, SEQUENCE, CAUSAL, ADAPTER, OWN)
 WHAT = {VISION: "an image classifier", SEQUENCE: "a sequence classifier", CAUSAL: "a language model"}
-WHAT[ADAPTER] = "a LoRA adapter"
+WHAT |= {ADAPTER: "a LoRA adapter", OWN: "a model of a task of its own"}
 
 
 def find_folder(path: str | Path) -> Path:
@@ -62,6 +63,8 @@ def _kind(folder: Path, manifest: dict | None) -> str:
         return ADAPTER
     if manifest is not None and isinstance(manifest.get("architecture"), dict):
         return VISION
+    if manifest is not None and manifest.get("task"):
+        return OWN
     raise UserError(f"{folder} holds no model this version can open (no config.json and no architecture)")
 
 
@@ -70,6 +73,9 @@ class Loaded:
     model: nn.Module  # eval mode, on the CPU
     tokenizer: object | None
     manifest: dict | None
+
+    def __iter__(self):  # model, tokenizer, manifest = package.load_scorer()
+        return iter((self.model, self.tokenizer, self.manifest))
 
 
 @dataclass
@@ -82,8 +88,9 @@ class Package:
 
     @property
     def task(self) -> str | None:
-        """The manifest's task ("classify" when an old package has none); None for a foreign folder."""
-        return None if self.manifest is None else self.manifest.get("task", "classify")
+        """The task the manifest records; None for a foreign folder, or a package from before tasks
+        were recorded (tasks/registry.for_manifest knows what those are)."""
+        return None if self.manifest is None else self.manifest.get("task")
 
     @property
     def backend(self) -> str:
@@ -156,6 +163,23 @@ class Package:
     def load_sequence_classifier(self) -> Loaded:
         return self._hugging_face("a classifier", self.folder, lambda: hf.load_sequence_classifier(self.folder))
 
+    def load_text_classifier(self) -> Loaded:
+        """A sequence classifier with a class per label (not a one-output scorer)."""
+        if self.kind != SEQUENCE or self.scores:
+            what = "a reward model (one score, no classes)" if self.scores else WHAT[self.kind]
+            raise UserError(f"{self.folder} is not a text classifier: it holds {what}")
+        return self.load_sequence_classifier()
+
+    def load_scorer(self) -> Loaded:
+        """A reward model: a sequence classifier with one output, ours or a downloaded one."""
+        if not self.scores:
+            what = "a classifier with several classes" if self.kind == SEQUENCE else WHAT[self.kind]
+            raise UserError(
+                f"{self.folder} is not a reward model (a sequence classifier with one output): it holds {what}; "
+                "pass a `modelcycle lm reward` run or its model/ package"
+            )
+        return self.load_sequence_classifier()
+
     def load_causal(self, dtype: torch.dtype = torch.float32) -> Loaded:
         """A causal LM (or a peft adapter folded into its base) with its tokenizer."""
         if self.kind != ADAPTER:
@@ -198,6 +222,26 @@ def open_package(path: str | Path, trust_code: bool = False) -> Package:
     manifest = runs.read_manifest(folder) if (folder / runs.MANIFEST).is_file() else None
     run = folder.parent if folder.name == "model" and (folder.parent / "config.yaml").is_file() else None
     return Package(folder, manifest, _kind(folder, manifest), trust_code, run)
+
+
+def pytorch_classifier(path: str | Path, role: str, verb: str) -> dict:
+    """The manifest of a package that must hold PyTorch image-classifier weights (a distillation
+    teacher, a fine-tuning source). An int8 ONNX copy runs outside PyTorch: it has no weights to
+    train or to run under the engine's device and autocast, and its rounding would be passed on
+    as if it were knowledge. ``role`` names the setting in messages, ``verb`` what to do instead."""
+    package = open_package(path)
+    manifest = package.manifest or runs.read_manifest(path)  # a foreign folder: read_manifest says so
+    backend = manifest.get("backend", "torch")
+    if backend != "torch":
+        source = manifest.get("source_package")
+        hint = f" ({source})" if source else ""
+        raise UserError(
+            f"{role} {manifest['_dir']} holds {backend} weights (an int8 or exported copy), not PyTorch weights; "
+            f"{verb} from the original run{hint}"
+        )
+    if package.kind != VISION:
+        raise UserError(f"{role} {manifest['_dir']} is a {package.task} model; {verb} needs an image classifier")
+    return manifest
 
 
 def load_model(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, dict]:

@@ -25,9 +25,9 @@ from safetensors.torch import save_file
 
 from modelcycle import runfiles
 from modelcycle.config import Config, flatten, load_config
-from modelcycle.engine.loggers import EventLog, MetricsLog
 from modelcycle.errors import UserError
 from modelcycle.runlock import LOCK_FILE, RunLock
+from modelcycle.runlogs import EventLog, MetricsLog
 
 PACKAGE_FORMAT = "modelcycle.package/1"
 MANIFEST = "modelcycle.json"
@@ -325,28 +325,8 @@ def verified_weights(manifest: dict) -> Path:
     return weights
 
 
-def pytorch_classifier(path: str | Path, role: str, verb: str) -> dict:
-    """The manifest of a package that must hold PyTorch image-classifier weights (a distillation
-    teacher, a fine-tuning source). An int8 ONNX copy runs outside PyTorch: it has no weights to
-    train or to run under the engine's device and autocast, and its rounding would be passed on
-    as if it were knowledge. ``role`` names the setting in messages, ``verb`` what to do instead."""
-    manifest = read_manifest(path)
-    backend = manifest.get("backend", "torch")
-    if backend != "torch":
-        source = manifest.get("source_package")
-        hint = f" ({source})" if source else ""
-        raise UserError(
-            f"{role} {manifest['_dir']} holds {backend} weights (an int8 or exported copy), not PyTorch weights; "
-            f"{verb} from the original run{hint}"
-        )
-    if manifest.get("task", "classify") != "classify":
-        raise UserError(f"{role} {manifest['_dir']} is a {manifest['task']} model; {verb} needs an image classifier")
-    return manifest
-
-
 def refuse_own_run(run_dir: Path, manifest: dict, message: str) -> None:
     """``--overwrite`` deletes the run folder: refuse when the package we read from lives there."""
     source = manifest.get("source_run")
     if run_dir.resolve() in (Path(manifest["_dir"]).resolve().parent, Path(source).resolve() if source else None):
         raise UserError(message)
-

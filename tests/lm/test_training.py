@@ -16,13 +16,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import modelcycle
 from helpers import InterruptAt, run_cli
+from modelcycle.api import merge_lora as merge
 from modelcycle.config import load_config
 from modelcycle.data.lm_data import IGNORE, chat_rows, encode_chats, read_conversations
 from modelcycle.engine.trainer import TrainingInterrupted
 from modelcycle.errors import ConfigError
 from modelcycle.evaluation.lm import evaluate_lm
 from modelcycle.lm.load import open_lm
-from modelcycle.lm.merge import merge
 from modelcycle.runs import read_manifest
 from modelcycle.tasks import registry
 from modelcycle.tasks.lm import next_token_sums

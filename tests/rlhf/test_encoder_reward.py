@@ -13,7 +13,8 @@ from modelcycle.api import train_ppo
 from modelcycle.config import load_config
 from modelcycle.data.preference_batches import answer_ids, is_text_pair_encoder, prompt_ids
 from modelcycle.data.preferences import read_pairs
-from modelcycle.models.text import load_package, resolve_folder
+from modelcycle.models.text import resolve_folder
+from modelcycle.packages import open_package
 from modelcycle.tasks.reward import reward_scores
 
 
@@ -57,7 +58,7 @@ def test_encoder_reward_model_trains_and_scores_held_out_pairs_like_its_run(enco
     epochs = encoder_reward.epoch_metrics()
     manifest = json.loads((encoder_reward.model_dir / "modelcycle.json").read_text())
     assert manifest["fine_tuning"]["freeze"] == "all_but_last:2"
-    model, tokenizer, _ = load_package(encoder_reward.model_dir, task="reward")
+    model, tokenizer, _ = open_package(encoder_reward.model_dir).load_scorer()
     pairs = read_pairs(prefs / "prefs-val.jsonl")
     prompts = [p.messages for p in pairs]
     chosen = reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], 96)

@@ -12,7 +12,8 @@ from lm_fixtures import ppo_overrides
 from modelcycle import api
 from modelcycle.api import train_ppo
 from modelcycle.errors import NonFiniteLossError
-from modelcycle.models.text import load_package, package_writer
+from modelcycle.models.text import package_writer
+from modelcycle.packages import open_package
 
 FIGURES = {
     "reward",
@@ -52,7 +53,7 @@ def test_ppo_with_lora_logs_every_figure_and_writes_a_causal_lm(tmp_path, prefs,
 
 
 def test_nan_rewards_refuse_the_step_and_keep_the_last_good_checkpoint(tmp_path, prefs, sft_policy, reward_package):
-    model, tokenizer, manifest = load_package(reward_package, task="reward")
+    model, tokenizer, manifest = open_package(reward_package).load_scorer()
     with torch.no_grad():
         model.score.weight.fill_(float("nan"))
     broken = tmp_path / "broken-reward"

@@ -10,7 +10,7 @@ import torch
 from modelcycle import api
 from modelcycle.data.preferences import read_pairs
 from modelcycle.errors import ConfigError
-from modelcycle.models.text import load_package
+from modelcycle.packages import open_package
 from modelcycle.tasks.reward import reward_scores
 
 
@@ -32,7 +32,7 @@ def test_reward_package_loads_in_transformers_and_scores_like_the_run(reward_run
     assert manifest["task"] == "reward" and manifest["source_run"] == str(reward_run.path.resolve())
     plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     assert plain.config.num_labels == 1 and plain.config.pad_token_id is not None
-    model, tokenizer, _ = load_package(folder, task="reward")
+    model, tokenizer, _ = open_package(folder).load_scorer()
     pairs = read_pairs(prefs / "prefs-val.jsonl")
     prompts = [p.messages for p in pairs]
     chosen = reward_scores(model, tokenizer, prompts, [p.chosen for p in pairs], 96)
@@ -46,7 +46,7 @@ def test_reward_package_loads_in_transformers_and_scores_like_the_run(reward_run
 
 def test_a_text_classifier_is_not_taken_for_a_reward_model(reward_run):
     with pytest.raises(Exception, match="not a text classifier"):
-        load_package(reward_run.model_dir)
+        open_package(reward_run.model_dir).load_text_classifier()
 
 
 def test_reward_run_without_data_root_says_what_to_do(lm_config):

@@ -25,9 +25,9 @@ import torch
 from modelcycle import runfiles, runs, track
 from modelcycle.config import Config
 from modelcycle.engine import checkpoint, distributed
-from modelcycle.engine.loggers import EventLog, MetricsLog, reconcile
 from modelcycle.errors import NonFiniteLossError, UserError
 from modelcycle.progress import warn
+from modelcycle.runlogs import EventLog, MetricsLog, reconcile
 
 
 class TrainingInterrupted(UserError):

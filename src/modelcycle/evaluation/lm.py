@@ -31,6 +31,7 @@ from modelcycle.lm.load import open_lm
 from modelcycle.lm.sampling import Sampling
 from modelcycle.progress import progress_bar
 from modelcycle.runs import Run
+from modelcycle.tasks import registry
 from modelcycle.tasks.lm import NextTokenTask
 from modelcycle.tasks.sft import chats
 
@@ -83,7 +84,8 @@ def evaluate_lm(
     files = _data_files(run_obj, manifest, data)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch = run_obj.config.eval.batch_size if run_obj else 32
-    result: dict = {"task": (manifest or {}).get("task", "lm"), "data": files, "answer_loss": None, "samples": []}
+    task = registry.for_manifest(manifest).name  # a downloaded folder records none: the task that opens it
+    result: dict = {"task": task, "data": files, "answer_loss": None, "samples": []}
     if all(is_chat_file(f) for f in files):
         rows = chat_rows(chats(files, tokenizer, context), context, packing=False)
         loss, tokens = mean_loss(model, rows, pad, batch, "answer loss")

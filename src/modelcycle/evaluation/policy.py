@@ -20,7 +20,7 @@ from modelcycle.data.preferences import VAL_FILE, read_pairs, unique_prompts
 from modelcycle.errors import UserError
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.tokenizer import end_of_turn_ids
-from modelcycle.models.text import load_package
+from modelcycle.packages import open_package
 from modelcycle.progress import progress_bar
 from modelcycle.tasks.ppo_rollout import response_figures, sample
 from modelcycle.tasks.reward import reward_scores
@@ -42,7 +42,7 @@ def held_out_pairs(manifest: dict, data: str | Path | None) -> tuple[list, Path]
 def evaluate_reward(run: str | Path, data: str | Path | None = None) -> dict:
     """``pairwise_accuracy`` (chosen scored higher), the mean score margin, the pair count, and
     ``accuracy_by_kind`` where the file's lines carry a ``kind`` (the pydocs pairs do)."""
-    model, tokenizer, manifest = load_package(run, task="reward")
+    model, tokenizer, manifest = (package := open_package(run)).load_scorer()
     pairs, path = held_out_pairs(manifest, data)
     max_length = manifest["preprocessing"]["max_length"]
     prompts = [p.messages for p in pairs]
@@ -54,7 +54,7 @@ def evaluate_reward(run: str | Path, data: str | Path | None = None) -> dict:
         if pair.kind is not None:
             by_kind.setdefault(pair.kind, []).append(ok)
     return {
-        "task": "reward",
+        "task": package.task,
         "pairwise_accuracy": sum(right) / len(right),
         "accuracy_by_kind": {kind: sum(oks) / len(oks) for kind, oks in sorted(by_kind.items())},
         "mean_margin": float((chosen - rejected).mean()),
@@ -87,7 +87,7 @@ def compare_policies(
     answers from each to each of the first ``prompts`` distinct held-out prompts (all by default)."""
     policy, tokenizer, manifest = open_lm(run)
     baseline, base_tokenizer, _ = open_lm(against)
-    scorer, score_tokenizer, score_manifest = load_package(reward_model_of(manifest, reward), task="reward")
+    scorer, score_tokenizer, score_manifest = open_package(reward_model_of(manifest, reward)).load_scorer()
     if data is None and manifest and "data_root" not in manifest.get("preprocessing", {}):
         data = score_manifest["preprocessing"]["data_root"]  # a PPO run: the reward model's held-out prompts
     pairs, path = held_out_pairs(manifest or score_manifest, data)

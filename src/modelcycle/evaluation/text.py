@@ -14,7 +14,7 @@ from modelcycle.errors import DataError, UserError
 from modelcycle.evaluation.metrics import classification_metrics
 from modelcycle.evaluation.predict import top_classes
 from modelcycle.evaluation.report import write_report
-from modelcycle.models.text import load_package
+from modelcycle.packages import open_package
 from modelcycle.runs import Run
 
 
@@ -62,7 +62,7 @@ def evaluate_text(
     path = run.path if isinstance(run, Run) else Path(run)
     run_obj = Run.open(path) if (path / "config.yaml").is_file() else None
     cfg = run_obj.config if run_obj else None
-    model, tokenizer, manifest = load_package(path)
+    model, tokenizer, manifest = (package := open_package(path)).load_text_classifier()
     classes = manifest["classes"]
     examples = _examples(run_obj, manifest, split, data)
     texts = [text for text, _ in examples]
@@ -73,7 +73,7 @@ def evaluate_text(
     metrics = classification_metrics(labels, probs, classes, k=cfg.eval.topk if cfg else 5)
     metrics["split"] = str(data) if data else split
     metrics["backend"] = "torch"
-    metrics["task"] = "text_classify"
+    metrics["task"] = package.task
 
     out = run_obj.report_dir if run_obj else Path(manifest["_dir"]) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def predict_text(run: str | Path, texts: list[str], topk: int = 5, backend: str 
     empty = [str(i + 1) for i, text in enumerate(texts) if not str(text).strip()]
     if empty:
         raise DataError(f"text {', '.join(empty)} is empty; pass the words to classify")
-    model, tokenizer, manifest = load_package(run)
+    model, tokenizer, manifest = open_package(run).load_text_classifier()
     probs = probabilities(model, tokenizer, [str(t) for t in texts], manifest["preprocessing"]["max_length"])
     ranked = top_classes(probs, manifest["classes"], topk)
     return [{"text": str(text), **r} for text, r in zip(texts, ranked, strict=True)]

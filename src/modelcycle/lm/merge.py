@@ -26,8 +26,9 @@ def adapter_folder(source: Path) -> Path:
     )
 
 
-def merge(source: str | Path, out: str | Path, base: str | Path | None = None) -> dict:
-    """Write ``out`` as a plain LM package: base weights + the adapter's update; returns its manifest."""
+def merge(source: str | Path, out: str | Path, task: str, base: str | Path | None = None) -> dict:
+    """Write ``out`` as a plain LM package: base weights + the adapter's update; returns its manifest.
+    It records the source package's task, or ``task`` for a bare peft adapter that records none."""
     from transformers import AutoTokenizer
 
     source, out = Path(source), Path(out)
@@ -39,7 +40,7 @@ def merge(source: str | Path, out: str | Path, base: str | Path | None = None) -
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
     tuning = {**manifest.get("fine_tuning", {}), "adapter": None, "merged_from": str(adapter.resolve())}
     record = {
-        "task": manifest.get("task", "sft"),
+        "task": manifest.get("task", task),
         "backend": "transformers",
         "layout": "transformers",
         "architecture": manifest.get("architecture", {"class": type(model).__name__}),

@@ -26,7 +26,7 @@ from torch import nn
 
 from modelcycle import runs
 from modelcycle.config import ModelSection
-from modelcycle.errors import ConfigError, UserError
+from modelcycle.errors import ConfigError
 from modelcycle.models.freeze import apply_freeze
 from modelcycle.models.hf import quiet
 
@@ -194,17 +194,3 @@ def package_writer(
         return runs.write_package(out, plain.state_dict(), manifest, extra=hugging_face_files)
 
     return write
-
-
-
-def load_package(path: str | Path, task: str = "text_classify") -> tuple[nn.Module, object, dict]:
-    """(model in eval mode, tokenizer, manifest) of a sequence-classifier package (a text
-    classifier, or a reward model with ``task="reward"``), its weights checked first."""
-    from modelcycle.packages import SEQUENCE, open_package
-
-    package = open_package(path)
-    if package.kind != SEQUENCE or package.task != task:
-        what = "a text classifier" if task == "text_classify" else f"a {task} model"
-        raise UserError(f"{package.folder} is not {what} (task {package.task or 'none'!r})")
-    loaded = package.load_sequence_classifier()
-    return loaded.model, loaded.tokenizer, loaded.manifest

@@ -23,9 +23,9 @@ from modelcycle.engine import checkpoint
 from modelcycle.engine.callbacks import Callback
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.models.freeze import HEAD_NAMES, apply_freeze, head_name, unfreeze, within
-from modelcycle.packages import load_model
+from modelcycle.packages import load_model, pytorch_classifier
 from modelcycle.progress import info, warn
-from modelcycle.runs import pytorch_classifier, refuse_own_run
+from modelcycle.runs import refuse_own_run
 
 SHOWN = 10  # mismatched layers / class names listed before "and N more"
 

@@ -22,8 +22,8 @@ from torch.nn import functional as F
 from modelcycle.config import Config, load_config
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.models.registry import resolve_builder
-from modelcycle.packages import load_model
-from modelcycle.runs import pytorch_classifier, refuse_own_run
+from modelcycle.packages import load_model, pytorch_classifier
+from modelcycle.runs import refuse_own_run
 from modelcycle.tasks.images import IMAGE_PLUGIN_FIELDS, ClassifySetup, ClassifyTask, run_setup
 from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
 

@@ -141,7 +141,7 @@ PLUGIN = TaskPlugin(
     evaluate="language_model",
     summary_metrics=("val_accuracy", "val_margin", "val_loss"),
     capabilities=frozenset({"chat"}),
-    view="lm",
+    view="language_model",
     package_kind="hf_causal_lm",
     serve_protocols=("openai",),
     # the policy as tasks/lm.prepare_model builds it (model.*, lm.tokenizer, lm.size, lm.context_length),

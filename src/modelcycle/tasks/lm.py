@@ -255,7 +255,7 @@ LM_PLUGIN_FIELDS = {
     "evaluate": "language_model",
     "defaults": {"model": {"name": "llama"}, "train": {"monitor": "val_loss"}},
     "summary_metrics": ("val_loss", "val_perplexity"),
-    "view": "lm",
+    "view": "language_model",
     "package_kind": "hf_causal_lm",
     "serve_protocols": ("openai",),
     # no data.*: the text comes from lm.train_files / lm.val_files. lm.packing is SFT's choice;
@@ -267,6 +267,6 @@ PLUGIN = TaskPlugin(
     name="lm",
     setup=lambda config, ctx: parts(setup(config)),
     **LM_PLUGIN_FIELDS,
-    default_for_kind=True,  # a downloaded causal LM folder (Qwen, Llama) is evaluated as a language model
+    opens_foreign=("hf_causal_lm",),  # a downloaded causal LM folder (Qwen, Llama) is evaluated as a language model
     description="causal language-model pretraining on packed text",
 )

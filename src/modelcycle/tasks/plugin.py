@@ -31,7 +31,7 @@ CAPABILITIES = frozenset(
         "chat",  # its language models answer chat turns (pretraining-only models continue text)
     }
 )
-VIEWS = ("metrics", "classification", "lm", "pairs")  # how `modelcycle evaluate` shows evaluate's result
+VIEWS = ("metrics", "classification", "language_model", "pairs")  # how `modelcycle evaluate` shows evaluate's result
 
 
 @dataclass
@@ -92,7 +92,9 @@ class TaskPlugin:
     reads: tuple[str, ...] = ("data", "model")
     package_task: str | None = None  # the task its packages record, when not ``name`` (distill writes classify)
     package_kind: str = ""  # "vision", "hf_sequence_classifier", "hf_causal_lm", ...: what the files are
-    default_for_kind: bool = False  # a foreign folder of package_kind (a downloaded HF model) opens as this task
+    # the kinds of foreign folder (no modelcycle.json: a downloaded Hugging Face model, a bare peft
+    # adapter) that are this task's when nothing records one
+    opens_foreign: tuple[str, ...] = ()
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -106,7 +108,7 @@ class TaskPlugin:
         if self.loop is not None and not callable(self.loop):
             raise ValueError(f"task {self.name}: loop must be a class Loop(ctx, config, progress=), or None")
         object.__setattr__(self, "capabilities", frozenset(self.capabilities))
-        for name in ("serve_protocols", "export_formats", "reads"):
+        for name in ("serve_protocols", "export_formats", "reads", "opens_foreign"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "defaults", _frozen(self.defaults))
         unknown = [key for key in self.reads if key not in valid_keys()]  # a str would be its letters here

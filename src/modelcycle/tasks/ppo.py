@@ -272,7 +272,7 @@ PLUGIN = TaskPlugin(
     evaluate="language_model",
     summary_metrics=("reward", "kl"),
     capabilities=frozenset({"chat"}),
-    view="lm",
+    view="language_model",
     package_kind="hf_causal_lm",
     serve_protocols=("openai",),
     # the policy is ppo.policy (model.name and model.init_from are not read), with model.lora and

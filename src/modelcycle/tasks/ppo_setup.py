@@ -29,7 +29,7 @@ from modelcycle.errors import ConfigError
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.model import package_writer
 from modelcycle.lm.tokenizer import end_of_turn_ids
-from modelcycle.models.text import load_package
+from modelcycle.packages import open_package
 from modelcycle.progress import info
 from modelcycle.tasks.lm import prepare_model
 from modelcycle.tasks.ppo_rollout import PolicyWithValue
@@ -78,7 +78,7 @@ def setup(config: Config) -> PPOParts:
     policy = PolicyWithValue(built.model).to(device)
     reference, _, _ = open_lm(built.base)
     reference = reference.to(device).requires_grad_(False)
-    scorer, score_tokenizer, score_manifest = load_package(p.reward, task="reward")
+    scorer, score_tokenizer, score_manifest = open_package(p.reward).load_scorer()
     scorer = scorer.to(device).requires_grad_(False)
     retokenised = score_tokenizer.get_vocab() != tokenizer.get_vocab()
     if retokenised:
@@ -129,4 +129,3 @@ def write_package(run: runs.Run, parts: PPOParts, config: Config, metrics: dict,
         "checkpoint": last.name,
     }
     package_writer(built.model, parts.tokenizer, built.base)(run.model_dir, lm_weights, manifest)
-

@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from modelcycle.errors import ConfigError, UserError
+from modelcycle.packages import CAUSAL
 from modelcycle.tasks.plugin import TaskPlugin
 
 if TYPE_CHECKING:
@@ -84,8 +85,8 @@ def for_manifest(manifest: Mapping | None) -> TaskPlugin:
     """The plugin that reads a package: its recorded task (``classify`` when it records none,
     as the first packages did); a foreign folder (``manifest`` None) goes to the plugin that
     declares itself the default for language models."""
-    if manifest is None:
-        return for_kind("hf_causal_lm")
+    if manifest is None:  # a plain Hugging Face folder without one of our manifests
+        return for_kind(CAUSAL)
     task = manifest.get("task", "classify")
     try:
         return get(task)
@@ -99,20 +100,20 @@ def for_manifest(manifest: Mapping | None) -> TaskPlugin:
 def for_kind(kind: str) -> TaskPlugin:
     for name in names():
         plugin = get(name)
-        if plugin.package_kind == kind and plugin.default_for_kind:
+        if kind in plugin.opens_foreign:
             return plugin
     raise UserError(f"no registered task reads a {kind} folder")
 
 
 def for_package(path: str | Path) -> TaskPlugin:
-    """The plugin of a run folder or model package (or a plain Hugging Face folder)."""
-    from modelcycle import runs
+    """The plugin of a run folder or model package, or of a foreign folder (a downloaded Hugging
+    Face model, a bare peft adapter) by its kind; the folder is found as open_package finds it."""
+    from modelcycle.packages import open_package
 
-    path = Path(path)
-    ours = (path / runs.MANIFEST).is_file() or (path / "model" / runs.MANIFEST).is_file()
-    if not ours and (path / "config.json").is_file():  # a downloaded Qwen, say
-        return for_manifest(None)
-    return for_manifest(runs.read_manifest(path))
+    package = open_package(path)
+    if package.manifest is None:
+        return for_kind(package.kind)
+    return for_manifest(package.manifest)
 
 
 def apply_defaults(config: Config) -> Config:

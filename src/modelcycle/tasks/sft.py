@@ -56,5 +56,6 @@ PLUGIN = TaskPlugin(
     setup=lambda config, ctx: parts(setup(config)),
     **LM_PLUGIN_FIELDS,
     capabilities=frozenset({"chat"}),
+    opens_foreign=("hf_adapter",),  # a bare peft adapter is a chat fine-tune: its merged package records sft
     description="supervised fine-tuning on conversations (loss on the assistant's tokens)",
 )

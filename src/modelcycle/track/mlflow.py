@@ -20,9 +20,9 @@ from unittest.mock import patch  # patch.dict: environment variables set for one
 from modelcycle._version import __version__
 from modelcycle.config import flatten
 from modelcycle.engine.callbacks import Tracker
-from modelcycle.engine.loggers import MetricsLog
 from modelcycle.errors import UserError
 from modelcycle.progress import info, warn
+from modelcycle.runlogs import MetricsLog
 from modelcycle.track.listing import show
 from modelcycle.track.status import outcome, write_json
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from modelcycle import runs
 from modelcycle.config import Config
 from modelcycle.engine import checkpoint
+from modelcycle.lm import merge as lora_merge
+from modelcycle.packages import ADAPTER
 from modelcycle.runs import Run
 from modelcycle.tasks import registry
 
@@ -32,3 +34,9 @@ def write_run_package(run: Run, meta: dict, state, config: Config, package=runs.
         from modelcycle.monitor.profile import profile_after_training
 
         profile_after_training(run.model_dir, config.monitor)
+
+
+def merge_lora(source, out, base=None) -> dict:
+    """``modelcycle lm merge``: fold a LoRA run's (or a peft folder's) adapter into its base weights
+    as a plain package; returns its manifest. A bare adapter is the task that opens such folders."""
+    return lora_merge.merge(source, out, registry.for_kind(ADAPTER).name, base)

@@ -84,12 +84,12 @@ PREFIXES = ("/v1/score",)
 def load(name: str, path: Path, package: Package, cfg: ServeSection) -> ServedReward:
     """A reward model package: a sequence classifier with one output, and the ``max_length`` its
     training recorded. Its chat template, if it has one, is tried now, not on the first request."""
-    if package.manifest is None or not package.scores:
+    if package.manifest is None:  # the max_length its scores were trained at is recorded there
         raise UserError(
-            f"{package.folder} is not a reward model (a sequence classifier with one output and its "
-            "modelcycle.json): /v1/score serves a `modelcycle lm reward` run or its model/ package"
+            f"{package.folder} is not a reward model package (no modelcycle.json): /v1/score serves a "
+            "`modelcycle lm reward` run or its model/ package"
         )
-    loaded = package.load_sequence_classifier()
+    loaded = package.load_scorer()
     if getattr(loaded.tokenizer, "chat_template", None):
         chat_ids(loaded.tokenizer, [{"role": "user", "content": "Hello"}], name=name)
     max_length = package.manifest["preprocessing"]["max_length"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelcycle.engine.loggers import EventLog, MetricsLog
+from modelcycle.runlogs import EventLog, MetricsLog
 
 
 def test_metrics_log_round_trip_and_truncate(tmp_path: Path):
