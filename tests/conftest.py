@@ -44,13 +44,22 @@ def tiny_config(tmp_path: Path, prepared: Path):
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
-    """A 3-class model trained on generated 16 px images; its images are under ../images. Shared by
-    the serving tests and tests/hostile."""
+    """The suite's one small trained image classifier: simple_cnn (width 8) for 4 epochs on 3
+    classes x 12 generated 16 px images (30 train, 6 val), its images under ../images and its
+    prepared data under ../data. EMA is on and a checkpoint is written every 2 steps, so that
+    pruning fine-tunes on a recipe with both.
+
+    Read-only: the serving tests and tests/hostile share it as it is. A module that writes into
+    the run (an export, a report, a fine-tune's source record) overrides ``trained`` with its own
+    ``copy_run(trained, tmp_path_factory.mktemp(...))``. tests/evaluation/test_evaluate.py trains
+    its own: it needs a test split and 12 validation images."""
     import modelcycle
 
-    root = tmp_path_factory.mktemp("serve")
+    root = tmp_path_factory.mktemp("shapes")
     modelcycle.prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
-    overrides = tiny_overrides(root / "data", root / "runs", name="shapes", train__epochs=4)
+    overrides = tiny_overrides(
+        root / "data", root / "runs", name="shapes", train__epochs=4, train__ema="true", train__checkpoint_every=2
+    )
     return modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
 
 

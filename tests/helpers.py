@@ -180,3 +180,18 @@ def tampered_copy(package: Path, out: Path) -> Path:
     manifest["weights"]["sha256"] = "0" * 64
     (out / "modelcycle.json").write_text(json.dumps(manifest))
     return out
+
+
+def copy_run(run: Path, root: Path) -> Path:
+    """A copy of a run folder as ``root/runs/<name>``, for a test that writes into its run (an
+    export, a report, a resume). ``root/images`` and ``root/data`` link to the originals beside
+    the run, so paths relative to the run find them; the copy's config still names the original
+    data folder."""
+    import shutil
+
+    copy = root / "runs" / run.name
+    shutil.copytree(run, copy)
+    for name in ("images", "data"):
+        if (run.parents[1] / name).is_dir() and not (root / name).exists():
+            (root / name).symlink_to(run.parents[1] / name, target_is_directory=True)
+    return copy

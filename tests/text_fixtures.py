@@ -5,6 +5,7 @@ shrunk to 2 layers of width 32 from random weights, so training takes seconds.""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 TINY = "{pretrained: false, num_hidden_layers: 2, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64}"
@@ -24,8 +25,24 @@ def write_texts(root: Path) -> Path:
     return root
 
 
+_TRAINED: dict[str, Path] = {}  # run name -> the run trained for this test session
+
+
 def train_text_classifier(root: Path, name: str = "topics") -> Path:
-    """The run folder of a 1-epoch text classifier over :func:`write_texts`."""
+    """``root/runs/<name>``: a copy of the 1-epoch text classifier over :func:`write_texts`, whose
+    texts are under ``root/texts``. It is trained once a session (in the first caller's ``root``,
+    under ``original/``, which no caller gets) and copied for each caller, so a caller may write
+    into its run (an export) without the others seeing it."""
+    if name not in _TRAINED:
+        _TRAINED[name] = _train_text_classifier(root / "original", name)
+    original = _TRAINED[name]
+    copy = root / "runs" / name
+    shutil.copytree(original, copy)
+    (root / "texts").symlink_to(original.parents[1] / "texts", target_is_directory=True)
+    return copy
+
+
+def _train_text_classifier(root: Path, name: str) -> Path:
     import modelcycle
     from modelcycle.config import load_config
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import modelcycle
-from helpers import assert_mentions, assert_user_error, make_image_folder, run_cli, tiny_overrides
+from helpers import assert_mentions, assert_user_error, copy_run, run_cli
 from modelcycle.compress.prune import prune_model
 from modelcycle.data.manifest import PreparedData
 from modelcycle.engine.callbacks import Callback
@@ -27,15 +27,11 @@ SOURCE_LR = 0.01  # tiny_overrides' train.lr
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A tiny run with EMA on, so fine-tuning also has the EMA copy to keep pruned, and a
-    checkpoint every 2 steps, so a fine-tune on its recipe can be interrupted mid-epoch."""
-    root = tmp_path_factory.mktemp("prune")
-    modelcycle.prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
-    overrides = tiny_overrides(
-        root / "data", root / "runs", train__epochs=4, train__ema="true", train__checkpoint_every=2
-    )
-    return modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
+def trained(trained: Path, tmp_path_factory) -> Path:
+    """This module's copy of the shared run (tests/conftest.py), whose recipe has EMA on, so
+    fine-tuning also has the EMA copy to keep pruned, and a checkpoint every 2 steps, so a
+    fine-tune on its recipe can be interrupted mid-epoch. A copy: evaluating it writes a report."""
+    return copy_run(trained, tmp_path_factory.mktemp("prune"))
 
 
 @pytest.fixture(scope="module")

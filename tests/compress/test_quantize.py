@@ -8,18 +8,17 @@ from pathlib import Path
 import pytest
 
 import modelcycle
-from helpers import assert_user_error, make_image_folder, run_cli, tiny_overrides
+from helpers import assert_user_error, copy_run, run_cli
 from modelcycle.compress.quantize import quantize_int8
 from modelcycle.errors import UserError
 from modelcycle.export.runtime import load_predictor
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("quantize")
-    modelcycle.prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
-    overrides = tiny_overrides(root / "data", root / "runs", train__epochs=4)
-    return modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
+def trained(trained: Path, tmp_path_factory) -> Path:
+    """This module's copy of the shared run (tests/conftest.py): quantizing exports the fp32 ONNX
+    model into its package, and the tests check that it had none before."""
+    return copy_run(trained, tmp_path_factory.mktemp("quantize"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import InterruptAt, assert_user_error, cli_env, make_image_folder, read_jsonl, run_cli, tiny_overrides
+from helpers import InterruptAt, assert_user_error, cli_env, read_jsonl, run_cli, tiny_overrides
 from modelcycle import api
 from modelcycle.config import load_config
 from modelcycle.data.datasets import EpochSampler, ShardedBatches
@@ -195,17 +195,7 @@ def test_bad_process_counts_are_refused_before_anything_starts(tmp_path: Path):
 
 
 # ---------------------------------------------------------------- real runs on 2 processes
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    """Data (27 training, 6 validation images) and the model file."""
-    root = tmp_path_factory.mktemp("ddp")
-    from modelcycle.data.prepare import prepare
-
-    prepare(make_image_folder(root / "images", classes=3, per_class=11), root / "data", val=0.2, seed=0)
-    (root / "gated_model.py").write_text(MODEL)
-    return {"root": root, "model": f"{root / 'gated_model.py'}:build"}
+# ``setup`` (tests/engine/conftest.py): data (27 training, 6 validation images) and MODEL as a file.
 
 
 def _reference(s: dict, name: str, **extra) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import assert_user_error, cli_env, make_image_folder, read_jsonl, run_cli, tiny_overrides
+from helpers import assert_user_error, cli_env, read_jsonl, run_cli, tiny_overrides
 from modelcycle import api
 from modelcycle.config import load_config
 from modelcycle.engine import launch
@@ -39,16 +39,7 @@ def build(in_channels, num_classes, image_size):
     )
 """
 STEPS_PER_EPOCH = 4  # 27 training images in global batches of 8: 8, 8, 8, 3 (the 3 split 1 + 2)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("nodes")
-    from modelcycle.data.prepare import prepare
-
-    prepare(make_image_folder(root / "images", classes=3, per_class=11), root / "data", val=0.2, seed=0)
-    (root / "model.py").write_text(MODEL)
-    return {"root": root, "model": f"{root / 'model.py'}:build"}
+# ``setup`` (tests/engine/conftest.py, as for test_distributed.py): that data, and MODEL as a file
 
 
 def _overrides(s: dict, name: str, epochs: int) -> list[str]:

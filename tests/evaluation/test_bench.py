@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import modelcycle
-from helpers import make_image_folder, run_cli, tiny_overrides
+from helpers import copy_run, run_cli, tiny_overrides
 from modelcycle.compress.quantize import quantize_int8
 from modelcycle.evaluation.bench import FAILED, MISMATCH, REFERENCE, VALIDATED, bench
 
@@ -33,11 +33,12 @@ def build(in_channels, num_classes, image_size):
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> tuple[Path, Path, Path]:
+def packages(trained: Path, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(a copy of the shared run of tests/conftest.py, its int8 package, a run of the branchy model
+    on the same data)."""
     root = tmp_path_factory.mktemp("bench")
-    modelcycle.prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
-    run = modelcycle.train(modelcycle.load_config(None, tiny_overrides(root / "data", root / "runs")), progress=False)
-    quantize_int8(run.path, root / "int8", calib=16)
+    run = copy_run(trained, root)
+    quantize_int8(run, root / "int8", calib=16)
     (root / "branchy.py").write_text(BRANCHY)
     overrides = tiny_overrides(
         root / "data",
@@ -48,7 +49,7 @@ def packages(tmp_path_factory) -> tuple[Path, Path, Path]:
         train__epochs=1,
     )
     branchy = modelcycle.train(modelcycle.load_config(None, overrides), progress=False)
-    return run.path, root / "int8" / "model", branchy.path
+    return run, root / "int8" / "model", branchy.path
 
 
 def test_a_row_per_package_and_backend_with_real_accuracy(packages):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import modelcycle
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, copy_run, run_cli
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import preprocess
 from modelcycle.export.formats import onnx_runner, torchscript_runner
@@ -41,15 +41,9 @@ def build(in_channels, num_classes, image_size):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    from helpers import make_image_folder, tiny_overrides
-
-    root = tmp_path_factory.mktemp("export")
-    images = make_image_folder(root / "images")
-    modelcycle.prepare(images, root / "data", val=0.2, seed=0)
-    return modelcycle.train(
-        modelcycle.load_config(None, tiny_overrides(root / "data", root / "runs")), progress=False
-    ).path
+def trained(trained: Path, tmp_path_factory) -> Path:
+    """This module's copy of the shared run (tests/conftest.py): exporting writes into its package."""
+    return copy_run(trained, tmp_path_factory.mktemp("export"))
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
