@@ -15,6 +15,7 @@ from modelcycle.export.parity import check_parity
 from modelcycle.export.text_onnx import PackedText, encode, export_text_onnx, text_onnx_runner
 from modelcycle.packages import SEQUENCE, Package, open_package
 from modelcycle.runs import Run, sha256_file, update_manifest
+from modelcycle.tasks import registry
 
 FORMATS = {
     "onnx": ("model.onnx", formats.export_onnx, formats.onnx_runner),
@@ -47,6 +48,13 @@ def export(
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     path = Path(run)
     package = open_package(path)
+    plugin = registry.for_package(path)
+    if fmt not in plugin.export_formats:  # what the task's packages can be exported to is its plugin's word
+        offers = f"exports to {' and '.join(plugin.export_formats)} only" if plugin.export_formats else "has no export"
+        raise UserError(
+            f"--format {fmt}: {package.folder} holds a model of task {plugin.name}, which {offers}; "
+            "serve or evaluate it as it is (modelcycle serve, modelcycle evaluate)"
+        )
     if package.kind == SEQUENCE:
         model, inputs, write, runner, filename = _text_parts(package, path, fmt, data, count)
         unit = "texts"
@@ -80,9 +88,7 @@ def _text_parts(package: Package, path: Path, fmt: str, data: str | Path | None,
     """A text classifier's model (taking packed ids+mask), parity texts, writer, runner, file name."""
     from modelcycle.evaluation.text import text_examples
 
-    if fmt != "onnx":
-        raise UserError(f"--format {fmt}: a text classifier exports to onnx only")
-    loaded = package.load_sequence_classifier()
+    loaded = package.load_text_classifier()
     run = Run.open(path) if (path / "config.yaml").is_file() else None
     texts = [text for text, _ in text_examples(run, package.manifest, "val", data)]
     if not texts:

@@ -25,6 +25,7 @@ from modelcycle.engine.callbacks import Callback
 from modelcycle.engine.trainer import Trainer, TrainingInterrupted
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.progress import console, info
+from modelcycle.tasks import registry
 from modelcycle.training.service import train
 from modelcycle.tuning import report
 from modelcycle.tuning.space import SearchSpace, apply, load_space
@@ -265,6 +266,7 @@ def _tune(config: Config) -> TuneResult:
             "a trial is declared dead after grace_s without a heartbeat"
         )
     space = load_space(settings.space, config, settings.sampler)
+    registry.check_reads(registry.apply_defaults(config))  # a key the task ignores would fail every trial alike
     if config.data.root is not None and "data.root" not in space.keys:
         PreparedData.open(config.data.root)  # a missing data folder would fail every trial the same way
     name = settings.study or f"{config.run.name}-tune"
