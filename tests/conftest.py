@@ -68,6 +68,18 @@ def images(trained: Path) -> list[Path]:
     return sorted((trained.parents[1] / "images").glob("class_*/*.png"))
 
 
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory) -> Path:
+    """The bundled digits (1,797 pictures of 10 classes, written as PNGs under ../raw) prepared
+    with a 20 % validation split. Read-only: shared by the monitoring and resume tests."""
+    import modelcycle
+
+    root = tmp_path_factory.mktemp("digits")
+    modelcycle.write_digits(root / "raw")
+    modelcycle.prepare(root / "raw", root / "data", val=0.2, seed=0)
+    return root / "data"
+
+
 @pytest.fixture
 def linear_model_file(tmp_path: Path) -> str:
     """A user model file with no BatchNorm, as ``model.name`` = ``path/to/file.py:build``."""

@@ -22,12 +22,7 @@ from helpers import tiny_overrides
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def digits_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("digits")
-    modelcycle.write_digits(root / "raw")
-    modelcycle.prepare(root / "raw", root / "data", val=0.2, seed=0)
-    return root / "data"
+# ``digits_data``: the bundled digits, prepared once a session (tests/conftest.py)
 
 
 def _args(data: Path, runs: Path, name: str, extra: list[str]) -> list[str]:

@@ -15,12 +15,12 @@ from modelcycle.data.manifest import PreparedData
 
 
 @pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> Path:
-    """simple_cnn (width 8) on the bundled digits at 16 px: ~94 % in a few seconds. Training
-    writes the reference profile into its package (on the 360 validation images)."""
+def digits_run(tmp_path_factory, digits_data: Path) -> Path:
+    """simple_cnn (width 8) on the bundled digits (tests/conftest.py) at 16 px: ~94 % in a few
+    seconds. Training writes the reference profile into its package (on the 360 validation
+    images). The data folder is linked beside the run, as ../../data."""
     root = tmp_path_factory.mktemp("monitor")
-    modelcycle.write_digits(root / "raw")
-    modelcycle.prepare(root / "raw", root / "data", val=0.2, seed=0)
+    (root / "data").symlink_to(digits_data, target_is_directory=True)
     overrides = tiny_overrides(root / "data", root / "runs", name="digits", train__epochs=3, train__batch_size=32)
     return modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
 
