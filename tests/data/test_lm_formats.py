@@ -356,5 +356,5 @@ def test_preference_file_lists_and_folders(tmp_path):
     assert open_pairs(folder)[1] is None
     with pytest.raises(ConfigError, match="not both"):
         open_pairs(folder, [str(train)])
-    with pytest.raises(ConfigError, match="no preference data"):
+    with pytest.raises(ConfigError, match="data.root is not set, nor data.train_files"):
         open_pairs(None, [], [])

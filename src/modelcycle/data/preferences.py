@@ -66,9 +66,9 @@ def open_pairs(
     train, val = pair_sources(str(root) if root else None, list(train_files), list(val_files))
     if not train:
         raise ConfigError(
-            "no preference data: set data.root to a folder with prefs-train.jsonl and prefs-val.jsonl, or list "
-            "files or folders in data.train_files (and data.val_files); "
-            "`modelcycle datasets pydocs --out data/pydocs` writes one"
+            "data.root is not set, nor data.train_files; pass data.root=PATH to a folder with prefs-train.jsonl "
+            "and prefs-val.jsonl (`modelcycle datasets pydocs --out data/pydocs` writes one), or list files or "
+            "folders of preference pairs in data.train_files (and data.val_files)"
         )
     pairs = [p for source in train for p in read_pairs(source)]
     return pairs, [p for source in val for p in read_pairs(source)] if val else None
