@@ -43,11 +43,21 @@ def tiny_config(tmp_path: Path, prepared: Path):
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """The suite's one small trained image classifier: simple_cnn (width 8) for 4 epochs on 3
-    classes x 12 generated 16 px images (30 train, 6 val), its images under ../images and its
-    prepared data under ../data. EMA is on and a checkpoint is written every 2 steps, so that
-    pruning fine-tunes on a recipe with both.
+def shapes_data(tmp_path_factory) -> Path:
+    """``image_folder``'s images (under ../images) prepared as ``prepared`` is (30 train, 6 val),
+    once a session. Read-only: shared by ``trained`` and the tracking tests."""
+    from modelcycle.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("shapes")
+    prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def trained(shapes_data: Path) -> Path:
+    """The suite's one small trained image classifier: simple_cnn (width 8) for 4 epochs on
+    ``shapes_data``, so its images are under ../images and its data under ../data. EMA is on and a
+    checkpoint is written every 2 steps, so that pruning fine-tunes on a recipe with both.
 
     Read-only: the serving tests and tests/hostile share it as it is. A module that writes into
     the run (an export, a report, a fine-tune's source record) overrides ``trained`` with its own
@@ -55,11 +65,10 @@ def trained(tmp_path_factory) -> Path:
     its own: it needs a test split and 12 validation images."""
     import modelcycle
 
-    root = tmp_path_factory.mktemp("shapes")
-    modelcycle.prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
     overrides = tiny_overrides(
-        root / "data", root / "runs", name="shapes", train__epochs=4, train__ema="true", train__checkpoint_every=2
-    )
+        shapes_data, shapes_data.parent / "runs", name="shapes", train__epochs=4, train__ema="true",
+        train__checkpoint_every=2,
+    )  # fmt: skip
     return modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
 
 

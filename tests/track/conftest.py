@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import modelcycle
-from helpers import InterruptAt, make_image_folder, tiny_overrides
+from helpers import InterruptAt, tiny_overrides
 from modelcycle.engine.callbacks import Callback
 from modelcycle.engine.trainer import TrainingInterrupted
 
@@ -28,18 +28,12 @@ class CrashAtEpoch(Callback):
 
 
 @pytest.fixture(scope="session")
-def shapes_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("track-data")
-    modelcycle.prepare(make_image_folder(root / "images"), root / "data", val=0.2, seed=0)
-    return root / "data"
-
-
-@pytest.fixture(scope="session")
 def runs_dir(tmp_path_factory, shapes_data: Path) -> Path:
-    """runs/fast (lr 0.01), runs/slow (lr 1e-5), runs/study/trial-0001 (narrower, nested),
-    runs/stopped (Ctrl-C after step 2), runs/crashed (an exception in epoch 2), runs/live (a
-    status.json naming this very process), runs/killed (naming a process that is gone),
-    runs/broken (unparseable config.yaml), runs/torn (a damaged metrics line), runs/notes (no run)."""
+    """On ``shapes_data`` (tests/conftest.py): runs/fast (lr 0.01), runs/slow (lr 1e-5),
+    runs/study/trial-0001 (narrower, nested), runs/stopped (Ctrl-C after step 2), runs/crashed (an
+    exception in epoch 2), runs/live (a status.json naming this very process), runs/killed (naming
+    a process that is gone), runs/broken (unparseable config.yaml), runs/torn (a damaged metrics
+    line), runs/notes (no run)."""
     root = tmp_path_factory.mktemp("track-runs") / "runs"
 
     def train(name: str, *more: str, run_dir: Path = root, callbacks=None):
