@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from helpers import LINEAR_MODEL, make_image_folder, tiny_overrides  # noqa: E402
+from lm_fixtures import MAX_LENGTH, build_sft_policy, write_prefs  # noqa: E402
 
 
 @pytest.fixture
@@ -87,6 +88,46 @@ def digits_data(tmp_path_factory) -> Path:
     modelcycle.write_digits(root / "raw")
     modelcycle.prepare(root / "raw", root / "data", val=0.2, seed=0)
     return root / "data"
+
+
+# ---------------------------------------------------------------- preference tuning (builders in lm_fixtures.py)
+
+
+@pytest.fixture(scope="session")
+def prefs(tmp_path_factory) -> Path:
+    """pydocs preference pairs (prefs-train.jsonl, prefs-val.jsonl). This and the two below are
+    shared by the RLHF tests and tests/hostile/test_run_lock_ppo.py."""
+    return write_prefs(tmp_path_factory.mktemp("pydocs"))
+
+
+@pytest.fixture(scope="session")
+def sft_policy(tmp_path_factory, prefs: Path) -> Path:
+    """A tiny SFT policy package (4 epochs over ``prefs``' chosen answers)."""
+    return build_sft_policy(tmp_path_factory.mktemp("lm-sft") / "model", prefs)
+
+
+@pytest.fixture(scope="session")
+def reward_run(tmp_path_factory, prefs, sft_policy):
+    """A reward model trained from ``sft_policy`` on ``prefs`` (5 epochs): the Run."""
+    from modelcycle import api
+    from modelcycle.config import load_config
+
+    config = load_config(
+        None,
+        [
+            "run.task=reward",
+            "run.name=reward",
+            f"run.dir={tmp_path_factory.mktemp('runs')}",
+            f"model.init_from={sft_policy}",
+            f"data.root={prefs}",
+            f"lm.context_length={MAX_LENGTH}",
+            "train.epochs=5",
+            "train.batch_size=16",
+            "train.lr=3e-3",
+            "train.schedule=none",
+        ],
+    )
+    return api.train(config, progress=False)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import cli_env
-from lm_fixtures import MAX_LENGTH, build_sft_policy, ppo_overrides, write_prefs
+from lm_fixtures import ppo_overrides
 from modelcycle.runlock import LOCK_FILE, RunLocked
 
 pytestmark = pytest.mark.slow
@@ -24,32 +24,10 @@ HOLD = (
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """(preference data, SFT policy package, reward run): one epoch each, enough to start PPO."""
-    from modelcycle import api
-    from modelcycle.config import load_config
-
-    root = tmp_path_factory.mktemp("ppo-lock")
-    prefs = write_prefs(root / "prefs")
-    policy = build_sft_policy(root / "sft", prefs, epochs=1)
-    reward = api.train(
-        load_config(
-            None,
-            [
-                "run.task=reward",
-                "run.name=reward",
-                f"run.dir={root / 'runs'}",
-                f"model.init_from={policy}",
-                f"data.root={prefs}",
-                f"lm.context_length={MAX_LENGTH}",
-                "train.epochs=1",
-                "train.batch_size=16",
-                "train.schedule=none",
-            ],
-        ),
-        progress=False,
-    )
-    return prefs, policy, reward.path
+def packages(prefs: Path, sft_policy: Path, reward_run) -> tuple[Path, Path, Path]:
+    """(preference data, SFT policy package, reward run), the RLHF tests' (tests/conftest.py):
+    enough to start PPO. Read only: PPO writes its own run."""
+    return prefs, sft_policy, reward_run.path
 
 
 def test_ppo_refuses_a_locked_run_and_takes_over_an_abandoned_lock(packages, tmp_path: Path):
