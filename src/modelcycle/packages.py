@@ -23,7 +23,7 @@ from torch import nn
 
 from modelcycle import runs
 from modelcycle.errors import UserError
-from modelcycle.models import hf
+from modelcycle.models import hf, hub
 
 VISION, SEQUENCE, CAUSAL, ADAPTER = "vision", "hf_sequence_classifier", "hf_causal_lm", "hf_adapter"
 OWN = "own"  # a package of a task of one's own (tasks/plugin.py): its plugin knows what the files hold
@@ -33,19 +33,32 @@ WHAT |= {ADAPTER: "a LoRA adapter", OWN: "a model of a task of its own"}
 
 
 def find_folder(path: str | Path) -> Path:
-    """A run folder, a package, a Hugging Face folder or an adapter folder -> the folder holding
-    the model (its modelcycle.json, config.json or adapter_config.json)."""
-    path = Path(path)
+    """A run folder, a package, a Hugging Face folder, an adapter folder or a Hub id in the local
+    cache (models/hub.py) -> the folder holding the model (its modelcycle.json, config.json or
+    adapter_config.json)."""
+    return _locate(path)[0]
+
+
+def _locate(path: str | Path) -> tuple[Path, str | None]:
+    """(the model's folder, the Hub id it was found by or None)."""
+    repo = hub.hub_id(path)
+    path = hub.snapshot(repo) if repo else Path(path)
     for names in ((runs.MANIFEST,), ("config.json", "adapter_config.json")):
         for folder in (path, path / "model"):
             if any((folder / name).is_file() for name in names):
-                return folder
+                return folder, repo
+    if repo:
+        raise UserError(
+            f"the cached snapshot of {repo} ({path}) has no config.json nor adapter_config.json: only part of the "
+            f"model was downloaded; on a machine with network run `hf download {repo.split('@')[0]}` for all of it"
+        )
     if (path / "config.yaml").is_file():
         raise UserError(f"run {path} has no model package yet (model/{runs.MANIFEST}); finish training or --resume it")
+    missing = "does not exist and " if not path.exists() else ""
     raise UserError(
-        f"{path} is neither a run folder nor a model package (no {runs.MANIFEST}, no config.json, no "
-        "adapter_config.json); pass a run folder (runs/NAME), its model/ package, a Hugging Face model folder "
-        "or a peft adapter folder"
+        f"{path} {missing}is neither a run folder nor a model package (no {runs.MANIFEST}, no config.json, no "
+        "adapter_config.json); pass a run folder (runs/NAME), its model/ package, a Hugging Face model folder, "
+        "a peft adapter folder or the id of a model in the Hugging Face cache (owner/name)"
     )
 
 
@@ -85,6 +98,7 @@ class Package:
     kind: str
     trust_code: bool = False
     run: Path | None = field(default=None)  # the run folder, when one was given
+    hub_id: str | None = None  # owner/name when it was opened from the Hugging Face cache
 
     @property
     def task(self) -> str | None:
@@ -102,7 +116,9 @@ class Package:
 
     @property
     def name(self) -> str:
-        """runs/flowers and runs/flowers/model are both named "flowers"."""
+        """runs/flowers and runs/flowers/model are both named "flowers"; a Hub model its id."""
+        if self.hub_id:
+            return self.hub_id
         folder = self.folder.resolve()
         return folder.parent.name if folder.name == "model" else folder.name
 
@@ -215,13 +231,19 @@ class Package:
 
 
 def open_package(path: str | Path, trust_code: bool = False) -> Package:
-    """The package at ``path`` (a run folder or any folder :func:`find_folder` accepts), its
-    manifest read and format-checked; weights are checked when they are loaded."""
-    path = Path(path)
-    folder = find_folder(path)
+    """The package at ``path`` (a run folder or any folder :func:`find_folder` accepts, or a Hub id
+    in the local cache), its manifest read and format-checked; weights are checked when loaded."""
+    folder, repo = _locate(path)
     manifest = runs.read_manifest(folder) if (folder / runs.MANIFEST).is_file() else None
     run = folder.parent if folder.name == "model" and (folder.parent / "config.yaml").is_file() else None
-    return Package(folder, manifest, _kind(folder, manifest), trust_code, run)
+    return Package(folder, manifest, _kind(folder, manifest), trust_code, run, repo)
+
+
+def report_folder(path: str | Path) -> Path:
+    """Where ``modelcycle evaluate`` writes the report of a package that is not a run's: beside it,
+    or for a Hub model ``reports/OWNER--NAME/`` here (the cache is never written to)."""
+    repo = _locate(path)[1]
+    return Path("reports") / repo.replace("/", "--").replace("@", "--") if repo else Path(path) / "report"
 
 
 def pytorch_classifier(path: str | Path, role: str, verb: str) -> dict:

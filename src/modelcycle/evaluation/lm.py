@@ -29,6 +29,7 @@ from modelcycle.errors import UserError
 from modelcycle.lm.generate import LanguageModel
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.sampling import Sampling
+from modelcycle.packages import report_folder
 from modelcycle.progress import progress_bar
 from modelcycle.runs import Run
 from modelcycle.tasks import registry
@@ -103,7 +104,7 @@ def evaluate_lm(
             result["bigram_perplexity"] = bigram_perplexity(train, held_out, len(tokenizer))
     if not report:
         return result
-    out = run_obj.report_dir if run_obj else Path(path) / "report"
+    out = run_obj.report_dir if run_obj else report_folder(path)  # a Hub model: reports/OWNER--NAME
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     _write_samples(out / "samples.md", result["samples"])

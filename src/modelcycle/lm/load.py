@@ -17,10 +17,19 @@ from torch import nn
 
 from modelcycle.errors import UserError
 from modelcycle.lm.generate import LanguageModel
-from modelcycle.models.hf import adapter_base, check_vocabulary, fold_adapter
-from modelcycle.packages import ADAPTER, CAUSAL, find_folder, open_package
+from modelcycle.models.hf import adapter_base, check_tokenizer, check_vocabulary, fold_adapter
+from modelcycle.packages import ADAPTER, CAUSAL, Package, find_folder, open_package
 
-__all__ = ["adapter_base", "check_vocabulary", "is_language_model", "lm_folder", "load_lm", "merge_adapter", "open_lm"]
+__all__ = [
+    "adapter_base",
+    "check_tokenizer",
+    "check_vocabulary",
+    "is_language_model",
+    "lm_folder",
+    "load_lm",
+    "merge_adapter",
+    "open_lm",
+]
 
 
 def lm_folder(path: str | Path) -> Path:
@@ -41,23 +50,26 @@ def is_language_model(path: str | Path) -> bool:
 def open_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, object, dict | None]:
     """(model in eval mode on the CPU, tokenizer, our manifest or None) from any folder
     ``lm_folder`` accepts."""
-    package = open_package(path)
+    loaded = _causal(open_package(path), dtype)
+    return loaded.model, loaded.tokenizer, loaded.manifest
+
+
+def _causal(package: Package, dtype: torch.dtype):
     if package.kind not in (CAUSAL, ADAPTER):
         raise UserError(f"{package.folder} holds a {package.task} model, not a language model")
-    loaded = package.load_causal(dtype)
-    return loaded.model, loaded.tokenizer, loaded.manifest
+    return package.load_causal(dtype)
 
 
 def load_lm(path: str | Path, device: str = "auto", dtype: torch.dtype | None = None) -> LanguageModel:
     """The model ready to generate on ``device`` ("auto": the GPU when there is one), with its
-    tokenizer. float32 on CPU unless ``dtype`` says otherwise; bfloat16 on a GPU."""
+    tokenizer. float32 on CPU unless ``dtype`` says otherwise; bfloat16 on a GPU. Named after its
+    run (runs/NAME), its folder, or its Hub id."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model, tokenizer, manifest = open_lm(path, dtype)
-    folder = lm_folder(path)
-    name = folder.parent.name if folder.name == "model" else folder.name
-    return LanguageModel(model.to(device), tokenizer, name=name, manifest=manifest)
+    package = open_package(path)
+    loaded = _causal(package, dtype)
+    return LanguageModel(loaded.model.to(device), loaded.tokenizer, name=package.name, manifest=loaded.manifest)
 
 
 def merge_adapter(adapter: Path, dtype: torch.dtype = torch.float32, base: str | Path | None = None) -> nn.Module:

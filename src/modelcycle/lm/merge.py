@@ -12,11 +12,14 @@ from pathlib import Path
 
 from modelcycle import runs
 from modelcycle.errors import UserError
-from modelcycle.lm.load import merge_adapter
+from modelcycle.lm.load import adapter_base, merge_adapter
 from modelcycle.lm.model import ADAPTER, package_writer
+from modelcycle.models.hf import has_tokenizer, load_tokenizer
+from modelcycle.models.hub import local_folder
 
 
 def adapter_folder(source: Path) -> Path:
+    source = local_folder(source)  # a peft adapter downloaded to the Hugging Face cache, by its id
     for folder in (source, source / ADAPTER, source / "model" / ADAPTER):
         if (folder / "adapter_config.json").is_file():
             return folder
@@ -29,15 +32,15 @@ def adapter_folder(source: Path) -> Path:
 def merge(source: str | Path, out: str | Path, task: str, base: str | Path | None = None) -> dict:
     """Write ``out`` as a plain LM package: base weights + the adapter's update; returns its manifest.
     It records the source package's task, or ``task`` for a bare peft adapter that records none."""
-    from transformers import AutoTokenizer
-
     source, out = Path(source), Path(out)
     adapter = adapter_folder(source)
     package = adapter.parent if adapter.name == ADAPTER else adapter
     manifest = runs.read_manifest(package) if (package / runs.MANIFEST).is_file() else {}
-    model = merge_adapter(adapter, base=base)
-    tokenizer_from = package if (package / "tokenizer_config.json").is_file() else adapter
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_from, local_files_only=True)
+    base_folder = adapter_base(adapter, base)
+    model = merge_adapter(adapter, base=base_folder)
+    # the package's tokenizer, else the adapter's, else (peft saves none) the base model's
+    tokenizer_from = next((f for f in (package, adapter) if has_tokenizer(f)), base_folder)
+    tokenizer = load_tokenizer(tokenizer_from)
     tuning = {**manifest.get("fine_tuning", {}), "adapter": None, "merged_from": str(adapter.resolve())}
     record = {
         "task": manifest.get("task", task),
@@ -50,5 +53,6 @@ def merge(source: str | Path, out: str | Path, task: str, base: str | Path | Non
         "source_run": manifest.get("source_run"),
         "source_package": str(package.resolve()),
     }
-    package_writer(model, tokenizer, None)(out, model.state_dict(), record)
+    # in the base model's dtypes (a bf16 base gives a bf16 package), tied weights once
+    package_writer(model, tokenizer, base_folder)(out, model.state_dict(), record)
     return runs.read_manifest(out)

@@ -11,15 +11,21 @@ which ``modelcycle lm merge`` folds into any copy of the base.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from modelcycle.errors import ConfigError
 from modelcycle.lm.tokenizer import ENDOFTEXT
+from modelcycle.models.hf import adapter_base
+from modelcycle.models.hub import cached_repo
 from modelcycle.models.text import package_writer as text_package_writer
 from modelcycle.models.text import quiet
+from modelcycle.packages import ADAPTER as PACKAGE_ADAPTER
+from modelcycle.packages import open_package
 
 # Llama-style shapes; parameters for a 4,000-token vocabulary with tied embeddings
 PRESETS: dict[str, dict[str, int]] = {
@@ -74,19 +80,41 @@ def lora_targets(model: nn.Module, given: list[str] | None) -> list[str]:
     raise ConfigError(f"set model.lora.target_modules (this model's Linear layers: {', '.join(sorted(names))})")
 
 
-def package_writer(model: nn.Module, tokenizer, base: Path | None) -> Callable[[Path, dict, dict], Path]:
+def package_writer(
+    model: nn.Module, tokenizer, base: Path | None, dtype: torch.dtype | None = None
+) -> Callable[[Path, dict, dict], Path]:
     """``write(out, weights, manifest)``: the merged model as a Hugging Face folder (the text
-    package's writer) with its generation_config.json, and with LoRA the adapter alone in
-    ``adapter/`` (its config naming ``base``, the folder it adapts)."""
+    package's writer: tied weights once, tokenizer files copied) with its generation_config.json,
+    each tensor in the dtype it has in ``base`` (the folder the weights started from; a bare
+    adapter's base model) unless ``dtype`` says otherwise; with LoRA the adapter alone in
+    ``adapter/``, its config naming ``base`` (by its Hub id when it came from the cache)."""
 
     def also(folder: Path, plain: nn.Module, weights: dict) -> None:
         plain.generation_config.save_pretrained(folder)
         if hasattr(model, "peft_config"):
             adapter = _copy_with(model, weights)
+            # a folder while saving: peft looks a base that is not one up on the Hub
             adapter.peft_config["default"].base_model_name_or_path = str(base.resolve()) if base else None
             adapter.save_pretrained(folder / ADAPTER)
+            if base is not None and (repo := cached_repo(base)):
+                _name_base(folder / ADAPTER / "adapter_config.json", repo)
 
-    return text_package_writer(model, tokenizer, also)
+    return text_package_writer(model, tokenizer, also, weights_source(base), dtype)
+
+
+def weights_source(base: Path | None) -> Path | None:
+    """The folder holding the full weights a run started from: ``base``, or a bare adapter's base."""
+    if base is None:
+        return None
+    package = open_package(base)
+    return adapter_base(package.folder) if package.kind == PACKAGE_ADAPTER else package.folder
+
+
+def _name_base(config: Path, repo: str) -> None:
+    """The adapter's base named by its Hub id, which peft, transformers and modelcycle resolve."""
+    record = json.loads(config.read_text())
+    record["base_model_name_or_path"] = repo
+    config.write_text(json.dumps(record, indent=2, sort_keys=True))  # as peft writes it
 
 
 def _copy_with(model: nn.Module, weights: dict) -> nn.Module:

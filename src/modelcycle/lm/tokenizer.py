@@ -72,10 +72,13 @@ def train_tokenizer(files: Sequence[str | Path], vocab: int, out: str | Path, mi
 
 
 def load_tokenizer(folder: str | Path):
-    """A tokenizer folder (ours, or any Hugging Face model folder) -> ``transformers`` tokenizer."""
+    """A tokenizer folder (ours, any Hugging Face model folder, or a Hub id in the local cache) ->
+    ``transformers`` tokenizer."""
     from transformers import AutoTokenizer
 
-    folder = Path(folder)
+    from modelcycle.models.hub import local_folder
+
+    folder = local_folder(folder)
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise UserError(
             f"{folder} holds no tokenizer (tokenizer.json); train one with "

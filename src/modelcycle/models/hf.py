@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from modelcycle.errors import ConfigError, UserError
+from modelcycle.models import hub
 
 
 @contextlib.contextmanager
@@ -71,10 +72,12 @@ def load_sequence_classifier(folder: Path, dtype: torch.dtype = torch.float32) -
 
 def adapter_base(adapter: Path, base: str | Path | None = None) -> Path:
     """The folder of the model a peft adapter was trained on: ``base``, else the one its
-    adapter_config.json names."""
+    adapter_config.json names (a folder, or a Hub id found in the local cache)."""
     if base is None:
         config = json.loads((adapter / "adapter_config.json").read_text())
         base = config.get("base_model_name_or_path")
+    if base and not Path(base).is_dir() and hub.hub_id(base):
+        return hub.snapshot(hub.hub_id(base))
     if not base or not Path(base).is_dir():
         raise UserError(
             f"{adapter}/adapter_config.json names the base model {base!r}, which is not a folder here; "
@@ -103,3 +106,40 @@ def check_vocabulary(model: nn.Module, tokenizer, where: str | Path) -> None:
             "tokenizer does not belong to this model; use the tokenizer the model was trained with (leave "
             "lm.tokenizer unset to use the model folder's own) or train a new model on this tokenizer"
         )
+
+
+def check_tokenizer(model: nn.Module, tokenizer, own, folder: str | Path, given: str | Path, allow: bool) -> None:
+    """``tokenizer`` (read from ``given``) must be the model's: no more tokens than it embeds
+    (always), and unless ``allow`` (lm.tokenizer_mismatch_ok), every token of ``own`` (the model
+    folder's own tokenizer; None when it has none) at the same id, and the ids config.json names
+    for bos/eos/pad special tokens in it as they are in ``own``. Two tokenizers of the same size
+    trained on other text pass the first check and fail the second."""
+    check_vocabulary(model, tokenizer, folder)
+    if allow:
+        return
+    problems = []
+    if own is not None:
+        theirs = tokenizer.get_vocab()
+        moved = [t for t, i in own.get_vocab().items() if theirs.get(t) != i]
+        if moved:
+            sample = ", ".join(repr(t) for t in sorted(moved)[:3])
+            problems.append(f"{len(moved):,} of the model's {len(own):,} tokens have another id or none ({sample})")
+    special = _special_ids(tokenizer)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        ids = getattr(model.config, name, None)
+        for i in ids if isinstance(ids, list) else [ids]:
+            if i is None or i < 0 or (own is not None and i not in _special_ids(own)) or i in special:
+                continue
+            token = tokenizer.convert_ids_to_tokens(i) if i < len(tokenizer) else None
+            problems.append(f"config.json's {name}={i} is {token!r} there, not a special token")
+    if problems:
+        raise ConfigError(
+            f"lm.tokenizer={given} does not belong to the model in {folder}: {'; '.join(problems)}. Leave lm.tokenizer "
+            "unset to use the model's own tokenizer, or set lm.tokenizer_mismatch_ok=true if this tokenizer is meant "
+            "for it (the model's token ids then mean other text)"
+        )
+
+
+def _special_ids(tokenizer) -> set[int]:
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}

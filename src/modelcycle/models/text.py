@@ -27,6 +27,7 @@ from torch import nn
 from modelcycle import runs
 from modelcycle.config import ModelSection
 from modelcycle.errors import ConfigError
+from modelcycle.models import hf_files
 from modelcycle.models.freeze import apply_freeze
 from modelcycle.models.hf import quiet
 
@@ -172,25 +173,34 @@ def plain_model(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module
 
 
 def package_writer(
-    model: nn.Module, tokenizer, also: Callable[[Path, nn.Module, dict], None] | None = None
+    model: nn.Module,
+    tokenizer,
+    also: Callable[[Path, nn.Module, dict], None] | None = None,
+    source: Path | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Callable[[Path, dict, dict], Path]:
     """``write(out, weights, manifest)`` for the run's package: ``runs.write_package``'s
     model.safetensors + modelcycle.json, plus config.json and the tokenizer files, so that
     ``AutoModelForSequenceClassification`` (or ``AutoModelForCausalLM``) and ``AutoTokenizer``
-    load the folder as it is. ``also(folder, plain_model, weights)`` adds files of its own."""
+    load the folder as it is. As transformers saves (models/hf_files.py): tied weights once, each
+    tensor in the dtype of ``source`` (the folder the weights came from) or ``dtype``; the
+    tokenizer's files copied from its folder. ``also(folder, plain_model, weights)`` adds files."""
     import transformers
 
     def write(out: Path, weights: dict, manifest: dict) -> Path:
         plain = plain_model(model, weights)
+        state, saved = hf_files.state_to_save(plain, hf_files.weight_dtypes(source) if source else {}, dtype)
 
         def hugging_face_files(folder: Path) -> None:
             plain.config.architectures = [type(plain).__name__]
+            if saved is not None:
+                plain.config.dtype = saved  # what from_pretrained(dtype="auto") loads it as
             plain.config.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
+            hf_files.write_tokenizer(tokenizer, folder)
             if also is not None:
                 also(folder, plain, weights)
 
         manifest = {**manifest, "transformers_version": transformers.__version__}
-        return runs.write_package(out, plain.state_dict(), manifest, extra=hugging_face_files)
+        return runs.write_package(out, state, manifest, extra=hugging_face_files)
 
     return write

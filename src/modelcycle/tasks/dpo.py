@@ -131,7 +131,12 @@ def setup(config: Config) -> PairSetup:
         "init_from": str(built.base.resolve()) if built.base else None,
     }
     return PairSetup(
-        task, built.model, train_loader, val_loader, meta, package_writer(built.model, tokenizer, built.base)
+        task,
+        built.model,
+        train_loader,
+        val_loader,
+        meta,
+        package_writer(built.model, tokenizer, built.base, built.save_dtype),
     )
 
 
@@ -150,6 +155,7 @@ PLUGIN = TaskPlugin(
     reads=(
         *("dpo", "data.root", "data.max_length", "model"),
         *("lm.tokenizer", "lm.size", "lm.context_length", "lm.val_files", "lm.eval_samples", "lm.eval_tokens"),
+        *("lm.save_dtype", "lm.tokenizer_mismatch_ok"),
     ),
     description="direct preference optimisation of a policy on preference pairs",
 )

@@ -27,9 +27,10 @@ from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.errors import ConfigError
 from modelcycle.lm.chat_template import chat_ids, encode_text
 from modelcycle.lm.generate import LanguageModel
-from modelcycle.lm.load import check_vocabulary, lm_folder, open_lm
+from modelcycle.lm.load import check_tokenizer, lm_folder, open_lm
 from modelcycle.lm.model import build_lm, lora_targets, package_writer
 from modelcycle.lm.sampling import Sampling
+from modelcycle.models.hf_files import save_dtype
 from modelcycle.progress import info
 from modelcycle.tasks.plugin import TaskParts, TaskPlugin
 
@@ -80,6 +81,7 @@ class LMModel:
     record: dict  # the package's "architecture" entry
     tuning: dict
     base: Path | None  # the folder the weights started from
+    save_dtype: torch.dtype | None  # lm.save_dtype; None: each tensor's dtype in base
 
 
 def prepare_model(config: Config) -> LMModel:
@@ -109,11 +111,12 @@ def prepare_model(config: Config) -> LMModel:
         base = lm_folder(source)
         if cfg.name not in ("llama", ModelSection.model_fields["name"].default) and cfg.init_from:
             raise ConfigError("set model.init_from or a folder in model.name, not both")
-        model, tokenizer, _ = open_lm(base)
+        model, own, _ = open_lm(base)
         model.train()
+        tokenizer = own
         if lm.tokenizer:
             tokenizer = load_tokenizer(lm.tokenizer)
-            check_vocabulary(model, tokenizer, base)
+            check_tokenizer(model, tokenizer, own, base, lm.tokenizer, lm.tokenizer_mismatch_ok)
         record = {"name": str(source), "folder": str(base.resolve())}
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and lm.context_length > limit:
@@ -125,7 +128,7 @@ def prepare_model(config: Config) -> LMModel:
     targets = lora_targets(model, given) if cfg.lora.r else None
     model, tuning = apply_tuning(model, cfg, task_type="CAUSAL_LM", targets=targets)
     info(f"{record['name']} ({record['parameters']:,} parameters): {tuning_line(tuning)}")
-    return LMModel(model, tokenizer, record, tuning, base)
+    return LMModel(model, tokenizer, record, tuning, base, save_dtype(lm.save_dtype))
 
 
 def package_meta(config: Config, built: LMModel, task: str) -> dict:
@@ -173,7 +176,7 @@ def language_setup(config: Config, task: str, rows: Callable[[list[str], object,
         train_loader,
         val_loader,
         package_meta(config, built, task),
-        package_writer(built.model, tokenizer, built.base),
+        package_writer(built.model, tokenizer, built.base, built.save_dtype),
         sample_callbacks(config, tokenizer, chat=task != "lm"),
     )
 

@@ -281,6 +281,7 @@ PLUGIN = TaskPlugin(
     reads=(
         *("ppo", "data.root", "data.max_length", "model.args", "model.freeze", "model.lora"),
         *("lm.tokenizer", "lm.context_length", "lm.val_files", "lm.eval_samples", "lm.eval_tokens"),
+        *("lm.save_dtype", "lm.tokenizer_mismatch_ok"),
     ),
     description="PPO: a policy tuned against a reward model, with a per-token KL penalty to its start",
 )

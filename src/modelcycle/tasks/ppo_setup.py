@@ -128,4 +128,4 @@ def write_package(run: runs.Run, parts: PPOParts, config: Config, metrics: dict,
         "source_run": str(run.path.resolve()),
         "checkpoint": last.name,
     }
-    package_writer(built.model, parts.tokenizer, built.base)(run.model_dir, lm_weights, manifest)
+    package_writer(built.model, parts.tokenizer, built.base, built.save_dtype)(run.model_dir, lm_weights, manifest)
