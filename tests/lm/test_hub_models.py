@@ -112,7 +112,8 @@ def test_sft_with_lora_from_a_hub_id_names_the_base_by_its_id(cache, tmp_path):
     manifest = json.loads((run.model_dir / "modelcycle.json").read_text())
     assert manifest["architecture"]["name"] == REPO
     adapter = run.model_dir / "adapter"
-    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == REPO
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    assert (settings["base_model_name_or_path"], settings["revision"]) == (REPO, COMMIT)
     # the bare adapter opens on any machine whose cache holds the base: merged in memory
     merged, _, _ = open_lm(adapter)
     trained, _, _ = open_lm(run.model_dir)
@@ -121,9 +122,13 @@ def test_sft_with_lora_from_a_hub_id_names_the_base_by_its_id(cache, tmp_path):
     # an adapter downloaded on its own merges by its id: base and tokenizer from the cache
     add_to_cache(cache, "tiny-org/tiny-lora", adapter)
     record = merge("tiny-org/tiny-lora", tmp_path / "merged", "sft")
-    assert (Path(record["_dir"]) / "tokenizer.json").read_bytes() == (
-        open_package(REPO).folder / "tokenizer.json"
-    ).read_bytes()
+    base_tokenizer = (open_package(REPO).folder / "tokenizer.json").read_bytes()
+    assert (Path(record["_dir"]) / "tokenizer.json").read_bytes() == base_tokenizer
+    # the base is pinned to the commit it was trained on, not to whatever main becomes
+    (cache / "models--tiny-org--tiny-qwen" / "refs" / "main").write_text("f" * 40)
+    with pytest.raises(UserError, match="holds no snapshot"):
+        open_package(REPO)
+    assert open_lm(adapter)[0] is not None
 
 
 def test_lm_tokenizer_takes_a_hub_id(cache, tmp_path):
@@ -133,3 +138,13 @@ def test_lm_tokenizer_takes_a_hub_id(cache, tmp_path):
     config = load_config(None, sft_overrides(str(snapshot), tmp_path / "runs", chats, "own-tokenizer", *more))
     run = modelcycle.train(config, progress=False)
     assert (run.model_dir / "tokenizer.json").read_bytes() == (snapshot / "tokenizer.json").read_bytes()
+
+
+def test_a_text_classifier_takes_a_hub_id(tmp_path, monkeypatch):
+    from modelcycle.models.text import resolve_folder
+
+    shipped = resolve_folder("all-MiniLM-L6-v2")
+    snapshot = add_to_cache(tmp_path / "cache", "sentence-transformers/all-MiniLM-L6-v2", shipped)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_folder("sentence-transformers/all-MiniLM-L6-v2") == snapshot

