@@ -15,7 +15,7 @@ from hub_models import forbid_network, safetensors_header, sft_overrides, tokeni
 import modelcycle
 from helpers import assert_mentions
 from modelcycle.config import load_config
-from modelcycle.errors import ConfigError
+from modelcycle.errors import ConfigError, UserError
 from modelcycle.lm.load import check_tokenizer, open_lm
 from modelcycle.lm.merge import merge
 from modelcycle.lm.model import package_writer
@@ -155,3 +155,13 @@ def test_config_special_ids_must_be_special_tokens(source, pair):
 def test_preference_tasks_read_the_package_keys(task):
     config = load_config(None, [f"run.task={task}", "lm.save_dtype=bfloat16", "lm.tokenizer_mismatch_ok=true"])
     registry.check_reads(registry.apply_defaults(config))
+
+
+def test_float16_that_would_overflow_is_refused(source, tmp_path):
+    model, tokenizer, _ = open_lm(source)
+    with torch.no_grad():
+        model.model.norm.weight[0] = 1e6
+    write = package_writer(model, tokenizer, source, torch.float16)
+    with pytest.raises(UserError, match="model.norm.weight holds values float16 cannot represent"):
+        write(tmp_path / "package", model.state_dict(), {"task": "sft"})
+    assert not (tmp_path / "package").exists()

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from modelcycle.errors import ConfigError
+from modelcycle.errors import ConfigError, UserError
 from modelcycle.models.hf import has_tokenizer, load_tokenizer
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -89,10 +89,21 @@ def state_to_save(
     for key, tensor in state.items():
         if tensor.is_floating_point():
             target = dtype or source.get(key, common) or tensor.dtype
-            tensor = tensor.to(target)
+            tensor = _cast(key, tensor, target)
         out[key] = tensor
     floating = Counter(t.dtype for t in out.values() if t.is_floating_point())
     return out, floating.most_common(1)[0][0] if floating else None
+
+
+def _cast(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype``; a value float16 cannot hold (above 65,504) is an error, never an inf."""
+    cast = tensor.to(dtype)
+    if dtype == torch.float16 and not torch.isfinite(cast).all() and torch.isfinite(tensor).all():
+        raise UserError(
+            f"{key} holds values float16 cannot represent (largest {tensor.abs().max().item():.4g}, float16 ends at "
+            "65,504): saved as float16 they would become inf; set lm.save_dtype=bfloat16 or float32"
+        )
+    return cast
 
 
 def _without_tied_output(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
