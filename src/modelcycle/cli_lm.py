@@ -154,39 +154,48 @@ def show_lm_metrics(run: Path, metrics: dict, as_json: bool) -> None:
 # ---------------------------------------------------------------- generate, chat (lm/generate.py, lm/chat.py)
 
 MODEL_HELP = "A run folder (runs/lm-sft), its model/ package, or any local Hugging Face causal-LM folder."
-MAX_NEW_HELP = "Most new tokens per answer (fewer when the prompt leaves less room in the context)."
-TEMPERATURE_HELP = "0 = greedy (always the likeliest token); higher = more varied text."
-TOP_K_HELP = "Sample only among the K likeliest tokens (0: no limit)."
-TOP_P_HELP = "Sample only among the likeliest tokens whose probabilities add up to P (1: no limit)."
-PENALTY_HELP = "Above 1 makes tokens already in the text less likely (1.1-1.3 curbs loops; 1: off)."
+MODEL_DEFAULT = " Default: the model's generation_config.json, else {}."
+MAX_NEW_HELP = "Most new tokens per answer (fewer when the prompt leaves less room in the context)." + MODEL_DEFAULT
+TEMPERATURE_HELP = "0 = greedy (always the likeliest token); higher = more varied text." + MODEL_DEFAULT.format(0.7)
+TOP_K_HELP = "Sample only among the K likeliest tokens (0: no limit)." + MODEL_DEFAULT.format(0)
+TOP_P_HELP = (
+    "Sample only among the likeliest tokens whose probabilities add up to P (1: no limit)." + MODEL_DEFAULT.format(0.95)
+)
+PENALTY_HELP = (
+    "Above 1 makes tokens already in the text less likely (1.1-1.3 curbs loops; 1: off)." + MODEL_DEFAULT.format(1.0)
+)
 STOP_HELP = "Text that ends the answer (not printed); repeat the option for several."
 SEED_HELP = "Seed for sampling: the same seed and prompt give the same answer."
 DEVICE_HELP = "cpu, cuda, cuda:1 ... or auto (the GPU when there is one)."
+FALLBACK = {"temperature": 0.7, "top_k": 0, "top_p": 0.95, "repetition_penalty": 1.0}
 
 
-def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed):
-    from modelcycle.lm.sampling import Sampling
+def _sampling(lm, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed, default_tokens: int):
+    """The flags given, else the model's generation_config.json defaults, else ours."""
+    from modelcycle.lm.defaults import model_defaults, with_defaults
 
-    return Sampling(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        stop=tuple(stop or ()),
-        seed=seed,
-    )
+    given = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "repetition_penalty": repetition_penalty,
+        "stop": tuple(stop or ()),
+        "seed": seed,
+    }
+    own = model_defaults(getattr(lm.model, "generation_config", None))
+    return with_defaults(given, own, {**FALLBACK, "max_new_tokens": default_tokens})
 
 
 @lm_app.command()
 def generate(
     model: str = typer.Argument(..., help=MODEL_HELP),
     prompts: list[str] = typer.Argument(..., help="One or more prompts; several are generated as one batch."),
-    max_new_tokens: int = typer.Option(128, help=MAX_NEW_HELP),
-    temperature: float = typer.Option(0.7, help=TEMPERATURE_HELP),
-    top_k: int = typer.Option(0, help=TOP_K_HELP),
-    top_p: float = typer.Option(0.95, help=TOP_P_HELP),
-    repetition_penalty: float = typer.Option(1.0, help=PENALTY_HELP),
+    max_new_tokens: int | None = typer.Option(None, help=MAX_NEW_HELP.format(128), show_default=False),
+    temperature: float | None = typer.Option(None, help=TEMPERATURE_HELP, show_default=False),
+    top_k: int | None = typer.Option(None, help=TOP_K_HELP, show_default=False),
+    top_p: float | None = typer.Option(None, help=TOP_P_HELP, show_default=False),
+    repetition_penalty: float | None = typer.Option(None, help=PENALTY_HELP, show_default=False),
     stop: list[str] | None = typer.Option(None, help=STOP_HELP),
     seed: int | None = typer.Option(None, help=SEED_HELP),
     chat: bool | None = typer.Option(
@@ -204,7 +213,7 @@ def generate(
     from modelcycle.progress import info
 
     lm = load_lm(model, device=device)
-    sampling = _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed)
+    sampling = _sampling(lm, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed, 128)
     if chat is None:
         from modelcycle.tasks import registry
 
@@ -226,38 +235,35 @@ def generate(
 def chat(
     model: str = typer.Argument(..., help=MODEL_HELP),
     system: str | None = typer.Option(None, help="A system message that opens the conversation."),
-    max_new_tokens: int = typer.Option(256, help=MAX_NEW_HELP),
-    temperature: float = typer.Option(0.7, help=TEMPERATURE_HELP),
-    top_k: int = typer.Option(0, help=TOP_K_HELP),
-    top_p: float = typer.Option(0.95, help=TOP_P_HELP),
-    repetition_penalty: float = typer.Option(1.0, help=PENALTY_HELP),
+    max_new_tokens: int | None = typer.Option(None, help=MAX_NEW_HELP.format(256), show_default=False),
+    temperature: float | None = typer.Option(None, help=TEMPERATURE_HELP, show_default=False),
+    top_k: int | None = typer.Option(None, help=TOP_K_HELP, show_default=False),
+    top_p: float | None = typer.Option(None, help=TOP_P_HELP, show_default=False),
+    repetition_penalty: float | None = typer.Option(None, help=PENALTY_HELP, show_default=False),
     stop: list[str] | None = typer.Option(None, help=STOP_HELP),
     seed: int | None = typer.Option(None, help=SEED_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ):
     """Talk with a chat model in the terminal: answers stream as they are made, the conversation is
-    remembered (/reset forgets it, /exit or Ctrl-D leaves). Reads stdin line by line, so it can be piped."""
+    remembered (/reset forgets it, /exit or Ctrl-D leaves); lines are edited with the arrow keys and the
+    previous ones come back with Up. Reads stdin line by line when it is not a terminal, so it can be piped."""
     import sys
 
-    from modelcycle.lm.chat import ChatSession, repl
+    from modelcycle.lm.chat import ChatSession, repl, terminal_reader
     from modelcycle.lm.load import load_lm
-    from modelcycle.progress import console, info
+    from modelcycle.progress import info
 
     lm = load_lm(model, device=device)
-    session = ChatSession(
-        lm, _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed), system
-    )
+    sampling = _sampling(lm, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop, seed, 256)
+    session = ChatSession(lm, sampling, system)
     lm.chat_ids([{"role": "user", "content": "hi"}])  # no chat template: say so before the first question
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    def prompt() -> None:
-        if sys.stdin.isatty():
-            console.print("[bold]you>[/bold] ", end="")
-
-    repl(session, sys.stdin, write, info, prompt)
+    read = terminal_reader("you>") if sys.stdin.isatty() else sys.stdin.readline
+    repl(session, read, write, info)
 
 
 # ---------------------------------------------------------------- reward model, DPO, PPO (docs/lm-rlhf.md)

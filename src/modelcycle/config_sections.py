@@ -218,7 +218,10 @@ class ServeSection(Section):
     max_new_tokens: int = Field(512, ge=1)  # language models: most tokens one request may generate (more: 400)
     max_prompt_chars: int = Field(1_000_000, ge=1)  # language models: characters of a request's prompts (more: 400)
     max_prompts: int = Field(16, ge=1)  # language models: prompts in one /v1/completions request (more: 400)
-    max_active: int = Field(8, ge=1)  # language models: generations taking turns token by token; the rest queue
+    max_active: int = Field(32, ge=1)  # language models: answers decoded as one batch (continuous); the rest queue
+    max_n: int = Field(8, ge=1)  # language models: choices per prompt (n; more: 400)
+    max_stop: int = Field(4, ge=1)  # language models: stop strings in one request (more: 400)
+    max_top_logprobs: int = Field(20, ge=0)  # language models: top_logprobs (chat) / logprobs (completions) (more: 400)
 
 
 class MonitorSection(Section):

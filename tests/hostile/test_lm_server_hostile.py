@@ -200,14 +200,15 @@ def test_a_stream_that_runs_past_the_request_timeout_is_cut_off(lm):
     """In process, with a 50 ms limit: the stream raises a 504 and the model is free again."""
     from fastapi import HTTPException
 
+    from modelcycle.lm.batching import answers
     from modelcycle.serve.lm_runner import ServedLM
 
     served = ServedLM(MODEL, lm, "", max_queue=4)
 
     async def consume() -> int:
-        stream = lm.stream(["def f("] * 8, Sampling(temperature=0, max_new_tokens=NEW))
+        made = answers(lm, ["def f("] * 8, Sampling(temperature=0, max_new_tokens=NEW))
         with pytest.raises(HTTPException) as info:
-            async for _ in served.pieces(stream, timeout_s=0.05):
+            async for _ in served.chunks(made, timeout_s=0.05):
                 pass
         await asyncio.sleep(0.5)  # the worker drops the generation at its next turn
         return info.value.status_code

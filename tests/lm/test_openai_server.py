@@ -135,7 +135,7 @@ def test_a_prompt_longer_than_the_context_is_400_with_the_limit(client):
             "temperature",
         ),
         (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 999}', 400, "64"),
-        (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n=3"),
+        (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "n": 30}', 400, "serve.max_n"),
         (b'{"model": "other", "messages": [{"role": "user", "content": "hi"}]}', 404, "tiny-chat"),
     ],
 )

@@ -3,12 +3,13 @@
 
 When the history outgrows the model's context, the oldest exchanges are forgotten (the system
 prompt stays) and the user is told so, rather than failing in the middle of a conversation.
+At a terminal, lines are read with line editing and history (the standard library's
+``readline``: arrow keys, Ctrl-A/E, Up for the previous lines, Ctrl-R to search them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TextIO
 
 from modelcycle.errors import UserError
 from modelcycle.lm.generate import Generation, LanguageModel, Piece
@@ -66,20 +67,42 @@ class ChatSession:
         return ids
 
 
+def terminal_reader(prompt: str) -> Callable[[], str]:
+    """``read()`` for a terminal: a line typed after ``prompt`` (shown in bold) with line editing
+    and this session's history, "" at Ctrl-D. Ctrl-C drops the line being typed."""
+    try:
+        import readline  # noqa: F401 - imported, it gives input() line editing and a history
+
+        # readline must be told which characters print nothing (between \001 and \002), or it misplaces the cursor
+        shown = f"\001\033[1m\002{prompt}\001\033[0m\002 "
+    except ImportError:  # an interpreter built without it: plain lines, as before
+        shown = prompt + " "
+
+    def read() -> str:
+        try:
+            return input(shown) + "\n"
+        except EOFError:
+            return ""
+        except KeyboardInterrupt:
+            print()
+            return "\n"
+
+    return read
+
+
 def repl(
     session: ChatSession,
-    lines: TextIO,
+    read: Callable[[], str],
     write: Callable[[str], None],
     note: Callable[[str], None],
-    prompt: Callable[[], None] = lambda: None,
 ) -> int:
-    """Read user messages line by line from ``lines`` until EOF or /exit; answers go to
-    ``write`` piece by piece, remarks to ``note``. Returns the number of answers given."""
+    """Read user messages with ``read`` (a line, "" at EOF: ``sys.stdin.readline`` or
+    ``terminal_reader``) until EOF or /exit; answers go to ``write`` piece by piece, remarks to
+    ``note``. Returns the number of answers given."""
     answers = 0
     note(f"chatting with {session.lm.name} ({COMMANDS})")
     while True:
-        prompt()
-        line = lines.readline()
+        line = read()
         if not line:  # EOF
             break
         text = line.strip()

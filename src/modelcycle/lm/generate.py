@@ -1,6 +1,7 @@
 """Text generation with any Hugging Face causal LM: our own decoding loop, not ``model.generate``.
 
-One loop serves the CLI, the chat REPL, the OpenAI-compatible server and PPO rollouts: batched
+One loop serves the CLI, the chat REPL and PPO rollouts (the server decodes in a continuous batch
+that requests join and leave, ``batching.py``, with the same sampling and bookkeeping): batched
 prompts (left padding + attention mask), the KV cache (the model's ``past_key_values``; off for
 the benchmark's baseline), greedy or sampled tokens (see ``sampling.py``), stop strings, the end
 of turn, per-token log-probs, and text handed out piece by piece as it is made.
@@ -25,26 +26,14 @@ from functools import cached_property
 import torch
 
 from modelcycle.errors import UserError
+from modelcycle.lm.answer import Answer, Generation
 from modelcycle.lm.chat_template import chat_ids, encode_text
 from modelcycle.lm.sampling import Sampling, choose
-from modelcycle.lm.textstream import TextStream
 from modelcycle.lm.tokenizer import end_of_turn_ids
 
 
 class PromptTooLong(UserError):
     """A prompt fills the model's whole context, so not one token could follow it."""
-
-
-@dataclass
-class Generation:
-    """One prompt's result. ``token_ids`` are the new tokens (the end-of-turn token included when
-    generation ended on it: a PPO rollout must learn to emit it); ``text`` has no special tokens."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" (end of turn or a stop string) or "length" (token limit or context)
-    prompt_tokens: int
-    logprobs: list[float] | None = None
 
 
 @dataclass
@@ -76,7 +65,9 @@ def decode_steps(
     mask = torch.cat([attention_mask.to(device), attention_mask.new_ones((count, steps), device=device)], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: each row counts from its first token
     sequence = torch.cat([input_ids, input_ids.new_full((count, steps), pad_id)], dim=1)
-    seen = None
+    seen = counts = None
+    if sampling.counts_tokens:  # presence and frequency penalties: each generated token counted
+        counts = torch.zeros(count, model.get_output_embeddings().weight.shape[0], device=device)
     if sampling.repetition_penalty != 1:
         vocab = model.get_output_embeddings().weight.shape[0]
         # counted, not scattered as booleans: a padding position must not unmark a real token of the same id
@@ -100,8 +91,10 @@ def decode_steps(
             use_cache=sampling.use_cache,
             **extra,
         )
-        tokens, logprobs = choose(out.logits[:, -1], seen, sampling, generator)
+        tokens, logprobs = choose(out.logits[:, -1], seen, sampling, generator, counts)
         tokens = tokens.masked_fill(done, pad_id)
+        if counts is not None:
+            counts.scatter_add_(1, tokens[:, None], (~done).float()[:, None])
         yield tokens, logprobs
         done |= torch.isin(tokens, eos)
         if bool(done.all()) or step == steps - 1:
@@ -137,15 +130,16 @@ class GenerationStream:
         """The new pieces of each decoding step (often none: a character still incomplete), then
         those that were held back; ``results`` is set before the last list."""
         lm, sampling = self.lm, self.sampling
-        count = len(self.prompts)
+        if sampling.top_logprobs:
+            raise UserError(
+                "Sampling(top_logprobs=...): the likeliest alternatives are recorded by the continuous batch "
+                "(modelcycle.lm.batching), not by this loop; use logprobs=True alone here"
+            )
         # each row may use the room its own prompt leaves in the context
         limits = [min(sampling.max_new_tokens, lm.context_length - len(p)) for p in self.prompts]
+        answers = [Answer(lm.tokenizer, lm.eos_ids, p, sampling, n) for p, n in zip(self.prompts, limits, strict=True)]
         input_ids, mask = lm.pad_left(self.prompts)
-        done = torch.zeros(count, dtype=torch.bool, device=lm.device)
-        texts = [TextStream(lm.tokenizer, sampling.stop) for _ in range(count)]
-        new: list[list[int]] = [[] for _ in range(count)]
-        logprobs: list[list[float]] = [[] for _ in range(count)]
-        reasons = ["length"] * count
+        done = torch.zeros(len(answers), dtype=torch.bool, device=lm.device)
         steps = decode_steps(
             lm.model,
             input_ids,
@@ -157,36 +151,16 @@ class GenerationStream:
         )
         for tokens, step_logprobs in steps:
             made: list[Piece] = []
-            active = (~done).nonzero().flatten().tolist()
             chosen = tokens.tolist()
             chosen_logprobs = step_logprobs.tolist() if step_logprobs is not None else None
-            for row in active:
-                token = chosen[row]
-                new[row].append(token)
-                if chosen_logprobs is not None:
-                    logprobs[row].append(chosen_logprobs[row])
-                if token in lm.eos_ids:
-                    reasons[row] = "stop"
-                    continue  # the decoding loop marks the row done
-                piece = texts[row].push(token)
-                if texts[row].stopped:
-                    reasons[row] = "stop"
-                if texts[row].stopped or len(new[row]) >= limits[row]:
-                    done[row] = True
+            for row in (~done).nonzero().flatten().tolist():
+                piece = answers[row].take(chosen[row], chosen_logprobs[row] if chosen_logprobs else None)
+                done[row] = answers[row].done  # an end of turn: the decoding loop marks it too
                 if piece:
                     made.append(Piece(row, piece))
             yield made
-        rests = [Piece(row, rest) for row, text in enumerate(texts) if (rest := text.finish())]
-        self.results = [
-            Generation(
-                texts[row].text,
-                new[row],
-                reasons[row],
-                len(self.prompts[row]),
-                logprobs[row] if sampling.logprobs else None,
-            )
-            for row in range(count)
-        ]
+        rests = [Piece(row, rest) for row, answer in enumerate(answers) if (rest := answer.finish())]
+        self.results = [answer.generation() for answer in answers]
         yield rests
 
 

@@ -1,5 +1,6 @@
-"""How the next token is chosen from a model's logits: greedy, temperature, top-k, top-p and the
-repetition penalty, with seeded draws and the log-probability of each chosen token.
+"""How the next token is chosen from a model's logits: greedy, temperature, top-k, top-p, the
+repetition penalty and OpenAI's presence and frequency penalties, with seeded draws and the
+log-probability of each chosen token (and of the likeliest alternatives).
 
 Kept apart from the decoding loop so that the rules can be read (and tested) on plain tensors.
 """
@@ -25,7 +26,12 @@ class Sampling:
     batch and seed give the same tokens. ``use_cache=False`` recomputes the whole sequence every
     step (the KV cache's baseline in the benchmark). ``logprobs`` records, per chosen token, its
     log-probability under the model at this temperature (T=1 for greedy) before top-k, top-p and
-    the repetition penalty: the "old policy" log-probs PPO needs."""
+    the repetition penalty: the "old policy" log-probs PPO needs; ``top_logprobs`` (with
+    ``logprobs``) also the ``top_logprobs`` likeliest tokens of that distribution at each step.
+    ``presence_penalty`` and ``frequency_penalty`` are OpenAI's: a token's logit goes down by
+    ``presence_penalty`` once it has been generated and by ``frequency_penalty`` per time it has
+    (negative values favour repeats); unlike the repetition penalty they count generated tokens
+    only, not the prompt's."""
 
     max_new_tokens: int = 128
     temperature: float = 1.0
@@ -36,6 +42,9 @@ class Sampling:
     seed: int | None = None
     use_cache: bool = True
     logprobs: bool = False
+    top_logprobs: int = 0  # with logprobs: this many likeliest alternatives per step
+    presence_penalty: float = 0.0  # -2 to 2, as OpenAI's
+    frequency_penalty: float = 0.0
 
     def __post_init__(self):
         checks = {  # written so that NaN fails every one
@@ -45,6 +54,9 @@ class Sampling:
             "top_p": 0 < self.top_p <= 1,
             "repetition_penalty": 0 < self.repetition_penalty < math.inf,
             "seed": self.seed is None or -(2**63) <= self.seed < 2**64,
+            "top_logprobs": self.top_logprobs >= 0 and (self.logprobs or not self.top_logprobs),
+            "presence_penalty": -2 <= self.presence_penalty <= 2,
+            "frequency_penalty": -2 <= self.frequency_penalty <= 2,
         }
         for name, ok in checks.items():
             if not ok:
@@ -55,6 +67,9 @@ class Sampling:
                     "top_p": "above 0 and at most 1",
                     "repetition_penalty": "above 0 and finite (1 is off)",
                     "seed": "an integer from -2**63 to 2**64-1",
+                    "top_logprobs": "0 or more, and only with logprobs",
+                    "presence_penalty": "from -2 to 2",
+                    "frequency_penalty": "from -2 to 2",
                 }[name]
                 raise UserError(f"{name}={getattr(self, name)!r}: must be {rule}")
         if isinstance(self.stop, str):  # a lone string would be read as one stop per character
@@ -65,6 +80,11 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether the presence or frequency penalty needs the count of each generated token."""
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     @property
     def generator_seed(self) -> int | None:
@@ -78,6 +98,18 @@ def penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.
     penalty = min(max(penalty, 1e-30), 1e30)  # beyond, float32 logits overflow (inf, 0 x inf = NaN)
     scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, scaled, logits)
+
+
+def penalize_counts(logits: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float) -> torch.Tensor:
+    """OpenAI's rule: ``logit - count * frequency - (count > 0) * presence`` for each token,
+    ``counts`` being how often it was generated so far (B, V)."""
+    return logits - counts * frequency - (counts > 0) * presence
+
+
+def log_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """The model's log-probabilities at the sampling temperature (T=1 for greedy), before any cut
+    or penalty: what ``logprobs`` reports."""
+    return (logits.float() / (1.0 if sampling.greedy else sampling.temperature)).log_softmax(-1)
 
 
 def top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -96,14 +128,24 @@ def top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
 
 
 def choose(
-    logits: torch.Tensor, seen: torch.Tensor | None, sampling: Sampling, generator: torch.Generator | None
+    logits: torch.Tensor,
+    seen: torch.Tensor | None,
+    sampling: Sampling,
+    generator: torch.Generator | None,
+    counts: torch.Tensor | None = None,
+    logprobs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(next token per row, its log-probability or None) from the last position's logits (B, V)."""
+    """(next token per row, its log-probability or None) from the last position's logits (B, V).
+    ``seen`` marks the tokens the repetition penalty lowers, ``counts`` counts the generated
+    ones for the presence and frequency penalties; ``logprobs``: ``log_probs`` already computed."""
     logits = logits.float()
     temperature = 1.0 if sampling.greedy else sampling.temperature
-    logprobs = (logits / temperature).log_softmax(-1) if sampling.logprobs else None
+    if sampling.logprobs and logprobs is None:
+        logprobs = log_probs(logits, sampling)
     if seen is not None:
         logits = penalize(logits, seen, sampling.repetition_penalty)
+    if counts is not None:
+        logits = penalize_counts(logits, counts, sampling.presence_penalty, sampling.frequency_penalty)
     if sampling.greedy:
         tokens = logits.argmax(-1)
     else:

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5)
 
 
 class ServeMetrics:
@@ -34,6 +35,35 @@ class ServeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LMMetrics:
+    """A language model server's own series, in the registry of the app's ``ServeMetrics``:
+    tokens read and made, requests waiting, and the continuous batch's timings and sizes."""
+
+    def __init__(self, metrics: ServeMetrics):
+        reg = metrics.registry
+        self.tokens = Counter(
+            "modelcycle_lm_tokens_total", "Tokens read and generated", ["model", "kind"], registry=reg
+        )
+        self.pending = Gauge("modelcycle_lm_pending_requests", "Requests queued or generating", ["model"], registry=reg)
+        self.time_to_first_token = Histogram(
+            "modelcycle_lm_time_to_first_token_seconds",
+            "From a request joining the queue to its first generated token",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.time_per_output_token = Histogram(
+            "modelcycle_lm_time_per_output_token_seconds",
+            "Per answer, the time from its first token to its last over the tokens after the first",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=reg,
+        )
+        self.batch_size = Histogram(
+            "modelcycle_lm_batch_size", "Sequences per decoding step", ["model"], buckets=BATCH_BUCKETS, registry=reg
+        )
 
 
 class MetricsMiddleware:

@@ -3,15 +3,17 @@ and ``POST /v1/completions``, whole answers or server-sent events, in OpenAI's w
 official ``openai`` client (and anything built on it) works unchanged with ``base_url`` pointed here.
 
 The image server's pieces are reused as they are: the Bearer key (auth.py), body size and time
-limits (limits.py), Prometheus metrics (metrics.py, plus token counters) and uvicorn's graceful
+limits (limits.py), Prometheus metrics (metrics.py, plus the LM's own) and uvicorn's graceful
 shutdown (server.py). Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
 so clients raise their usual exceptions; bad input is always a 4xx, never a 500.
 
 Nothing a request sends runs on the event loop beyond parsing it: its size is checked first
-(``serve.max_prompt_chars``, ``serve.max_prompts``, and a prompt too long for the context
-whatever its tokens), and the chat template and tokenizer run in a thread, so health probes and
-other clients are answered while a large prompt is read. Even a bug's 500 leaves the
-connection open (``NeverReset``): the client's next request on it must not be reset.
+(``serve.max_prompt_chars``, ``serve.max_prompts``, ``serve.max_n``, ``serve.max_stop``,
+``serve.max_top_logprobs``, and a prompt too long for the context whatever its tokens), and the
+chat template and tokenizer run in a thread, so health probes and other clients are answered
+while a large prompt is read. Its answers (prompts x ``n``) then join the model's continuous
+batch (``lm_runner.py``). Even a bug's 500 leaves the connection open (``NeverReset``): the
+client's next request on it must not be reset.
 """
 
 from __future__ import annotations
@@ -27,17 +29,21 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import Counter, Gauge
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelcycle.config import ServeSection
 from modelcycle.errors import UserError
-from modelcycle.lm.generate import Generation, GenerationStream, Piece, PromptTooLong
+from modelcycle.lm.answer import Answer
+from modelcycle.lm.batching import answers as make_answers
+from modelcycle.lm.defaults import model_defaults
+from modelcycle.lm.generate import PromptTooLong
 from modelcycle.lm.load import load_lm
 from modelcycle.lm.sampling import Sampling
 from modelcycle.packages import Package
-from modelcycle.serve.lm_runner import ServedLM
-from modelcycle.serve.openai_schemas import ChatRequest, CompletionRequest, SamplingRequest
+from modelcycle.serve.lm_runner import Chunk, ServedLM
+from modelcycle.serve.metrics import LMMetrics
+from modelcycle.serve.openai_replies import Tokens, choice, delta, sse
+from modelcycle.serve.openai_schemas import ChatRequest, CompletionRequest, Refused, SamplingRequest
 from modelcycle.serve.state import ServeState
 
 log = logging.getLogger("modelcycle.serve")
@@ -50,8 +56,12 @@ PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models/")  # paths whose errors
 
 
 def load(name: str, path: Path, package: Package, cfg: ServeSection) -> ServedLM:
-    """A language model (or an adapter folded into its base) behind its generation worker."""
-    return ServedLM(name, load_lm(path), str(path), cfg.max_queue, cfg.max_active)
+    """A language model (or an adapter folded into its base) behind its generation worker, with
+    its generation_config.json sampling defaults for the fields a request leaves out."""
+    lm = load_lm(path)
+    served = ServedLM(name, lm, str(path), cfg.max_queue, cfg.max_active)
+    served.defaults = model_defaults(getattr(lm.model, "generation_config", None))
+    return served
 
 
 def describe(m: ServedLM, started: int) -> dict:
@@ -65,15 +75,11 @@ def describe(m: ServedLM, started: int) -> dict:
 
 
 def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
-    cfg, served, metrics = state.cfg, state.lms, state.metrics
-    tokens = Counter(
-        "modelcycle_lm_tokens_total", "Tokens read and generated", ["model", "kind"], registry=metrics.registry
-    )
-    waiting = Gauge(
-        "modelcycle_lm_pending_requests", "Requests queued or generating", ["model"], registry=metrics.registry
-    )
+    cfg, served = state.cfg, state.lms
+    metrics = LMMetrics(state.metrics)
     for m in served.values():
-        waiting.labels(m.name).set_function(lambda m=m: m.pending)
+        m.metrics = metrics
+        metrics.pending.labels(m.name).set_function(lambda m=m: m.pending)
 
     def pick(name: str | None) -> ServedLM:
         if name is None and len(served) == 1:  # as vLLM: the one model served needs no name
@@ -91,43 +97,55 @@ def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
     @app.post("/v1/chat/completions", tags=["v1"], dependencies=auth)
     async def chat_completions(body: ChatRequest) -> Response:
         model = pick(body.model)
-        sampling = settings(body)
+        sampling, limit = settings(model, body)
         messages = [m.as_template_message() for m in body.messages]
         size(model, [sum(len(m["role"]) + len(m["content"]) for m in messages)], "messages")
 
-        def tokenized() -> GenerationStream:
+        def tokenized() -> list[Answer]:
             ids = _user_error(model.lm.chat_ids, messages, param="messages")
-            return _user_error(model.lm.stream, [ids], sampling, param="messages")  # checks the context
+            return _user_error(make_answers, model.lm, [ids], sampling, body.n, limit, param="messages")
 
-        return await answer(model, body, await asyncio.to_thread(tokenized), chat=True)
+        return await answer(model, body, await asyncio.to_thread(tokenized), None)
 
     @app.post("/v1/completions", tags=["v1"], dependencies=auth)
     async def completions(body: CompletionRequest) -> Response:
         model = pick(body.model)
         prompts = _user_error(lambda: body.prompts, param="prompt")
-        if len(prompts) > cfg.max_prompts:
+        if len(prompts) * body.n > cfg.max_prompts:
             raise _Invalid(
-                f"prompt: {len(prompts)} prompts in one request; this server takes at most {cfg.max_prompts} "
-                "(serve.max_prompts); send them in several requests",
+                f"prompt: {len(prompts)} prompts x n={body.n} answers in one request; this server makes at most "
+                f"{cfg.max_prompts} (serve.max_prompts); send them in several requests",
                 "prompt",
             )
-        sampling = settings(body)
+        sampling, limit = settings(model, body)
         size(model, [len(p) for p in prompts], "prompt")
-        stream = await asyncio.to_thread(_user_error, model.lm.stream, prompts, sampling, param="prompt")
-        return await answer(model, body, stream, chat=False)
+        made = await asyncio.to_thread(
+            _user_error, make_answers, model.lm, prompts, sampling, body.n, limit, param="prompt"
+        )
+        return await answer(model, body, made, prompts if body.echo else None)
 
-    def settings(body: SamplingRequest) -> Sampling:
-        """The request's sampling, checked before anything is tokenised: unsupported fields and
-        the token limit are 400s that cost no work."""
+    def settings(model: ServedLM, body: SamplingRequest) -> tuple[Sampling, int]:
+        """The request's sampling and token limit, checked before anything is tokenised:
+        unsupported fields and values over the server's caps are 400s that cost no work."""
         _user_error(body.refuse_unsupported)
+        top_param = "top_logprobs" if isinstance(body, ChatRequest) else "logprobs"
+        caps = [
+            ("n", body.n, cfg.max_n, "serve.max_n", "choices"),
+            ("stop", len(body.stops()), cfg.max_stop, "serve.max_stop", "stop strings"),
+            (top_param, body.top_logprobs_wanted or 0, cfg.max_top_logprobs, "serve.max_top_logprobs", "alternatives"),
+            ("max_tokens", body.wanted_tokens or 0, cfg.max_new_tokens, "serve.max_new_tokens", "tokens"),
+        ]
+        for param, value, cap, key, what in caps:
+            if value > cap:
+                raise _Invalid(
+                    f"{param}={value} is over this server's limit of {cap} {what} ({key}); ask for fewer", param
+                )
         wanted = body.wanted_tokens
-        if wanted is not None and wanted > cfg.max_new_tokens:
-            raise _Invalid(
-                f"max_tokens={wanted} is over this server's limit of {cfg.max_new_tokens} "
-                "(serve.max_new_tokens); ask for fewer",
-                "max_tokens",
+        if wanted is None:
+            wanted = min(
+                model.defaults.get("max_new_tokens") or body.DEFAULT_TOKENS or cfg.max_new_tokens, cfg.max_new_tokens
             )
-        return _user_error(body.sampling, wanted or cfg.max_new_tokens)
+        return _user_error(body.sampling, max(wanted, 1), model.defaults, body.seed), wanted
 
     def size(model: ServedLM, chars: list[int], param: str) -> None:
         """Prompts too large to read are 400s before any tokenising: over ``serve.max_prompt_chars``
@@ -142,7 +160,12 @@ def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
         for i, count in enumerate(chars):
             _user_error(model.lm.check_chars, count, None if len(chars) == 1 else i, param=param)
 
-    async def answer(model: ServedLM, body: SamplingRequest, stream: GenerationStream, chat: bool) -> Response:
+    async def answer(
+        model: ServedLM, body: SamplingRequest, answers: list[Answer], echoed: list[str] | None
+    ) -> Response:
+        """``answers`` generated, whole or streamed; ``echoed``: completions' prompts, shown before
+        their answers (``echo``)."""
+        chat = isinstance(body, ChatRequest)
         kind = "chat.completion" if chat else "text_completion"
         head = {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
@@ -150,49 +173,75 @@ def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
             "created": int(time.time()),
             "model": model.name,
         }
+        tokens = Tokens(model.lm.tokenizer, model.lm.eos_ids)
+        scored = body.top_logprobs_wanted is not None
+        score_prompt = echoed is not None and scored
 
-        def count(results: list[Generation]) -> dict:
-            prompt = sum(r.prompt_tokens for r in results)
+        def count(results: list[Answer]) -> dict:
+            prompt = sum(r.prompt_tokens for r in results[:: body.n])  # each prompt once, whatever n
             completion = sum(len(r.token_ids) for r in results)
-            tokens.labels(model.name, "prompt").inc(prompt)
-            tokens.labels(model.name, "completion").inc(completion)
+            metrics.tokens.labels(model.name, "prompt").inc(prompt)
+            metrics.tokens.labels(model.name, "completion").inc(completion)
             return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
+        def figures(made: list, offset: int = 0) -> dict | None:
+            if not scored:
+                return None
+            return tokens.chat(made) if chat else tokens.completion(made, offset)
+
+        def prefix(i: int, result: Answer) -> tuple[str, list]:
+            """What echo shows before answer ``i``: its prompt, and the prompt's figures."""
+            if echoed is None:
+                return "", []
+            return echoed[i // body.n], tokens.of_prompt(result) if scored else []
+
         if not body.stream:
-            results = await model.generate(stream, cfg.request_timeout_s)
-            choices = [_choice(i, r.text, r.finish_reason, chat) for i, r in enumerate(results)]
+            results = await model.generate(answers, cfg.request_timeout_s, score_prompt)
+            choices = []
+            for i, r in enumerate(results):
+                text, before = prefix(i, r)
+                choices.append(choice(i, text + r.text, r.finish_reason, chat, figures(before + tokens.of_answer(r))))
             return JSONResponse({**head, "choices": choices, "usage": count(results)})
 
         model.check_room()  # a full queue is a 503 now, while the status line can still say so
         chunk = {**head, "object": kind + ".chunk" if chat else kind}
+        shown: set[int] = set()  # answers whose echo has gone out
+        offsets = [0] * len(answers)  # characters of each answer so far (completions' text_offset)
+
+        def piece(i: int, text: str, made: list, finish: str | None = None) -> dict:
+            if i not in shown and echoed is not None:
+                shown.add(i)
+                before, scores = prefix(i, answers[i])
+                text, made = before + text, scores + made
+            if chat:
+                return delta(i, {"content": text} if text or finish is None else {}, finish, figures(made))
+            scores = figures(made, offsets[i])
+            offsets[i] += sum(len(t) for t in scores["tokens"]) if scores else 0
+            return choice(i, text, finish, False, scores)
 
         async def events() -> AsyncIterator[str]:
             if chat:
-                yield _sse({**chunk, "choices": [_delta(0, {"role": "assistant", "content": ""}, None)]})
+                roles = [delta(i, {"role": "assistant", "content": ""}, None) for i in range(len(answers))]
+                yield sse({**chunk, "choices": roles})
             try:
-                async for item in model.pieces(stream, cfg.request_timeout_s):
-                    if isinstance(item, Piece):
-                        piece = (
-                            _delta(item.index, {"content": item.text}, None)
-                            if chat
-                            else _choice(item.index, item.text, None, False)
-                        )
-                        yield _sse({**chunk, "choices": [piece]})
+                async for item in model.chunks(answers, cfg.request_timeout_s, score_prompt):
+                    if item and isinstance(item[0], Chunk):
+                        pieces = [
+                            piece(c.index, c.text, tokens.generated(c.token_ids, c.logprobs, c.top_logprobs))
+                            for c in item
+                        ]
+                        yield sse({**chunk, "choices": pieces})
                         continue
-                    ends = [
-                        _delta(i, {}, r.finish_reason) if chat else _choice(i, "", r.finish_reason, False)
-                        for i, r in enumerate(item)
-                    ]
-                    yield _sse({**chunk, "choices": ends})
+                    yield sse({**chunk, "choices": [piece(i, "", [], r.finish_reason) for i, r in enumerate(item)]})
                     if body.include_usage:
-                        yield _sse({**chunk, "choices": [], "usage": count(item)})
+                        yield sse({**chunk, "choices": [], "usage": count(item)})
                     else:
                         count(item)
             except HTTPException as exc:  # queue full, timed out: the status line is sent, so say it in the stream
-                yield _sse(_error_body(exc.status_code, str(exc.detail)))
+                yield sse(_error_body(exc.status_code, str(exc.detail)))
             except Exception:
                 log.exception("generation failed")
-                yield _sse(_error_body(500, "internal error during generation; see the server log"))
+                yield sse(_error_body(500, "internal error during generation; see the server log"))
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -256,27 +305,10 @@ def _user_error(fn, *args, param: str | None = None):
         return fn(*args)
     except PromptTooLong as exc:
         raise _Invalid(str(exc), param, "context_length_exceeded") from None
+    except Refused as exc:
+        raise _Invalid(str(exc), exc.param) from None
     except UserError as exc:
         raise _Invalid(str(exc), param) from None
-
-
-def _choice(index: int, text: str, finish: str | None, chat: bool) -> dict:
-    if chat:
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
-
-
-def _delta(index: int, delta: dict, finish: str | None) -> dict:
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-
-def _sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 def _error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
