@@ -87,6 +87,9 @@ class DataSection(Section):
     cache_max_mb: int = 2048
     workers: int | None = None  # None: chosen from the CPU count
     max_length: int = Field(128, ge=8)  # text: tokens per example; longer texts are cut (batches pad to their longest)
+    # reward, dpo, ppo: preference files or folders (any format of docs/lm-rlhf.md), instead of data.root
+    train_files: list[str] = Field(default_factory=list)
+    val_files: list[str] = Field(default_factory=list)
 
 
 class LoraSection(Section):

@@ -2,9 +2,10 @@
 conversations (chat ``messages`` or Alpaca ``instruction``/``input``/``output``) tokenised with
 the model's chat template, loss on the assistant's tokens only, for supervised fine-tuning.
 
-Text files hold documents separated by a blank line; JSONL files hold one ``{"text": ...}``
-document a line. Every JSONL line is checked before anything trains and every problem is
-reported with file and line at once (as for text classification, data/text.py).
+The records are read by data/formats.py: files or folders of text, JSONL, JSON arrays, Parquet
+or ``datasets.save_to_disk`` folders, in the formats people have (chat messages, ShareGPT,
+Alpaca, prompt/completion), each told apart per record, every bad record named with its file and
+line before anything trains.
 
 Assistant tokens are found from character offsets in the text the chat template renders, not
 by rebuilding the template piece by piece, so any model's template (ChatML, Qwen's, Llama's)
@@ -15,64 +16,23 @@ tokenised as text: a control token written in a message is not a turn (``lm/chat
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from modelcycle.data.datasets import memory_loader
-from modelcycle.data.text import json_records, refuse_lines
+from modelcycle.data.formats import is_chat_file as is_chat_file  # the readers, where callers found them
+from modelcycle.data.formats import read_conversations as read_conversations
+from modelcycle.data.formats import read_documents
 from modelcycle.errors import DataError
 from modelcycle.lm.chat_template import encode_chat
 from modelcycle.lm.tokenizer import ENDOFTEXT
 
 IGNORE = -100  # label of a token that is not trained on (cross_entropy's ignore_index)
-CHAT_FORMAT = (
-    'each line must be one JSON object: {"messages": [{"role": "user", "content": ...}, {"role": "assistant", '
-    '"content": ...}]} or {"instruction": ..., "input": ..., "output": ...}'
-)
-TEXT_FORMAT = 'each line must be one JSON object such as {"text": "a document"}'
-
-
-def _jsonl(path: Path, check, what_to_do: str) -> list:
-    """``check(record) -> (value, problem)`` for every line; one DataError lists the bad lines."""
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; {what_to_do}")
-    values, problems = [], []
-    for number, record in json_records(path, problems):
-        value, problem = check(record) if isinstance(record, dict) else (None, "not a JSON object")
-        if problem:
-            problems.append(f"{path}:{number}: {problem}")
-        else:
-            values.append(value)
-    if problems:
-        refuse_lines(path, problems, what_to_do + "; fix or delete these lines")
-    if not values:
-        raise DataError(f"{path} holds no examples; {what_to_do}")
-    return values
 
 
 # ---------------------------------------------------------------- pretraining text
-
-
-def read_documents(path: str | Path) -> list[str]:
-    path = Path(path)
-    if path.suffix == ".jsonl":
-
-        def text(record: dict):
-            value = record.get("text")
-            return (value, None) if isinstance(value, str) and value.strip() else (None, 'no non-empty "text" string')
-
-        return _jsonl(path, text, TEXT_FORMAT)
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; pass text files (`modelcycle datasets pydocs` writes corpus.txt)")
-    documents = [d.strip() for d in re.split(r"\n\s*\n", path.read_text(encoding="utf-8", errors="replace"))]
-    if not any(documents):
-        raise DataError(f"{path} holds no text")
-    return [d for d in documents if d]
 
 
 def document_separator(tokenizer) -> int:
@@ -120,46 +80,6 @@ def packed_rows(chunks: torch.Tensor) -> list[dict[str, torch.Tensor]]:
 
 
 # ---------------------------------------------------------------- conversations
-
-
-def _conversation(record: dict) -> tuple[list[dict] | None, str | None]:
-    if "messages" in record:
-        messages = record["messages"]
-        if not isinstance(messages, list) or not messages:
-            return None, '"messages" must be a non-empty list of {"role", "content"} objects'
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                return None, f'message {i + 1} is not an object with "role" and "content" strings'
-        if not any(m["role"] == "assistant" for m in messages):
-            return None, "the conversation has no assistant turn, so there is nothing to learn from it"
-        return [{"role": m["role"], "content": m["content"]} for m in messages], None
-    if "instruction" in record or "output" in record:
-        for key in ("instruction", "output"):
-            if not isinstance(record.get(key), str) or not record[key].strip():
-                return None, f'Alpaca format: no non-empty "{key}" string'
-        prompt = record["instruction"] + (f"\n\n{record['input']}" if str(record.get("input") or "").strip() else "")
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}], None
-    return None, f'neither "messages" nor "instruction"/"output" (keys: {", ".join(record) or "none"})'
-
-
-def read_conversations(path: str | Path) -> list[list[dict]]:
-    """Conversations as message lists; Alpaca records become one user and one assistant turn."""
-    return _jsonl(Path(path), _conversation, CHAT_FORMAT)
-
-
-def is_chat_file(path: str | Path) -> bool:
-    """Whether a data file holds conversations (else pretraining text)."""
-    path = Path(path)
-    if path.suffix != ".jsonl" or not path.is_file():
-        return False
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                return True  # let the reader name the line
-            return isinstance(record, dict) and "text" not in record
-    return False
 
 
 def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:

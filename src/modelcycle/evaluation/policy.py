@@ -26,17 +26,29 @@ from modelcycle.tasks.ppo_rollout import response_figures, sample
 from modelcycle.tasks.reward import reward_scores
 
 
-def held_out_pairs(manifest: dict, data: str | Path | None) -> tuple[list, Path]:
-    """The pairs in ``data`` (a prefs JSONL file or a folder holding prefs-val.jsonl), else in the
-    held-out file of the data the run trained on."""
-    path = Path(data) if data else Path(manifest.get("preprocessing", {}).get("data_root", "")) / VAL_FILE
-    if path.is_dir():
-        path = path / VAL_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{path} does not exist; pass --data with a preference JSONL file (or a folder with {VAL_FILE})"
-        )
-    return read_pairs(path), path
+def held_out_pairs(manifest: dict, data: str | Path | None) -> tuple[list, str]:
+    """The pairs in ``data`` (a file or folder of pairs, or a folder holding prefs-val.jsonl), else
+    in the held-out files of the data the run trained on."""
+    if data is not None:
+        path = Path(data)
+        sources = [path / VAL_FILE if (path / VAL_FILE).is_file() else path]
+    else:
+        sources = recorded_val_files(manifest.get("preprocessing", {}))
+        if not sources or not all(Path(s).exists() for s in sources):
+            where = ", ".join(map(str, sources)) or "the run records no held-out pairs"
+            raise UserError(
+                f"{where}: not there; pass --data with a file or folder of preference pairs (or a folder with "
+                f"{VAL_FILE})"
+            )
+    return [pair for source in sources for pair in read_pairs(source)], ", ".join(map(str, sources))
+
+
+def recorded_val_files(preprocessing: dict) -> list[Path]:
+    """The held-out pair sources a reward or DPO package records (``data_root``'s prefs-val.jsonl
+    in packages from before ``val_files`` was recorded)."""
+    if "val_files" in preprocessing:
+        return [Path(f) for f in preprocessing["val_files"]]
+    return [Path(preprocessing["data_root"]) / VAL_FILE] if preprocessing.get("data_root") else []
 
 
 def evaluate_reward(run: str | Path, data: str | Path | None = None) -> dict:
@@ -88,9 +100,8 @@ def compare_policies(
     policy, tokenizer, manifest = open_lm(run)
     baseline, base_tokenizer, _ = open_lm(against)
     scorer, score_tokenizer, score_manifest = open_package(reward_model_of(manifest, reward)).load_scorer()
-    if data is None and manifest and "data_root" not in manifest.get("preprocessing", {}):
-        data = score_manifest["preprocessing"]["data_root"]  # a PPO run: the reward model's held-out prompts
-    pairs, path = held_out_pairs(manifest or score_manifest, data)
+    recorded = manifest if manifest and recorded_val_files(manifest.get("preprocessing", {})) else None
+    pairs, path = held_out_pairs(recorded or score_manifest, data)  # a PPO run: the reward model's held-out pairs
     distinct = unique_prompts(pairs)[:prompts]
     prompts = [m for m in distinct for _ in range(samples)]
     max_length = score_manifest["preprocessing"]["max_length"]

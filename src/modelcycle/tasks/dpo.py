@@ -150,10 +150,11 @@ PLUGIN = TaskPlugin(
     package_kind="hf_causal_lm",
     serve_protocols=("openai",),
     # the policy as tasks/lm.prepare_model builds it (model.*, lm.tokenizer, lm.size, lm.context_length),
-    # data.root's pairs (data.max_length only to refuse a disagreeing value), and what `modelcycle
-    # evaluate` reads of the run (lm.val_files, lm.eval_*); not lm.train_files nor lm.sample_*
+    # the pairs of data.root or data.train_files/val_files (data.max_length only to refuse a disagreeing
+    # value), and what `modelcycle evaluate` reads of the run (lm.val_files, lm.eval_*); not lm.train_files
+    # nor lm.sample_*
     reads=(
-        *("dpo", "data.root", "data.max_length", "model"),
+        *("dpo", "data.root", "data.train_files", "data.val_files", "data.max_length", "model"),
         *("lm.tokenizer", "lm.size", "lm.context_length", "lm.val_files", "lm.eval_samples", "lm.eval_tokens"),
         *("lm.save_dtype", "lm.tokenizer_mismatch_ok"),
     ),

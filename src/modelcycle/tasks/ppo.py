@@ -276,10 +276,10 @@ PLUGIN = TaskPlugin(
     package_kind="hf_causal_lm",
     serve_protocols=("openai",),
     # the policy is ppo.policy (model.name and model.init_from are not read), with model.lora and
-    # lm.tokenizer applied as tasks/lm.prepare_model does; data.root's prompts; what `modelcycle
-    # evaluate` reads of the run (lm.val_files, lm.eval_*). train.* is narrowed further by READS above
+    # lm.tokenizer applied as tasks/lm.prepare_model does; the prompts of data.root or data.train_files;
+    # what `modelcycle evaluate` reads of the run (lm.val_files, lm.eval_*). train.* is narrowed further by READS above
     reads=(
-        *("ppo", "data.root", "data.max_length", "model.args", "model.freeze", "model.lora"),
+        *("ppo", "data.root", "data.train_files", "data.max_length", "model.args", "model.freeze", "model.lora"),
         *("lm.tokenizer", "lm.context_length", "lm.val_files", "lm.eval_samples", "lm.eval_tokens"),
         *("lm.save_dtype", "lm.tokenizer_mismatch_ok"),
     ),

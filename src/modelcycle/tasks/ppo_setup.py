@@ -22,8 +22,9 @@ import torch
 
 from modelcycle import runs
 from modelcycle.config import Config, load_config
+from modelcycle.data.formats import read_prompts
 from modelcycle.data.preference_batches import prompt_ids
-from modelcycle.data.preferences import open_pairs, unique_prompts
+from modelcycle.data.preferences import pair_sources
 from modelcycle.engine import checkpoint, distributed
 from modelcycle.errors import ConfigError
 from modelcycle.lm.load import open_lm
@@ -68,6 +69,19 @@ class PPOParts:
     stop: list[int]  # end-of-turn token ids
 
 
+def prompt_sources(data) -> list[str]:
+    """What PPO answers: the prompts of ``data.root``'s prefs-train.jsonl or of ``data.train_files``
+    (prompt-only records, or the prompts of conversations and preference pairs)."""
+    sources = pair_sources(data.root, data.train_files, [])[0]
+    if not sources:
+        raise ConfigError(
+            "data.root is not set, nor data.train_files; pass the folder with prefs-train.jsonl whose prompts PPO "
+            "answers, or list files or folders of prompts (or of conversations or preference pairs) in "
+            "data.train_files"
+        )
+    return sources
+
+
 def setup(config: Config) -> PPOParts:
     p = config.ppo
     if not p.policy or not p.reward:
@@ -83,9 +97,7 @@ def setup(config: Config) -> PPOParts:
     retokenised = score_tokenizer.get_vocab() != tokenizer.get_vocab()
     if retokenised:
         info("the reward model's tokenizer differs from the policy's: answers are scored on their re-tokenised text")
-    if not config.data.root:
-        raise ConfigError("data.root is not set; pass the folder with prefs-train.jsonl whose prompts PPO answers")
-    prompts = unique_prompts(open_pairs(config.data.root)[0])
+    prompts = read_prompts(prompt_sources(config.data))
     length = pair_length(config)
     budget = length - p.max_new_tokens
     if budget < 8:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from modelcycle.config import Config, DataSection
 from modelcycle.data.preference_batches import answer_ids, encode_pairs, fit, pair_loader, prompt_ids
-from modelcycle.data.preferences import open_pairs
+from modelcycle.data.preferences import open_pairs, pair_sources
 from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info
@@ -93,13 +93,10 @@ def pair_length(config: Config) -> int:
 
 
 def preference_loaders(config: Config, tokenizer) -> tuple[DataLoader, DataLoader | None, dict]:
-    """Loaders over ``data.root``'s prefs-train/prefs-val files and the package's preprocessing record."""
-    if not config.data.root:
-        raise ConfigError(
-            "data.root is not set; pass data.root=PATH to a folder with prefs-train.jsonl and prefs-val.jsonl "
-            "(`modelcycle datasets pydocs --out data/pydocs` writes one)"
-        )
-    train, val = open_pairs(config.data.root)
+    """Loaders over the preference pairs (``data.root``'s prefs-train/prefs-val files, or
+    ``data.train_files`` / ``data.val_files``) and the package's preprocessing record."""
+    data = config.data
+    train, val = open_pairs(data.root, data.train_files, data.val_files)
     t, max_length = config.train, pair_length(config)
     world = distributed.world_size()
     distributed.split_batch(t.batch_size, world)
@@ -113,7 +110,9 @@ def preference_loaders(config: Config, tokenizer) -> tuple[DataLoader, DataLoade
     record = {
         "max_length": max_length,
         "format": "the tokenizer's chat template up to the assistant turn, then the answer and its eos token",
-        "data_root": str(Path(config.data.root).resolve()),
+        "data_root": str(Path(data.root).resolve()) if data.root else None,
+        # the held-out sources `modelcycle evaluate` reads
+        "val_files": [str(Path(f).resolve()) for f in pair_sources(data.root, data.train_files, data.val_files)[1]],
         "pairs": {"train": len(train), "val": len(val or [])},
     }
     return train_loader, val_loader, record
@@ -189,8 +188,11 @@ PLUGIN = TaskPlugin(
     view="pairs",
     package_kind="hf_sequence_classifier",
     serve_protocols=("score",),
-    # a sequence classifier (model.*) over data.root's pairs cut to lm.context_length; data.max_length
-    # only to refuse a value that disagrees with it (pair_length)
-    reads=("reward", "data.root", "data.max_length", "model", "lm.context_length"),
+    # a sequence classifier (model.*) over the pairs of data.root or data.train_files/val_files cut to
+    # lm.context_length; data.max_length only to refuse a value that disagrees with it (pair_length)
+    reads=(
+        *("reward", "data.root", "data.train_files", "data.val_files", "data.max_length", "model"),
+        "lm.context_length",
+    ),
     description="a reward model: a scalar score for (prompt, answer) from preference pairs",
 )
