@@ -281,6 +281,9 @@ class LMSection(Section):
     sample_tokens: int = Field(48, ge=1)  # new tokens per logged sample
     eval_samples: int = Field(8, ge=0)  # held-out prompts answered in `modelcycle evaluate`
     eval_tokens: int = Field(160, ge=1)  # new tokens per answer in `modelcycle evaluate`
+    # the token that closes an assistant turn (trained after each answer, generation stops at it),
+    # e.g. "<|im_end|>"; None: the one the chat template writes (lm/end_of_turn.py)
+    end_of_turn: str | None = None
     # the package's weights: "auto" keeps each tensor's dtype in the model the run started from
     # (float32 for model.name=llama); or every floating tensor in one dtype
     save_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

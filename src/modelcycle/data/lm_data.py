@@ -10,12 +10,14 @@ line before anything trains.
 Assistant tokens are found from character offsets in the text the chat template renders, not
 by rebuilding the template piece by piece, so any model's template (ChatML, Qwen's, Llama's)
 gets the same treatment: a token is trained on when it starts inside an assistant message or
-in the end-of-turn token that closes it, so the model learns to stop. Message content is
+in the end-of-turn token that closes it (the template's own, not assumed to be ``eos_token``:
+``lm/end_of_turn.py``), so the model learns to stop. Message content is
 tokenised as text: a control token written in a message is not a turn (``lm/chat_template.py``).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +29,7 @@ from modelcycle.data.formats import read_conversations as read_conversations
 from modelcycle.data.formats import read_documents
 from modelcycle.errors import DataError
 from modelcycle.lm.chat_template import encode_chat
+from modelcycle.lm.end_of_turn import TurnEnd, turn_end
 from modelcycle.lm.tokenizer import ENDOFTEXT
 
 IGNORE = -100  # label of a token that is not trained on (cross_entropy's ignore_index)
@@ -82,26 +85,35 @@ def packed_rows(chunks: torch.Tensor) -> list[dict[str, torch.Tensor]]:
 # ---------------------------------------------------------------- conversations
 
 
-def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def encode_conversation(tokenizer, messages: list[dict], end: TurnEnd | None = None) -> tuple[list[int], list[int]]:
     """(token ids, labels): the chat template's rendering, labels ``IGNORE`` outside assistant
-    turns. Content is tokenised as text (a control token written in a message stays characters)
-    and the assistant spans come from where the template put each message, so no message can
-    forge a turn or move the loss mask (``lm/chat_template.py``)."""
+    turns and the end-of-turn token that closes each (``end``: by default the one the template
+    writes, ``lm/end_of_turn.py``; where the template writes none after an answer, ``end`` is
+    inserted there). Content is tokenised as text (a control token written in a message stays
+    characters) and the assistant spans come from where the template put each message, so no
+    message can forge a turn or move the loss mask (``lm/chat_template.py``)."""
+    end = end or turn_end(tokenizer)
     encoded = encode_chat(tokenizer, messages, add_generation_prompt=False)
-    text, spans = encoded.text, []
-    end_of_turn = tokenizer.eos_token or ""
-    for index, start, end in encoded.spans:
+    text, spans, inserts = encoded.text, [], []
+    for index, start, stop in encoded.spans:
         if messages[index]["role"] != "assistant":
             continue
-        closing = text.find(end_of_turn, end) if end_of_turn else -1
-        if closing >= 0 and not text[end:closing].strip():
-            end = closing + len(end_of_turn)
-        spans.append((start, end))
+        closing = len(text) - len(text[stop:].lstrip())  # whitespace may sit between answer and end of turn
+        if end is not None and text.startswith(end.token, closing):
+            stop = closing + len(end.token)
+        elif end is not None:
+            inserts.append(stop)
+        spans.append((start, stop))
+    ids, starts = list(encoded.ids), list(encoded.starts)
     labels = [
-        token if any(a <= first < b for a, b in spans) else IGNORE
-        for token, first in zip(encoded.ids, encoded.starts, strict=True)
+        token if any(a <= first < b for a, b in spans) else IGNORE for token, first in zip(ids, starts, strict=True)
     ]
-    return encoded.ids, labels
+    for position in reversed(inserts):  # after the answer's last token, before the template's text
+        at = bisect.bisect_left(starts, position)
+        ids.insert(at, end.id)
+        labels.insert(at, end.id)
+        starts.insert(at, position)
+    return ids, labels
 
 
 @dataclass
@@ -111,10 +123,14 @@ class EncodedChats:
     dropped: int  # conversations with no assistant token left after the cut
 
 
-def encode_chats(tokenizer, conversations: list[list[dict]], length: int) -> EncodedChats:
+def encode_chats(
+    tokenizer, conversations: list[list[dict]], length: int, end_of_turn: str | None = None
+) -> EncodedChats:
+    """Every conversation encoded; ``end_of_turn`` (``lm.end_of_turn``) overrides the template's."""
     rows, truncated, dropped = [], 0, 0
+    end = turn_end(tokenizer, end_of_turn)
     for messages in conversations:
-        ids, labels = encode_conversation(tokenizer, messages)
+        ids, labels = encode_conversation(tokenizer, messages, end)
         if len(ids) > length:
             truncated += 1
             ids, labels = ids[:length], labels[:length]

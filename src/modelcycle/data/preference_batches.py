@@ -1,6 +1,7 @@
 """Preference pairs as token batches: the prompt through the tokenizer's chat template, each
-answer after it and closed with the end-of-turn token (the tokenizer's ``eos_token``), chosen and
-rejected rows stacked in one batch so a model scores both in one forward pass.
+answer after it and closed with the end-of-turn token (the one the chat template closes answers
+with, or ``lm.end_of_turn``: ``lm/end_of_turn.py``), chosen and rejected rows stacked in one batch
+so a model scores both in one forward pass.
 
 Only the answer tokens differ between the two rows of a pair; ``response_mask`` marks them, so the
 DPO task sums log-probabilities over exactly the tokens the preference is about.
@@ -17,6 +18,7 @@ from modelcycle.data.datasets import memory_loader
 from modelcycle.data.preferences import Pair
 from modelcycle.errors import ConfigError
 from modelcycle.lm.chat_template import chat_ids, encode_text
+from modelcycle.lm.end_of_turn import turn_end
 
 
 def is_text_pair_encoder(tokenizer) -> bool:
@@ -41,11 +43,15 @@ def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id] if is_text_pair_encoder(tokenizer) else ids
 
 
-def answer_ids(tokenizer, text: str) -> list[int]:
-    """The answer's tokens closed by the end-of-turn token, as the model is to produce them (an
-    encoder's closed by its separator)."""
+def answer_ids(tokenizer, text: str, end_of_turn: str | None = None) -> list[int]:
+    """The answer's tokens closed by the end-of-turn token (``end_of_turn`` or the chat
+    template's), as the model is to produce them (an encoder's closed by its separator)."""
     ids = encode_text(tokenizer, text)  # a control token written in the answer stays characters
-    end = tokenizer.sep_token_id if is_text_pair_encoder(tokenizer) else tokenizer.eos_token_id
+    if is_text_pair_encoder(tokenizer):
+        end = tokenizer.sep_token_id
+    else:
+        closing = turn_end(tokenizer, end_of_turn)
+        end = closing.id if closing else None
     return ids + [end] if end is not None else ids
 
 
@@ -68,12 +74,12 @@ class EncodedPair:
     margin: float
 
 
-def encode_pairs(pairs: list[Pair], tokenizer, max_length: int) -> list[EncodedPair]:
+def encode_pairs(pairs: list[Pair], tokenizer, max_length: int, end_of_turn: str | None = None) -> list[EncodedPair]:
     out = []
     for pair in pairs:
         prompt, (chosen, rejected) = fit(
             prompt_ids(tokenizer, pair.messages),
-            [answer_ids(tokenizer, pair.chosen), answer_ids(tokenizer, pair.rejected)],
+            [answer_ids(tokenizer, pair.chosen, end_of_turn), answer_ids(tokenizer, pair.rejected, end_of_turn)],
             max_length,
         )
         out.append(EncodedPair(prompt + chosen, prompt + rejected, len(prompt), pair.margin or 0.0))

@@ -26,6 +26,7 @@ from modelcycle.data.lm_data import (
     token_stream,
 )
 from modelcycle.errors import UserError
+from modelcycle.lm.end_of_turn import recorded_end_of_turn
 from modelcycle.lm.generate import LanguageModel
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.sampling import Sampling
@@ -88,11 +89,13 @@ def evaluate_lm(
     task = registry.for_manifest(manifest).name  # a downloaded folder records none: the task that opens it
     result: dict = {"task": task, "data": files, "answer_loss": None, "samples": []}
     if all(is_chat_file(f) for f in files):
-        rows = chat_rows(chats(files, tokenizer, context), context, packing=False)
+        end = recorded_end_of_turn(manifest)  # the token its training closed answers with
+        rows = chat_rows(chats(files, tokenizer, context, end), context, packing=False)
         loss, tokens = mean_loss(model, rows, pad, batch, "answer loss")
         count = (lm.eval_samples if lm else 8) if samples is None else samples
         result |= {"answer_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
-        result["samples"] = sample_answers(LanguageModel(model, tokenizer), files, count, lm.eval_tokens if lm else 160)
+        answering = LanguageModel(model, tokenizer, manifest=manifest)
+        result["samples"] = sample_answers(answering, files, count, lm.eval_tokens if lm else 160)
         ended = [s["ended"] for s in result["samples"]]
         result["samples_ended"] = sum(ended) / len(ended) if ended else None
     else:

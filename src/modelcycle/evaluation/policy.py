@@ -18,8 +18,8 @@ import torch
 from modelcycle.data.preference_batches import prompt_ids
 from modelcycle.data.preferences import VAL_FILE, read_pairs, unique_prompts
 from modelcycle.errors import UserError
+from modelcycle.lm.end_of_turn import end_of_turn_ids
 from modelcycle.lm.load import open_lm
-from modelcycle.lm.tokenizer import end_of_turn_ids
 from modelcycle.packages import open_package
 from modelcycle.progress import progress_bar
 from modelcycle.tasks.ppo_rollout import response_figures, sample

@@ -94,12 +94,18 @@ def _control(tokenizer) -> tuple[re.Pattern | None, frozenset[int]]:
         vocabulary = tokenizer.get_vocab()
         tokens.update({name: vocabulary[name] for name in specials if name in vocabulary})
     unknown = getattr(tokenizer, "unk_token", None)  # what plain text becomes where a vocabulary lacks it
-    tokens.pop(unknown, None)
+    if unknown not in {getattr(tokenizer, f"{role}_token", None) for role in ("eos", "bos", "pad")}:
+        tokens.pop(unknown, None)  # (Qwen2's class makes <|endoftext|>, its eos, the unknown token too)
     pattern = re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))) if tokens else None
     ids = frozenset(tokens.values())
     with _controls_lock, contextlib.suppress(TypeError):  # not weak-referenceable: recomputed next time
         _controls[tokenizer] = (source, pattern, ids)
     return pattern, ids
+
+
+def control_pattern(tokenizer) -> re.Pattern | None:
+    """A regex matching any of the tokenizer's control tokens (longest first), or None."""
+    return _control(tokenizer)[0]
 
 
 def _tokens(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:

@@ -6,9 +6,11 @@ prompts (left padding + attention mask), the KV cache (the model's ``past_key_va
 the benchmark's baseline), greedy or sampled tokens (see ``sampling.py``), stop strings, the end
 of turn, per-token log-probs, and text handed out piece by piece as it is made.
 
-Generation ends at the tokenizer's ``eos_token`` and at every id in the folder's
-``generation_config.json`` ``eos_token_id``: never at hard-coded ids, so a Qwen or Llama folder
-stops where its authors meant it to.
+Generation ends at the end of an assistant's turn as the chat template writes it (or as the
+package's ``modelcycle.json`` records it: ``lm.end_of_turn``; see ``end_of_turn.py``), at the
+tokenizer's ``eos_token`` and at every id in the folder's ``generation_config.json``
+``eos_token_id``: never at hard-coded ids, so a Qwen base whose turns end with ``<|im_end|>`` and
+whose eos is ``<|endoftext|>`` stops at either.
 
     lm = load_lm("runs/lm-sft")
     [answer] = lm.generate([lm.chat_prompt([{"role": "user", "content": "Explain for"}])], Sampling(temperature=0))
@@ -28,8 +30,8 @@ import torch
 from modelcycle.errors import UserError
 from modelcycle.lm.answer import Answer, Generation
 from modelcycle.lm.chat_template import chat_ids, encode_text
+from modelcycle.lm.end_of_turn import end_of_turn_ids, recorded_end_of_turn
 from modelcycle.lm.sampling import Sampling, choose
-from modelcycle.lm.tokenizer import end_of_turn_ids
 
 
 class PromptTooLong(UserError):
@@ -167,7 +169,14 @@ class GenerationStream:
 class LanguageModel:
     """A causal LM, its tokenizer and what ends its turns; made by ``load_lm``."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, name: str = "model", manifest: dict | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        name: str = "model",
+        manifest: dict | None = None,
+        end_of_turn: str | None = None,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -175,7 +184,11 @@ class LanguageModel:
         self.device = next(model.parameters()).device
         config = model.config
         self.context_length: int = getattr(config, "max_position_embeddings", None) or tokenizer.model_max_length
-        self.eos_ids = end_of_turn_ids(tokenizer, getattr(model, "generation_config", None))
+        # the token its training closed answers with (lm.end_of_turn), else the chat template's
+        self.end_of_turn = end_of_turn or recorded_end_of_turn(manifest)
+        setting = "lm.end_of_turn" if end_of_turn else "end_of_turn.token in its modelcycle.json"
+        generation_config = getattr(model, "generation_config", None)
+        self.eos_ids = end_of_turn_ids(tokenizer, generation_config, self.end_of_turn, setting)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     def encode(self, prompt: str | list[int], special_tokens: bool = True) -> list[int]:

@@ -85,17 +85,3 @@ def load_tokenizer(folder: str | Path):
             "`modelcycle lm tokenizer data/pydocs/corpus.txt --vocab 4000 --out runs/tok`"
         )
     return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-
-
-def end_of_turn_ids(tokenizer, generation_config=None) -> list[int]:
-    """Every token that ends an answer: the tokenizer's eos and the generation config's eos ids,
-    never hard-coded ids, so a Qwen or Llama folder stops where its own template says."""
-    configured = getattr(generation_config, "eos_token_id", None)
-    ids = [tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])]
-    found = list(dict.fromkeys(int(i) for i in ids if i is not None))
-    if not found:
-        raise UserError(
-            "the tokenizer has no eos_token and generation_config.json no eos_token_id, so generation could "
-            "only end at the token limit; set eos_token in tokenizer_config.json"
-        )
-    return found

@@ -102,7 +102,7 @@ class DPOTask:
 
 
 def setup(config: Config) -> PairSetup:
-    built = prepare_model(config)
+    built = prepare_model(config, chat=True)
     tokenizer, cfg = built.tokenizer, config.dpo
     train_loader, val_loader, preprocessing = preference_loaders(config, tokenizer)
     reference = None
@@ -129,15 +129,10 @@ def setup(config: Config) -> PairSetup:
         "dpo": cfg.model_dump(mode="json"),
         "fine_tuning": {**built.tuning, "merged": built.tuning["lora"] is not None},
         "init_from": str(built.base.resolve()) if built.base else None,
+        **built.meta(),
     }
-    return PairSetup(
-        task,
-        built.model,
-        train_loader,
-        val_loader,
-        meta,
-        package_writer(built.model, tokenizer, built.base, built.save_dtype),
-    )
+    writer = package_writer(built.model, tokenizer, built.base, built.save_dtype)
+    return PairSetup(task, built.model, train_loader, val_loader, meta, writer, built.notes)
 
 
 PLUGIN = TaskPlugin(
@@ -156,7 +151,7 @@ PLUGIN = TaskPlugin(
     reads=(
         *("dpo", "data.root", "data.train_files", "data.val_files", "data.max_length", "model"),
         *("lm.tokenizer", "lm.size", "lm.context_length", "lm.val_files", "lm.eval_samples", "lm.eval_tokens"),
-        *("lm.save_dtype", "lm.tokenizer_mismatch_ok"),
+        *("lm.end_of_turn", "lm.save_dtype", "lm.tokenizer_mismatch_ok"),
     ),
     description="direct preference optimisation of a policy on preference pairs",
 )

@@ -25,7 +25,8 @@ from modelcycle.data.lm_data import IGNORE, lm_loader, pack, packed_rows, token_
 from modelcycle.engine import distributed
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.errors import ConfigError
-from modelcycle.lm.chat_template import chat_ids, encode_text
+from modelcycle.lm.chat_template import ChatTemplateError, chat_ids, encode_text
+from modelcycle.lm.end_of_turn import TurnEnd, give_default_template, turn_end
 from modelcycle.lm.generate import LanguageModel
 from modelcycle.lm.load import check_tokenizer, lm_folder, open_lm
 from modelcycle.lm.model import build_lm, lora_targets, package_writer
@@ -72,6 +73,7 @@ class LMSetup:
     meta: dict  # the package's modelcycle.json, less what training adds
     write_package: Callable[[Path, dict, dict], Path]
     callbacks: list[Callback] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # for events.log and the terminal
 
 
 @dataclass
@@ -82,11 +84,19 @@ class LMModel:
     tuning: dict
     base: Path | None  # the folder the weights started from
     save_dtype: torch.dtype | None  # lm.save_dtype; None: each tensor's dtype in base
+    end_of_turn: TurnEnd | None = None  # what closes an answer (trained, and generation stops there)
+    notes: list[str] = field(default_factory=list)  # what was chosen for the model, for events.log
+
+    def meta(self) -> dict:
+        """What every language-model package records of the model (``modelcycle.json``)."""
+        return {"end_of_turn": self.end_of_turn.record() if self.end_of_turn else None}
 
 
-def prepare_model(config: Config) -> LMModel:
+def prepare_model(config: Config, chat: bool = False) -> LMModel:
     """The model a language-model run trains: built from ``lm.size`` (model.name=llama), or
-    loaded from ``model.init_from`` / a folder in ``model.name``; LoRA applied as configured."""
+    loaded from ``model.init_from`` / a folder in ``model.name``; LoRA applied as configured.
+    ``chat``: the run trains on conversations (a tokenizer without a chat template gets the
+    default one, and a turn that cannot end is refused)."""
     from modelcycle.lm.tokenizer import load_tokenizer
     from modelcycle.models.text import apply_tuning, tuning_line
 
@@ -124,11 +134,43 @@ def prepare_model(config: Config) -> LMModel:
             f"lm.context_length={lm.context_length}, but the model reads at most {limit} tokens; lower it"
         )
     record |= {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())}
+    end, notes = answer_end(model, tokenizer, lm.end_of_turn, chat, record["name"])
     given = list(cfg.lora.target_modules) if "target_modules" in cfg.lora.model_fields_set else None
     targets = lora_targets(model, given) if cfg.lora.r else None
     model, tuning = apply_tuning(model, cfg, task_type="CAUSAL_LM", targets=targets)
     info(f"{record['name']} ({record['parameters']:,} parameters): {tuning_line(tuning)}")
-    return LMModel(model, tokenizer, record, tuning, base, save_dtype(lm.save_dtype))
+    return LMModel(model, tokenizer, record, tuning, base, save_dtype(lm.save_dtype), end, notes)
+
+
+def answer_end(model: nn.Module, tokenizer, override: str | None, chat: bool, name: str) -> tuple[TurnEnd | None, list]:
+    """The token that closes an answer (``lm.end_of_turn``, else the chat template's, else eos) and
+    notes on it; it joins the model's ``generation_config`` eos ids, so the package stops there in
+    ``transformers``' own ``generate`` too."""
+    notes = []
+    if chat and (note := give_default_template(tokenizer, name)):
+        notes.append(note)
+    try:
+        end = turn_end(tokenizer, override, name)
+    except ChatTemplateError:
+        if chat:
+            raise
+        end = None  # pretraining does not render chats; generating from the package says what fails
+    if end is None:
+        if chat:
+            raise ConfigError(
+                f"{name}: the tokenizer has no eos_token and its chat template closes no answer with a token, so "
+                "the model could not learn where an answer ends; set lm.end_of_turn to a token of its vocabulary"
+            )
+        return None, notes
+    if chat and (note := end.note(tokenizer, name)):
+        notes.append(note)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        current = generation.eos_token_id
+        current = list(current) if isinstance(current, list) else [] if current is None else [current]
+        if end.id not in current:
+            generation.eos_token_id = [end.id, *current]
+    return end, notes
 
 
 def package_meta(config: Config, built: LMModel, task: str) -> dict:
@@ -141,6 +183,7 @@ def package_meta(config: Config, built: LMModel, task: str) -> dict:
         "lm": {"context_length": lm.context_length, "train_files": lm.train_files, "val_files": lm.val_files},
         "fine_tuning": {**built.tuning, "adapter": "adapter/" if built.tuning["lora"] else None},
         "init_from": str(built.base.resolve()) if built.base else None,
+        **built.meta(),
     }
 
 
@@ -159,7 +202,7 @@ def language_setup(config: Config, task: str, rows: Callable[[list[str], object,
     """What pretraining and SFT share around their data: the model, the sharded loaders of
     ``rows(files, tokenizer, train)``, the package and the sample log (chat prompts for SFT)."""
     check_files(config)
-    built = prepare_model(config)
+    built = prepare_model(config, chat=task != "lm")
     t, lm, tokenizer = config.train, config.lm, built.tokenizer
     world = distributed.world_size()
     distributed.split_batch(t.batch_size, world)
@@ -178,6 +221,7 @@ def language_setup(config: Config, task: str, rows: Callable[[list[str], object,
         package_meta(config, built, task),
         package_writer(built.model, tokenizer, built.base, built.save_dtype),
         sample_callbacks(config, tokenizer, chat=task != "lm"),
+        built.notes,
     )
 
 
@@ -210,7 +254,7 @@ def sample_callbacks(config: Config, tokenizer, chat: bool) -> list[Callback]:
                 f"room for an answer within lm.context_length={lm.context_length}; shorten it"
             )
         prompts.append(ids)
-    return [SampleLog(lm.sample_every, list(lm.sample_prompts), prompts, tokenizer, lm.sample_tokens)]
+    return [SampleLog(lm.sample_every, list(lm.sample_prompts), prompts, tokenizer, lm.sample_tokens, lm.end_of_turn)]
 
 
 class SampleLog(Callback):
@@ -218,8 +262,10 @@ class SampleLog(Callback):
     terminal: the quickest way to see whether a language model is learning anything. Greedy
     decoding draws no random numbers, so logging samples leaves a resumed run exact."""
 
-    def __init__(self, every: int, shown: list[str], prompts: list[list[int]], tokenizer, tokens: int):
-        self.every, self.shown, self.prompts, self.tokenizer = every, shown, prompts, tokenizer
+    def __init__(
+        self, every: int, shown: list[str], prompts: list[list[int]], tokenizer, tokens: int, end: str | None = None
+    ):
+        self.every, self.shown, self.prompts, self.tokenizer, self.end = every, shown, prompts, tokenizer, end
         self.sampling = Sampling(temperature=0, max_new_tokens=tokens)
 
     def on_step_end(self, trainer) -> None:
@@ -228,7 +274,8 @@ class SampleLog(Callback):
             return
         was_training = trainer.model.training  # LanguageModel switches the model to eval mode
         try:
-            answers = LanguageModel(trainer.model, self.tokenizer).generate(self.prompts, self.sampling)
+            lm = LanguageModel(trainer.model, self.tokenizer, end_of_turn=self.end)
+            answers = lm.generate(self.prompts, self.sampling)
         finally:
             trainer.model.train(was_training)
         lines = [
@@ -248,7 +295,14 @@ class SampleLog(Callback):
 def parts(built: LMSetup) -> TaskParts:
     """An LM or SFT set-up as the parts the training service takes."""
     return TaskParts(
-        built.task, built.model, built.train_loader, built.val_loader, built.meta, built.write_package, built.callbacks
+        built.task,
+        built.model,
+        built.train_loader,
+        built.val_loader,
+        built.meta,
+        built.write_package,
+        built.callbacks,
+        built.notes,
     )
 
 

@@ -27,9 +27,9 @@ from modelcycle.data.preference_batches import prompt_ids
 from modelcycle.data.preferences import pair_sources
 from modelcycle.engine import checkpoint, distributed
 from modelcycle.errors import ConfigError
+from modelcycle.lm.end_of_turn import end_of_turn_ids
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.model import package_writer
-from modelcycle.lm.tokenizer import end_of_turn_ids
 from modelcycle.packages import open_package
 from modelcycle.progress import info
 from modelcycle.tasks.lm import prepare_model

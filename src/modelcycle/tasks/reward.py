@@ -11,7 +11,7 @@ the Hugging Face layout, so ``AutoModelForSequenceClassification`` loads it and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -76,6 +76,7 @@ class PairSetup:
     val_loader: DataLoader | None
     meta: dict
     write_package: Callable[[Path, dict, dict], Path]
+    notes: list[str] = field(default_factory=list)  # for events.log and the terminal
 
 
 def pair_length(config: Config) -> int:
@@ -101,15 +102,16 @@ def preference_loaders(config: Config, tokenizer) -> tuple[DataLoader, DataLoade
     world = distributed.world_size()
     distributed.split_batch(t.batch_size, world)
     shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
-    train_loader = pair_loader(encode_pairs(train, tokenizer, max_length), tokenizer, t.batch_size, True, **shard)
+    end = config.lm.end_of_turn  # DPO's lm.end_of_turn; None for reward models (the template's)
+    train_loader = pair_loader(encode_pairs(train, tokenizer, max_length, end), tokenizer, t.batch_size, True, **shard)
     val_loader = (
-        pair_loader(encode_pairs(val, tokenizer, max_length), tokenizer, config.eval.batch_size, False, **shard)
+        pair_loader(encode_pairs(val, tokenizer, max_length, end), tokenizer, config.eval.batch_size, False, **shard)
         if val
         else None
     )
     record = {
         "max_length": max_length,
-        "format": "the tokenizer's chat template up to the assistant turn, then the answer and its eos token",
+        "format": "the tokenizer's chat template up to the assistant turn, then the answer and its end-of-turn token",
         "data_root": str(Path(data.root).resolve()) if data.root else None,
         # the held-out sources `modelcycle evaluate` reads
         "val_files": [str(Path(f).resolve()) for f in pair_sources(data.root, data.train_files, data.val_files)[1]],
@@ -177,7 +179,15 @@ def reward_scores(
 
 def parts(built: PairSetup) -> TaskParts:
     """A reward or DPO set-up as the parts the training service takes."""
-    return TaskParts(built.task, built.model, built.train_loader, built.val_loader, built.meta, built.write_package)
+    return TaskParts(
+        built.task,
+        built.model,
+        built.train_loader,
+        built.val_loader,
+        built.meta,
+        built.write_package,
+        notes=built.notes,
+    )
 
 
 PLUGIN = TaskPlugin(

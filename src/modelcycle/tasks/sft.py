@@ -1,6 +1,7 @@
 """Supervised fine-tuning (run.task=sft): conversations rendered with the model's chat template,
 next-token loss on the assistant's tokens only (their end-of-turn token included, so the model
-learns to stop), full fine-tuning or LoRA; the step is pretraining's (tasks/lm.py).
+learns to stop: the one the chat template closes answers with, or ``lm.end_of_turn``), full
+fine-tuning or LoRA; the step is pretraining's (tasks/lm.py).
 
 ``val_loss`` is therefore the held-out *answer* loss: what `modelcycle evaluate` reports as
 ``answer_loss`` and what the quality gate compares against the pretrained base.
@@ -16,15 +17,16 @@ from modelcycle.tasks.lm import LM_PLUGIN_FIELDS, LMSetup, language_setup, parts
 from modelcycle.tasks.plugin import TaskPlugin
 
 
-def chats(files: list[str], tokenizer, length: int) -> EncodedChats:
-    """Every file's conversations, tokenised; how many were cut or dropped is reported once."""
+def chats(files: list[str], tokenizer, length: int, end_of_turn: str | None = None) -> EncodedChats:
+    """Every file's conversations, tokenised, each answer closed by the end of turn
+    (``end_of_turn``, else the chat template's); how many were cut or dropped is reported once."""
     if tokenizer.chat_template is None:
         raise ConfigError(
             "the tokenizer has no chat template; use a tokenizer made by `modelcycle lm tokenizer` "
             "(ChatML) or a model folder whose tokenizer_config.json carries one"
         )
     conversations = [c for f in files for c in read_conversations(f)]
-    encoded = encode_chats(tokenizer, conversations, length)
+    encoded = encode_chats(tokenizer, conversations, length, end_of_turn)
     where = ", ".join(files)
     if encoded.truncated:
         warn(
@@ -43,7 +45,7 @@ def setup(config: Config) -> LMSetup:
 
     def rows(files: list[str], tokenizer, train: bool) -> list[dict]:
         packing = lm.packing and train  # held-out answers are scored one conversation a row
-        encoded = chat_rows(chats(files, tokenizer, lm.context_length), lm.context_length, packing)
+        encoded = chat_rows(chats(files, tokenizer, lm.context_length, lm.end_of_turn), lm.context_length, packing)
         if train:
             info(f"fine-tuning on {len(encoded):,} {'packed sequences' if packing else 'conversations'}")
         return encoded
