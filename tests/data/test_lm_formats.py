@@ -282,7 +282,10 @@ def test_every_container_gives_the_same_records(container, tmp_path, capsys):
     elif container == "datasets":
         datasets = pytest.importorskip("datasets")
         path = tmp_path / "saved"
-        datasets.Dataset.from_list(CONTAINER_ROWS).save_to_disk(str(path))
+        # from_dict over every key: from_list keeps only the first row's keys (system, history dropped)
+        keys = sorted({key for row in CONTAINER_ROWS for key in row})
+        columns = {key: [row.get(key) for row in CONTAINER_ROWS] for key in keys}
+        datasets.Dataset.from_dict(columns).save_to_disk(str(path))
     else:
         path = tmp_path / "folder"
         path.mkdir()
