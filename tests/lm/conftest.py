@@ -2,7 +2,8 @@
 trained on it, a pretraining run and an SFT run from it, all at a size that trains in seconds on
 two cores (a 2-layer, width-64 Llama; the real recipes use the `tiny` preset); and the random
 tiny chat model of ``tiny_lm.py`` as a run folder and as a plain Hugging Face folder, for the
-generation, chat and serving tests."""
+generation, chat and serving tests; the stand-ins of the models users bring (``stand_ins.py``: a
+Qwen2 base and a bf16 Qwen2 instruct, a Llama with Llama-3's template) as downloaded folders."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from lm_setup import lm_overrides, sft_overrides, write_jsonl
+from stand_ins import STANDINS, write_standin
 from tiny_lm import write_run
 
 import modelcycle
@@ -84,3 +86,11 @@ def plain_hf_folder(tmp_path_factory, tiny_lm_run) -> Path:
     shutil.copytree(tiny_lm_run / "model", folder)
     (folder / "modelcycle.json").unlink()
     return folder
+
+
+@pytest.fixture(scope="session")
+def standins(tmp_path_factory) -> dict[str, Path]:
+    """Each stand-in of ``stand_ins.STANDINS`` as a downloaded Hugging Face folder, by name; tests
+    read them and never write into them."""
+    root = tmp_path_factory.mktemp("standins")
+    return {name: write_standin(name, root / name) for name in STANDINS}
