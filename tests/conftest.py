@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# One torch thread, in this process and (torch reads OMP_NUM_THREADS at import) in every command
+# the tests start, unless the caller chose otherwise. The models are tiny and the two cores are
+# shared with the processes a test starts (and with whatever else runs): a second OpenMP thread
+# mostly spins against them. A reward model's epoch took 2 s on one thread, 21 s on two.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
