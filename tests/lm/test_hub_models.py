@@ -124,6 +124,7 @@ def test_sft_with_lora_from_a_hub_id_names_the_base_by_its_id(cache, tmp_path):
     record = merge("tiny-org/tiny-lora", tmp_path / "merged", "sft")
     base_tokenizer = (open_package(REPO).folder / "tokenizer.json").read_bytes()
     assert (Path(record["_dir"]) / "tokenizer.json").read_bytes() == base_tokenizer
+    assert record["end_of_turn"]["token"] == "<|im_end|>"  # a bare adapter records its template's turn end
     # the base is pinned to the commit it was trained on, not to whatever main becomes
     (cache / "models--tiny-org--tiny-qwen" / "refs" / "main").write_text("f" * 40)
     with pytest.raises(UserError, match="holds no snapshot"):

@@ -45,6 +45,8 @@ def test_ppo_with_lora_logs_every_figure_and_writes_a_causal_lm(tmp_path, prefs,
     assert lines[-1]["kl_coef"] != lines[0]["kl_coef"]  # adaptive: the KL is off its target
     manifest = json.loads((run.model_dir / "modelcycle.json").read_text())
     assert manifest["task"] == "ppo" and manifest["fine_tuning"]["lora"]["r"] == 4
+    policy = json.loads((sft_policy / "modelcycle.json").read_text())
+    assert manifest["end_of_turn"] == policy["end_of_turn"] and policy["end_of_turn"]["token"] == "<|im_end|>"
     weights = load_file(run.model_dir / "model.safetensors")
     base = load_file(sft_policy / "model.safetensors")
     assert not any("lora" in k for k in weights)  # merged: a plain Llama

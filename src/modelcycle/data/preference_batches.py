@@ -129,7 +129,13 @@ def pair_loader(
     pairs: list[EncodedPair], tokenizer, batch_size: int, train: bool, seed: int = 0, rank: int = 0, world: int = 1
 ) -> DataLoader:
     """Batches of :class:`PairCollate`; the order comes from the engine's EpochSampler, so a run
-    resumes exactly, and no worker processes (the tokens are in memory)."""
-    if tokenizer.pad_token_id is None:
-        raise ConfigError("the model's tokenizer has no padding token; choose a model whose tokenizer defines one")
-    return memory_loader(PairDataset(pairs), PairCollate(tokenizer.pad_token_id), batch_size, train, seed, rank, world)
+    resumes exactly, and no worker processes (the tokens are in memory). Padding is masked out
+    (attention and response masks), so a tokenizer without a padding token (Llama 3's) pads with
+    its eos token."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ConfigError(
+            "the model's tokenizer has neither a padding token nor an eos token to pad a batch of pairs with; "
+            "set pad_token in its tokenizer_config.json"
+        )
+    return memory_loader(PairDataset(pairs), PairCollate(pad), batch_size, train, seed, rank, world)

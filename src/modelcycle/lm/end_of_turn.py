@@ -192,6 +192,31 @@ def end_of_turn_ids(
     return found
 
 
+def stop_at(generation_config, token_id: int) -> None:
+    """``token_id`` joins ``generation_config.eos_token_id`` (first), so ``transformers``' own
+    ``generate`` stops there too."""
+    if generation_config is None:
+        return
+    current = generation_config.eos_token_id
+    current = list(current) if isinstance(current, list) else [] if current is None else [current]
+    if token_id not in current:
+        generation_config.eos_token_id = [token_id, *current]
+
+
+def package_record(manifest: dict | None, tokenizer) -> dict | None:
+    """The ``end_of_turn`` entry of a package made from another (a merge, a PPO policy): what
+    ``manifest`` records, else (a plain folder or a bare adapter) what the tokenizer's chat
+    template says; None when neither says (a template that fails: a chat with it fails later)."""
+    recorded = (manifest or {}).get("end_of_turn")
+    if isinstance(recorded, dict):
+        return recorded
+    try:
+        found = turn_end(tokenizer)
+    except ChatTemplateError:
+        return None
+    return found.record() if found else None
+
+
 def recorded_end_of_turn(manifest: dict | None) -> str | None:
     """The end-of-turn token a package's ``modelcycle.json`` records (its run's ``lm.end_of_turn``
     or what its chat template said), or None."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from modelcycle import runs
 from modelcycle.errors import UserError
+from modelcycle.lm.end_of_turn import package_record, stop_at
 from modelcycle.lm.load import adapter_base, merge_adapter
 from modelcycle.lm.model import ADAPTER, package_writer
 from modelcycle.models.hf import has_tokenizer, load_tokenizer
@@ -42,6 +43,11 @@ def merge(source: str | Path, out: str | Path, task: str, base: str | Path | Non
     tokenizer_from = next((f for f in (package, adapter) if has_tokenizer(f)), base_folder)
     tokenizer = load_tokenizer(tokenizer_from)
     tuning = {**manifest.get("fine_tuning", {}), "adapter": None, "merged_from": str(adapter.resolve())}
+    # the source package's end of turn (its run's lm.end_of_turn, or its template's), else the template's;
+    # the base model's generation_config.json (written with the package) stops there too, as the source's does
+    end_of_turn = package_record(manifest, tokenizer)
+    if end_of_turn is not None:
+        stop_at(model.generation_config, end_of_turn["id"])
     record = {
         "task": manifest.get("task", task),
         "backend": "transformers",
@@ -52,6 +58,7 @@ def merge(source: str | Path, out: str | Path, task: str, base: str | Path | Non
         "metrics": manifest.get("metrics", {}),
         "source_run": manifest.get("source_run"),
         "source_package": str(package.resolve()),
+        "end_of_turn": end_of_turn,
     }
     # in the base model's dtypes (a bf16 base gives a bf16 package), tied weights once
     package_writer(model, tokenizer, base_folder)(out, model.state_dict(), record)

@@ -78,11 +78,18 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 def sample(
-    lm: nn.Module, prompts: list[list[int]], pad_id: int, stop: list[int], max_new_tokens: int, temperature: float
+    lm: nn.Module,
+    prompts: list[list[int]],
+    pad_id: int | None,
+    stop: list[int],
+    max_new_tokens: int,
+    temperature: float,
 ) -> Rollout:
     """One sampled answer per prompt (top-k and top-p off: PPO's log-probabilities must be the
-    model's own distribution at ``temperature``)."""
+    model's own distribution at ``temperature``). Padding is masked, so a tokenizer without a
+    padding token (``pad_id`` None: Llama 3's) pads with the first stop token."""
     device = next(lm.parameters()).device
+    pad_id = stop[0] if pad_id is None else pad_id
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     was_training = lm.training

@@ -27,7 +27,7 @@ from modelcycle.data.preference_batches import prompt_ids
 from modelcycle.data.preferences import pair_sources
 from modelcycle.engine import checkpoint, distributed
 from modelcycle.errors import ConfigError
-from modelcycle.lm.end_of_turn import end_of_turn_ids
+from modelcycle.lm.end_of_turn import end_of_turn_ids, package_record
 from modelcycle.lm.load import open_lm
 from modelcycle.lm.model import package_writer
 from modelcycle.packages import open_package
@@ -127,6 +127,7 @@ def write_package(run: runs.Run, parts: PPOParts, config: Config, metrics: dict,
     built = parts.built
     weights = checkpoint.load(last)["policy"]
     lm_weights = {k.removeprefix("lm."): v for k, v in weights.items() if k.startswith("lm.")}
+    policy = runs.read_manifest(built.base) if (built.base / runs.MANIFEST).is_file() else None
     manifest = {
         "task": "ppo",
         "backend": "transformers",
@@ -139,5 +140,6 @@ def write_package(run: runs.Run, parts: PPOParts, config: Config, metrics: dict,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, float | int)},
         "source_run": str(run.path.resolve()),
         "checkpoint": last.name,
+        "end_of_turn": package_record(policy, parts.tokenizer),  # the policy's (its SFT run's), as SFT records it
     }
     package_writer(built.model, parts.tokenizer, built.base, built.save_dtype)(run.model_dir, lm_weights, manifest)
