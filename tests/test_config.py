@@ -13,7 +13,7 @@ from modelcycle.errors import ConfigError, UserError
 def test_defaults_validate():
     cfg = load_config()
     assert isinstance(cfg, Config)
-    assert cfg.train.epochs == 10 and cfg.model.name == "simple_cnn" and cfg.data.root is None
+    assert cfg.train.epochs == 10 and cfg.model.name is None and cfg.data.root is None
 
 
 def test_yaml_file_then_overrides_win(tmp_path: Path):

@@ -21,29 +21,34 @@ def list_runs(
     sort: str | None = typer.Option(
         None,
         help="Rank by this metric (val_loss, train_loss, val_top5...; a loss lowest first), or by 'date' (newest "
-        "first) or 'name'. Default: the metric the runs monitor (train.monitor), in its train.monitor_mode.",
+        "first) or 'name'. Default: each task's own metric (the metric its runs monitor, train.monitor, in its "
+        "train.monitor_mode; else the task's first summary metric).",
+    ),
+    task: str | None = typer.Option(
+        None, "--task", help="Only the runs of this task (run.task; classify takes distill's runs too)."
     ),
     show_all: bool = typer.Option(False, "--all", help="Also list the folders that hold no run."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as one JSON list (for scripts)."),
 ):
-    """Table of the runs under FOLDER, best first: best metric and its epoch, status (finished, interrupted,
-    failed, running), epochs, start, duration, and the settings that differ between the runs."""
+    """Tables of the runs under FOLDER, one per task, each best first by that task's metric: best value and its
+    epoch, the model (its real architecture), status (finished, interrupted, failed, running), epochs, start,
+    duration, and the settings that differ between the task's runs."""
+    from modelcycle.tasks.registry import task_view
     from modelcycle.track.listing import list_runs as find
     from modelcycle.track.tables import others_table, runs_table
 
-    listing = find(folder, sort=sort)
+    listing = find(folder, sort=sort, task=task, judge=task_view)
     if as_json:
-        rows = [s.to_json(listing.metric, listing.mode) for s in listing.runs]
+        rows = [s.to_json(g.metric, g.mode) for g in listing.groups for s in g.runs]
         rows += [{"run": p.relative_to(folder).as_posix(), "status": "not a run"} for p in listing.others if show_all]
         print(json.dumps(rows))
         return
     if not listing.runs:
         info(f"no runs in {folder}/; `modelcycle train CONFIG` writes one (run.dir={folder})")
-    else:
-        order = "newest first" if sort == "date" else "by name" if sort == "name" else "best first"
-        console.print(
-            runs_table(listing.runs, listing.metric, listing.mode, f"{folder}: {len(listing.runs)} runs, {order}")
-        )
+    order = "newest first" if sort == "date" else "by name" if sort == "name" else "best first"
+    for group in listing.groups:
+        what = f"task {group.task}" if group.task else "runs whose config.yaml cannot be read"
+        console.print(runs_table(group, f"{folder}: {what}, {_count(group.runs)}, {order}"))
     if listing.others and show_all:
         console.print(others_table(listing.others, folder))
     elif listing.others:
@@ -51,26 +56,38 @@ def list_runs(
         info(f"{len(listing.others)} folder(s) hold no run and are not listed (--all lists them): {names}")
 
 
+def _count(runs: list) -> str:
+    return f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+
+
 def compare(
     runs: list[Path] = typer.Argument(
         ..., help="Run folders (runs/a runs/b ...); a folder of runs stands for all of them."
     ),
     metric: str | None = typer.Option(
-        None, help="Metric for the third plot and the 'best' column (default: the metric the runs monitor)."
+        None,
+        help="Metric for the third plot and the 'best' column (default: the metric the runs monitor, else their "
+        "task's first summary metric).",
+    ),
+    task: str | None = typer.Option(
+        None, "--task", help="Only the runs of this task (when a folder of runs holds several tasks)."
     ),
     out: Path = typer.Option(Path("compare.png"), "--out", help="PNG to write."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs' figures as JSON instead of a table."),
 ):
     """Plot the runs' train loss, val loss, val accuracy (or --metric) and learning rate against the epoch
-    in one PNG, and print their best and last figures with the settings that differ."""
+    in one PNG, and print their best and last figures with the settings that differ. The runs must be of one
+    task: runs of different tasks are refused (--task picks one), as their metrics do not compare."""
+    from modelcycle.tasks.registry import task_view
     from modelcycle.track.compare import compare as run_compare
     from modelcycle.track.tables import runs_table
 
-    result = run_compare(runs, out=out, metric=metric)
+    result = run_compare(runs, out=out, metric=metric, task=task, judge=task_view)
     if as_json:
         print(json.dumps([s.to_json(result.metric, result.mode) for s in result.runs]))
     else:
-        console.print(runs_table(result.runs, result.metric, result.mode, f"{len(result.runs)} runs", final=True))
+        what = f"task {result.group.task}, " if result.group.task else ""
+        console.print(runs_table(result.group, f"{what}{_count(result.runs)}", final=True))
     info(f"curves: {result.png}")
 
 

@@ -103,7 +103,10 @@ class LoraSection(Section):
 
 
 class ModelSection(Section):
-    name: str = "simple_cnn"  # a registry name or path/to/file.py:build
+    # a registry name or path/to/file.py:build (images), a Hugging Face folder or Hub id, llama (lm);
+    # None: the task's default (simple_cnn for images, llama for lm and sft) unless model.init_from
+    # (or ppo.policy) decides the model, so config.yaml never names a model the run did not use
+    name: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the builder
     init_from: str | None = None  # a run folder or model package whose weights start this run (fine-tuning)
     freeze: str = "none"  # none | backbone | all_but_last:N (see models/freeze.py)

@@ -41,9 +41,25 @@ def test_defaults_fill_only_what_the_recipe_left_unset(tmp_path: Path):
     recipe.write_text("run: {task: lm}\nmodel: {name: some/folder}\n")
     config = registry.apply_defaults(load_config(recipe))
     assert config.model.name == "some/folder" and config.train.monitor == "val_loss"
-    # classify has no defaults: the config comes back as it was
+    # classify's one default is its model; a recipe that names one comes back as it was
     plain = load_config(None, ["train.epochs=3"])
-    assert registry.apply_defaults(plain) is plain
+    assert plain.model.name is None and registry.apply_defaults(plain).model.name == "simple_cnn"
+    named = load_config(None, ["model.name=resnet18"])
+    assert registry.apply_defaults(named) is named
+
+
+def test_a_model_from_elsewhere_gets_no_model_name():
+    """model.init_from (ppo.policy) decides the model: no model.name=llama (or simple_cnn) is filled
+    in for config.yaml to claim, and the other defaults still are."""
+    for task in ("sft", "lm", "dpo", "reward"):
+        config = registry.apply_defaults(load_config(None, [f"run.task={task}", "model.init_from=runs/x"]))
+        assert config.model.name is None, task
+    assert registry.apply_defaults(load_config(None, ["run.task=sft", "model.init_from=x"])).train.monitor == "val_loss"
+    ppo = registry.apply_defaults(load_config(None, ["run.task=ppo", "ppo.policy=runs/x", "ppo.reward=runs/r"]))
+    assert ppo.model.name is None and ppo.train.schedule == "none"
+    assert registry.get("ppo").model_from == ("ppo.policy",)
+    with pytest.raises(ValueError, match="model_from.*not config keys"):
+        TaskPlugin(name="registry_bad_model_from", model_from=("model.from",))
 
 
 def test_a_python_config_gets_what_the_lm_verb_gets(tmp_path: Path):

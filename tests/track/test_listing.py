@@ -24,7 +24,9 @@ def _best(run: Path, metric: str, pick=max) -> float:
 
 def test_runs_are_ranked_best_first_by_the_monitored_metric(runs_dir: Path):
     listing = list_runs(runs_dir)
-    assert (listing.metric, listing.mode) == ("val_accuracy", "max")
+    group = listing.groups[0]
+    assert (group.task, group.metric, group.mode) == ("classify", "val_accuracy", "max")
+    assert [g.task for g in listing.groups] == ["classify", None]  # runs/broken: no readable config.yaml
     names = [s.name for s in listing.runs]
     assert set(TRAINED) <= set(names)  # the study's trial was found one level down
     ranked = [s for s in listing.runs if s.epochs]
@@ -38,7 +40,7 @@ def test_runs_are_ranked_best_first_by_the_monitored_metric(runs_dir: Path):
 
 def test_a_loss_ranks_lowest_first(runs_dir: Path):
     listing = list_runs(runs_dir, sort="val_loss")
-    assert listing.mode == "min"
+    assert listing.groups[0].mode == "min"
     values = [s.best("val_loss", "min")[0] for s in listing.runs if s.epochs]
     assert values == sorted(values)
     assert values[0] == min(_best(runs_dir / name, "val_loss", min) for name in ("fast", "slow", "study/trial-0001"))

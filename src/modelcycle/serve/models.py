@@ -14,6 +14,7 @@ from modelcycle.data.transforms import build_transform
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import data_section
 from modelcycle.export.runtime import Predictor, TextPredictor, load_predictor, load_text_predictor
+from modelcycle.models import hub
 from modelcycle.monitor.features import image_side
 from modelcycle.packages import VISION, Package, open_package
 
@@ -130,7 +131,11 @@ def _described(served) -> dict:
 
 
 def model_name(path: Path) -> str:
-    """runs/flowers and runs/flowers/model are both served as "flowers"."""
+    """runs/flowers and runs/flowers/model are both served as "flowers"; a Hub id opened from the
+    Hugging Face cache (Qwen/Qwen2.5-0.5B-Instruct[@revision]) as its id without the revision, as
+    vLLM serves it and OpenAI clients name it."""
+    if repo := hub.hub_id(path):
+        return repo.split("@")[0]
     path = path.resolve()
     return path.parent.name if path.name == "model" else path.name
 

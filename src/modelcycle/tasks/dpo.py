@@ -144,6 +144,7 @@ PLUGIN = TaskPlugin(
     view="language_model",
     package_kind="hf_causal_lm",
     serve_protocols=("openai",),
+    model_from=("model.init_from",),  # the policy it starts from (an SFT run); model.name=llama builds one
     # the policy as tasks/lm.prepare_model builds it (model.*, lm.tokenizer, lm.size, lm.context_length),
     # the pairs of data.root or data.train_files/val_files (data.max_length only to refuse a disagreeing
     # value), and what `modelcycle evaluate` reads of the run (lm.val_files, lm.eval_*); not lm.train_files

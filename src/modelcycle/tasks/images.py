@@ -75,6 +75,7 @@ class ClassifySetup:
 IMAGE_PLUGIN_FIELDS = {
     "evaluate": "images",
     "predict": "images",
+    "defaults": {"model": {"name": "simple_cnn"}},  # the registry's smallest model, when the recipe names none
     "summary_metrics": ("val_accuracy", "val_loss"),
     "capabilities": frozenset({"crossval", "monitor_profile", "mlflow_pytorch"}),
     "view": "classification",

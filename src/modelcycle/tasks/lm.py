@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from modelcycle.config import Config, ModelSection
+from modelcycle.config import Config
 from modelcycle.data.lm_data import IGNORE, lm_loader, pack, packed_rows, token_stream
 from modelcycle.engine import distributed
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
@@ -31,6 +31,7 @@ from modelcycle.lm.generate import LanguageModel
 from modelcycle.lm.load import check_tokenizer, lm_folder, open_lm
 from modelcycle.lm.model import build_lm, lora_targets, package_writer
 from modelcycle.lm.sampling import Sampling
+from modelcycle.models import hub
 from modelcycle.models.hf_files import save_dtype
 from modelcycle.progress import info
 from modelcycle.tasks.plugin import TaskParts, TaskPlugin
@@ -104,6 +105,16 @@ def prepare_model(config: Config, chat: bool = False) -> LMModel:
     if cfg.freeze != "none":
         raise ConfigError(f"model.freeze={cfg.freeze}: language-model runs train every weight, or LoRA adapters only")
     torch.manual_seed(config.train.seed)
+    if cfg.name is None and not cfg.init_from:
+        raise ConfigError(
+            "model.init_from is not set: name the model this run starts from (a run folder, a package, a Hugging "
+            "Face model folder or a Hub id in the local cache), or set model.name=llama to build one from lm.size"
+        )
+    if cfg.name is not None and cfg.init_from:
+        raise ConfigError(
+            f"model.name={cfg.name} and model.init_from={cfg.init_from}: set one (model.name=llama builds a new "
+            "model from lm.size; a folder or Hub id in either starts from that model)"
+        )
     source = cfg.init_from or (None if cfg.name == "llama" else cfg.name)
     if source is None:
         if not lm.tokenizer:
@@ -113,27 +124,32 @@ def prepare_model(config: Config, chat: bool = False) -> LMModel:
             )
         tokenizer = load_tokenizer(lm.tokenizer)
         model, record = build_lm(lm.size, tokenizer, lm.context_length, dict(cfg.args))
-        record |= {"name": "llama", "tokenizer": str(Path(lm.tokenizer).resolve())}
+        tokenizer_source, tokenizer_revision = hub.recorded(lm.tokenizer)  # a Hub id as itself, not the cache's path
+        record |= {"name": "llama", "tokenizer": tokenizer_source, "tokenizer_revision": tokenizer_revision}
         base = None
     else:
         if cfg.args:
             raise ConfigError("model.args: a model loaded from a folder keeps its architecture; drop model.args")
         base = lm_folder(source)
-        if cfg.name not in ("llama", ModelSection.model_fields["name"].default) and cfg.init_from:
-            raise ConfigError("set model.init_from or a folder in model.name, not both")
         model, own, _ = open_lm(base)
         model.train()
         tokenizer = own
         if lm.tokenizer:
             tokenizer = load_tokenizer(lm.tokenizer)
             check_tokenizer(model, tokenizer, own, base, lm.tokenizer, lm.tokenizer_mismatch_ok)
-        record = {"name": str(source), "folder": str(base.resolve())}
+        record = {"name": str(source), "folder": str(base.resolve()), "revision": hub.snapshot_commit(base)}
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and lm.context_length > limit:
         raise ConfigError(
             f"lm.context_length={lm.context_length}, but the model reads at most {limit} tokens; lower it"
         )
-    record |= {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())}
+    record |= {
+        # what the package's config.json says the model is (save_pretrained writes the class it saves)
+        "model_type": model.config.model_type,
+        "architectures": [type(model).__name__],
+        "class": type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     end, notes = answer_end(model, tokenizer, lm.end_of_turn, chat, record["name"])
     given = list(cfg.lora.target_modules) if "target_modules" in cfg.lora.model_fields_set else None
     targets = lora_targets(model, given) if cfg.lora.r else None
@@ -318,6 +334,7 @@ LM_PLUGIN_FIELDS = {
     # no data.*: the text comes from lm.train_files / lm.val_files. lm.packing is SFT's choice;
     # pretraining always packs, so the one value that differs from the default is what lm does
     "reads": ("model", "lm"),
+    "model_from": ("model.init_from",),  # a run, package, folder or Hub id to start from: no model.name=llama
 }
 
 PLUGIN = TaskPlugin(

@@ -90,6 +90,10 @@ class TaskPlugin:
     # and most tasks do; a task of your own that reads a built-in's section (lm, distill, reward, dpo,
     # ppo) names it here. Every built-in gives its own
     reads: tuple[str, ...] = ("data", "model")
+    # the config keys that, when set, decide which model the run trains (model.init_from for the
+    # language-model tasks, ppo.policy for PPO): the task's ``model`` defaults (model.name=llama) are
+    # then not filled in, so config.yaml never names a model the run did not use
+    model_from: tuple[str, ...] = ()
     package_task: str | None = None  # the task its packages record, when not ``name`` (distill writes classify)
     package_kind: str = ""  # "vision", "hf_sequence_classifier", "hf_causal_lm", ...: what the files are
     # the kinds of foreign folder (no modelcycle.json: a downloaded Hugging Face model, a bare peft
@@ -108,12 +112,15 @@ class TaskPlugin:
         if self.loop is not None and not callable(self.loop):
             raise ValueError(f"task {self.name}: loop must be a class Loop(ctx, config, progress=), or None")
         object.__setattr__(self, "capabilities", frozenset(self.capabilities))
-        for name in ("serve_protocols", "export_formats", "reads", "opens_foreign"):
+        for name in ("serve_protocols", "export_formats", "reads", "opens_foreign", "model_from"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "defaults", _frozen(self.defaults))
         unknown = [key for key in self.reads if key not in valid_keys()]  # a str would be its letters here
         if unknown:
             raise ValueError(f"task {self.name}: reads {unknown}, which are not config keys (e.g. data, lm.tokenizer)")
+        unknown = [key for key in self.model_from if key not in valid_keys()]
+        if unknown:
+            raise ValueError(f"task {self.name}: model_from {unknown}, which are not config keys (model.init_from)")
 
     @property
     def writes(self) -> str:

@@ -76,6 +76,7 @@ class PPOLoop:
         self.callbacks = [*(callbacks or []), *ctx.callbacks]
         self.meta = {"task": "ppo"}
         self.parts = ppo_setup.setup(config)  # a wrong setting fails here, before the run folder appears
+        self.meta["architecture"] = self.parts.built.record  # what status.json (and `modelcycle runs`) name
         p, policy = config.ppo, self.parts.policy
         self.optimizer = build_optimizer(policy, self.cfg)
         per_iteration = math.ceil(p.rollout_batch / p.minibatch) * p.update_epochs
@@ -275,6 +276,7 @@ PLUGIN = TaskPlugin(
     view="language_model",
     package_kind="hf_causal_lm",
     serve_protocols=("openai",),
+    model_from=("ppo.policy",),
     # the policy is ppo.policy (model.name and model.init_from are not read), with model.lora and
     # lm.tokenizer applied as tasks/lm.prepare_model does; the prompts of data.root or data.train_files;
     # what `modelcycle evaluate` reads of the run (lm.val_files, lm.eval_*). train.* is narrowed further by READS above

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.packages import CAUSAL
 from modelcycle.tasks.plugin import TaskPlugin
+from modelcycle.track.listing import TaskView
 
 if TYPE_CHECKING:
     from modelcycle.config import Config
@@ -119,8 +120,33 @@ def for_package(path: str | Path) -> TaskPlugin:
 def apply_defaults(config: Config) -> Config:
     """``config`` with its task's defaults filled into every field the caller left unset
     (pydantic's ``model_fields_set``): what the recipe file, the overrides or the Python caller
-    set always wins, and a Python ``run.task=lm`` gets what ``modelcycle lm pretrain`` gets."""
-    return _fill(config, get(config.run.task).defaults)
+    set always wins, and a Python ``run.task=lm`` gets what ``modelcycle lm pretrain`` gets.
+    When a key of the plugin's ``model_from`` is set (``model.init_from``), that decides the model:
+    the task's ``model`` defaults are left out, so no ``model.name`` is filled in that the run
+    does not use."""
+    plugin = get(config.run.task)
+    defaults = plugin.defaults
+    if any(_setting(config, key) for key in plugin.model_from):
+        defaults = {key: value for key, value in defaults.items() if key != "model"}
+    return _fill(config, defaults)
+
+
+def task_view(task: str) -> TaskView | None:
+    """How ``modelcycle runs`` and ``compare`` list runs of ``task``: grouped with the task its
+    packages record (a distilled student is a classifier, ranked with classify's runs) and ranked
+    by its summary metrics; None for a task no registered plugin knows (its runs are a group of
+    their own)."""
+    try:
+        plugin = get(task)
+    except ConfigError:
+        return None
+    return TaskView(plugin.writes, plugin.summary_metrics)
+
+
+def _setting(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = getattr(config, part, None)
+    return config
 
 
 def check_reads(config: Config) -> None:

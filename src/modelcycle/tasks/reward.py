@@ -198,6 +198,7 @@ PLUGIN = TaskPlugin(
     view="pairs",
     package_kind="hf_sequence_classifier",
     serve_protocols=("score",),
+    model_from=("model.init_from",),  # a causal LM (an SFT run) to put a score head on, instead of model.name
     # a sequence classifier (model.*) over the pairs of data.root or data.train_files/val_files cut to
     # lm.context_length; data.max_length only to refuse a value that disagrees with it (pair_length)
     reads=(

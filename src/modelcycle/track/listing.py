@@ -1,8 +1,14 @@
-"""``modelcycle runs``: the run folders under a directory, best first, and what sets them apart.
+"""``modelcycle runs``: the run folders under a directory, one group per task, each best first
+by that task's own metric, and what sets them apart.
 
 Everything comes from the folders themselves (config.yaml, metrics.jsonl, events.log,
-status.json), read leniently: one damaged run must not hide the others, so its problem becomes a
-note on its row instead of an exception.
+status.json, the package's modelcycle.json), read leniently: one damaged run must not hide the
+others, so its problem becomes a note on its row instead of an exception.
+
+Runs of different tasks never share a ranking: a classifier's val_loss and a language model's
+are different quantities. Which tasks group together and what ranks them is the tasks' to say;
+this module knows no task, so the caller (the CLI) passes ``judge``, a function from a run.task
+to its :class:`TaskView` (tasks/registry.task_view).
 """
 
 from __future__ import annotations
@@ -10,20 +16,17 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import inf
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from modelcycle.config import flatten
+from modelcycle.config_sections import RunSection
 from modelcycle.errors import UserError
-from modelcycle.track.status import Status, read_events, run_status
+from modelcycle.track.folders import duration, find_runs, mtime, read_architecture, read_config, read_metrics
+from modelcycle.track.status import Status, model_label, read_events, run_status
 
-RUN_MARKS = ("config.yaml", "metrics.jsonl", "checkpoints")  # any of these: the folder is (or was) a run
-RUN_PARTS = {"checkpoints", "model", "report"}  # never holds runs of its own
-MAX_DEPTH = 4  # runs/<study>/<trial> and runs/<name>-crossval/fold-<i> are 2 deep; a data tree is not walked
 # keys that differ between runs without saying anything about the model or its training
 NOISE = (
     "run.",
@@ -36,8 +39,25 @@ NOISE = (
     "train.log_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "lm.sample_",  # the samples logged while training, and what `modelcycle evaluate` generates
+    "lm.eval_",
 )
-SECTION_ORDER = ("model", "train", "data", "distill")
+SECTION_ORDER = ("model", "lm", "train", "data", "distill")  # the differences column, in this order
+FIRST_TASK = RunSection.model_fields["task"].default  # what a config.yaml without run.task trained
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """How runs of one task are listed: ``group``, the task whose runs they are ranked with (the
+    task its packages record: a distilled student is an image classifier like classify's runs),
+    and ``metrics``, its summary metrics (the first ranks runs that do not log their
+    ``train.monitor``, as PPO's loop does not; the others are the listing's extra columns)."""
+
+    group: str
+    metrics: tuple[str, ...] = ()
+
+
+Judge = Callable[[str], TaskView | None]  # run.task -> its view; None for a task nobody registered
 
 
 @dataclass
@@ -51,14 +71,24 @@ class RunSummary:
     started: dt.datetime | None = None
     duration_s: float | None = None
     differs: dict[str, str] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)  # what the run built (status.json, else its package)
+    group: str | None = None  # the task it is ranked with (TaskView.group); None: its config is unreadable
+
+    @property
+    def task(self) -> str | None:
+        return str(self.config.get("run.task", FIRST_TASK)) if self.config else None
 
     @property
     def epochs(self) -> list[dict]:
-        return [r for r in self.rows if "epoch_time_s" in r]
+        """The rows a run is judged on: one per epoch, or, for a loop of its own that has no epochs
+        (PPO), one per iteration."""
+        closed = [r for r in self.rows if "epoch_time_s" in r]
+        return closed or [r for r in self.rows if "iteration" in r]
 
     @property
     def model(self) -> str:
-        return str(self.config.get("model.name", ""))
+        """The model in a word (status.model_label); a run that recorded none, its ``model.name``."""
+        return model_label(self.architecture) or str(self.config.get("model.name") or "")
 
     @property
     def monitor(self) -> str:
@@ -71,6 +101,8 @@ class RunSummary:
 
     @property
     def planned(self) -> int | None:
+        if self.epochs and "epoch_time_s" not in self.epochs[0]:
+            return None  # iterations of a loop of its own: train.epochs is not what it counts
         return self.config.get("train.epochs")
 
     def best(self, metric: str, mode: str) -> tuple[float, dict] | None:
@@ -87,13 +119,16 @@ class RunSummary:
         return {
             "run": self.name,
             "path": str(self.path),
+            "task": self.task,
+            "group": self.group,
             "status": self.status.state,
             "status_detail": self.status.detail,
             "model": self.model or None,
+            "architecture": self.architecture or None,
             "metric": metric,
             "best": best[0] if best else None,
-            "best_epoch": at_best.get("epoch"),
-            "at_best": {k: v for k, v in at_best.items() if k.startswith(("val_", "train_"))},
+            "best_epoch": unit(at_best),
+            "at_best": figures(at_best),
             "epochs_done": len(self.epochs),
             "epochs_planned": self.planned,
             "started": self.started.isoformat(timespec="seconds") if self.started else None,
@@ -104,11 +139,24 @@ class RunSummary:
 
 
 @dataclass
-class Listing:
-    runs: list[RunSummary]  # best first
-    others: list[Path]  # folders under the directory that hold no run
+class RunGroup:
+    """The runs of one task (TaskView.group), ranked among themselves."""
+
+    task: str | None  # None: runs whose config.yaml could not be read
+    runs: list[RunSummary]  # best first (or newest first, or by name)
     metric: str  # the metric shown (and ranked by, unless ordered by date or name)
     mode: str
+    columns: tuple[str, ...] = ()  # the task's other summary metrics some run logs: extra columns
+
+
+@dataclass
+class Listing:
+    groups: list[RunGroup]  # one per task, the task with the most runs first
+    others: list[Path]  # folders under the directory that hold no run
+
+    @property
+    def runs(self) -> list[RunSummary]:
+        return [s for g in self.groups for s in g.runs]
 
 
 def default_mode(metric: str) -> str:
@@ -116,19 +164,79 @@ def default_mode(metric: str) -> str:
     return "min" if "loss" in metric else "max"
 
 
-def list_runs(root: str | Path = "runs", sort: str | None = None) -> Listing:
-    """Every run under ``root`` (nested ones too), ordered by ``sort``: a metric (default: the
-    metric most of the runs monitor, in its direction), ``date`` (newest first) or ``name``."""
+def unit(row: dict) -> int | None:
+    """The epoch of a row, or the iteration of a loop without epochs (PPO)."""
+    return row.get("epoch", row.get("iteration"))
+
+
+def figures(row: dict) -> dict:
+    """What a judged row measured: an epoch's train_*/val_* figures; an iteration's all but its
+    counters, learning rate and timings."""
+    if "epoch_time_s" in row:
+        return {k: v for k, v in row.items() if k.startswith(("val_", "train_"))}
+    skip = ("step", "iteration", "epoch", "lr")
+    return {k: v for k, v in row.items() if k not in skip and not k.endswith("_s") and isinstance(v, int | float)}
+
+
+def list_runs(
+    root: str | Path = "runs", sort: str | None = None, task: str | None = None, judge: Judge | None = None
+) -> Listing:
+    """Every run under ``root`` (nested ones too), in one group per task (``judge`` says which
+    tasks group together and by what they rank; without it each run.task is its own group, ranked
+    by its runs' train.monitor), each ordered by ``sort``: a metric (default: the group's
+    metric, in its direction), ``date`` (newest first) or ``name``. ``task``: only the runs of that
+    task, or of the tasks grouped under it (``classify`` takes distill's runs too)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; pass the folder that holds your runs (run.dir, default runs)")
     found, others = find_runs(root)
     summaries = [summarize(path, root) for path in found]
-    mark_differences(summaries)
-    metric, mode = sort_metric(summaries, None if sort in ("date", "name") else sort)
-    summaries.sort(key=lambda s: s.started or dt.datetime.min, reverse=True)  # newest first, also among equals
+    groups = group_runs(summaries, judge, task, where=str(root))
+    metric = None if sort in ("date", "name") else sort
+    check_metric(summaries, metric)
+    out = []
+    for name, members, view in groups:
+        mark_differences(members)
+        ranked = rank_group(members, *group_metric(members, metric, view), sort)
+        out.append(RunGroup(name, members, ranked[0], ranked[1], shown_columns(members, ranked[0], view)))
+    return Listing(out, others)
+
+
+def group_runs(
+    summaries: list[RunSummary], judge: Judge | None, task: str | None = None, where: str = "the runs"
+) -> list[tuple[str | None, list[RunSummary], TaskView | None]]:
+    """(group, its runs, its view) for each task among ``summaries``, the group with the most runs
+    first (then by name); unreadable runs last. ``task`` keeps only that task's group, or runs of
+    that very task; nothing left is an error naming the tasks there are."""
+    views: dict[str, TaskView] = {}
+    for s in summaries:
+        if s.task is not None:
+            if s.task not in views:
+                views[s.task] = (judge(s.task) if judge else None) or TaskView(s.task)
+            s.group = views[s.task].group
+    if task is not None:
+        kept = [s for s in summaries if task in (s.task, s.group)]
+        if not kept:
+            counts = Counter(s.task for s in summaries if s.task is not None)
+            there = ", ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(counts.items()))
+            raise UserError(f"no run of task {task!r} in {where}; " + (f"the runs there: {there}" if there else "none"))
+        summaries = kept
+    members: dict[str | None, list[RunSummary]] = {}
+    for s in summaries:
+        members.setdefault(s.group, []).append(s)
+    order = sorted(members, key=lambda g: (g is None, -len(members[g]), g or ""))
+    by_group: dict[str, TaskView] = {}
+    for name, view in views.items():  # the group's own task's view, if it is among the runs
+        if view.group not in by_group or name == view.group:
+            by_group[view.group] = view
+    return [(g, members[g], by_group.get(g) if g is not None else None) for g in order]
+
+
+def rank_group(members: list[RunSummary], metric: str, mode: str, sort: str | None) -> tuple[str, str]:
+    """Order ``members`` in place: by ``metric`` (best first), by date (newest first) or by name."""
+    members.sort(key=lambda s: s.started or dt.datetime.min, reverse=True)  # newest first, also among equals
     if sort == "name":
-        summaries.sort(key=lambda s: s.name)
+        members.sort(key=lambda s: s.name)
     elif sort != "date":
         sign = -1.0 if mode == "max" else 1.0
 
@@ -140,44 +248,20 @@ def list_runs(root: str | Path = "runs", sort: str | None = None) -> Listing:
             tie = best[1].get("val_loss", inf) if metric != "val_loss" else -best[1].get("val_accuracy", -inf)
             return (0, sign * best[0], tie)
 
-        summaries.sort(key=rank)
-    return Listing(summaries, others, metric, mode)
-
-
-def find_runs(root: Path, depth: int = 0) -> tuple[list[Path], list[Path]]:
-    """(run folders, folders without any run) under ``root``. A folder that holds runs deeper
-    down (a study, a cross-validation) is a container, not junk."""
-    is_run = any((root / mark).exists() for mark in RUN_MARKS)
-    runs, others = ([root] if is_run else []), []
-    if depth >= MAX_DEPTH:
-        return runs, others
-    try:
-        children = sorted(
-            p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and ".tmp-" not in p.name
-        )
-    except OSError:
-        return runs, others
-    for child in children:
-        if is_run and child.name in RUN_PARTS:
-            continue
-        below, junk = find_runs(child, depth + 1)
-        if below:
-            runs += below
-            others += junk
-        elif not is_run:
-            others.append(child)
-    return runs, others
+        members.sort(key=rank)
+    return metric, mode
 
 
 def summarize(path: Path, root: Path) -> RunSummary:
     events = read_events(path / "events.log")
     summary = RunSummary(path, path.relative_to(root).as_posix() if path != root else path.name, Status("unknown"))
-    summary.config = _read_config(path / "config.yaml", summary.notes)
-    summary.rows = _read_metrics(path / "metrics.jsonl", summary.notes)
+    summary.config = read_config(path / "config.yaml", summary.notes)
+    summary.rows = read_metrics(path / "metrics.jsonl", summary.notes)
+    summary.architecture = read_architecture(path)
     summary.status = run_status(path, events) if summary.config else Status("broken")
     times = [when for when, message in events if when and message.startswith("fit start")]
-    summary.started = times[0] if times else _mtime(path / "config.yaml")
-    summary.duration_s = _duration(events, running=summary.status.state == "running")
+    summary.started = times[0] if times else mtime(path / "config.yaml")
+    summary.duration_s = duration(events, running=summary.status.state == "running")
     return summary
 
 
@@ -191,75 +275,38 @@ def mark_differences(summaries: list[RunSummary]) -> None:
         s.differs = {k: show(s.config.get(k, "-")) for k in varying}
 
 
-def sort_metric(summaries: list[RunSummary], metric: str | None) -> tuple[str, str]:
-    """The metric to rank by (given, or the one most runs monitor) and its direction (the runs'
-    train.monitor_mode when they agree, else the trainer's rule)."""
-    monitors = Counter(s.monitor for s in summaries if s.config)
-    known = {k for s in summaries for r in s.epochs for k, v in r.items() if isinstance(v, int | float)} - {"step"}
+def logged(summaries: list[RunSummary]) -> set[str]:
+    """The metrics the runs' judged rows carry."""
+    return {k for s in summaries for r in s.epochs for k, v in r.items() if isinstance(v, int | float)} - {"step"}
+
+
+def check_metric(summaries: list[RunSummary], metric: str | None) -> None:
+    known = logged(summaries)
     if metric and known and metric not in known:  # a typo would otherwise rank every run "without the metric"
         raise UserError(f"metric '{metric}': no run has it; choose one of {', '.join(sorted(known))}")
-    metric = metric or (monitors.most_common(1)[0][0] if monitors else "val_accuracy")
-    modes = {s.mode for s in summaries if s.config and s.monitor == metric}
-    return metric, modes.pop() if len(modes) == 1 else default_mode(metric)
 
 
-def _read_config(path: Path, notes: list[str]) -> dict[str, Any]:
-    if not path.is_file():
-        notes.append("no config.yaml: not made by `modelcycle train`, or the file was removed")
-        return {}
-    try:
-        tree = yaml.safe_load(path.read_text(errors="replace"))
-    except (OSError, yaml.YAMLError) as exc:
-        notes.append(f"config.yaml is not readable YAML ({str(exc).splitlines()[0]})")
-        return {}
-    if not isinstance(tree, dict) or not tree:
-        notes.append("config.yaml holds no settings")
-        return {}
-    return flatten(tree, whole=())
+def group_metric(summaries: list[RunSummary], metric: str | None, view: TaskView | None = None) -> tuple[str, str]:
+    """The metric to rank one task's runs by and its direction: ``metric`` when some of them log
+    it; else the one most of them monitor (train.monitor) if they log it; else the first of the
+    task's summary metrics they log. The direction is the runs' train.monitor_mode when they
+    agree on it for that metric, else the trainer's rule."""
+    known = logged(summaries)
+    monitors = Counter(s.monitor for s in summaries if s.config)
+    monitored = monitors.most_common(1)[0][0] if monitors else None
+    candidates = [metric, monitored, *(view.metrics if view else ())]
+    chosen = next((m for m in candidates if m and m in known), None)
+    chosen = chosen or metric or monitored or (view.metrics[0] if view and view.metrics else "val_accuracy")
+    modes = {s.mode for s in summaries if s.config and s.monitor == chosen}
+    return chosen, modes.pop() if len(modes) == 1 else default_mode(chosen)
 
 
-def _read_metrics(path: Path, notes: list[str]) -> list[dict]:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return []
-    rows, bad = [], 0
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        elif i < len(lines) - 1:  # a torn last line is what a killed or live writer leaves; not worth a note
-            bad += 1
-    if bad:
-        notes.append(f"metrics.jsonl: {bad} unreadable line(s) skipped")
-    return rows
-
-
-def _duration(events: list[tuple[dt.datetime | None, str]], running: bool) -> float | None:
-    """Wall time over all of the run's sessions (a resumed run has several), gaps left out."""
-    total, start, last = 0.0, None, None
-    for when, message in events:
-        if when is None:
-            continue
-        if message.startswith("fit start"):
-            if start is not None and last is not None:
-                total += (last - start).total_seconds()
-            start = last = when
-        elif start is not None and not message.startswith(("resumed", "--resume")):  # those open the next session
-            last = when
-    if start is None or last is None:
-        return None
-    return total + ((dt.datetime.now() if running else last) - start).total_seconds()
-
-
-def _mtime(path: Path) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromtimestamp(path.stat().st_mtime)
-    except OSError:
-        return None
+def shown_columns(summaries: list[RunSummary], metric: str, view: TaskView | None) -> tuple[str, ...]:
+    """The task's summary metrics other than ``metric`` that some run logs (val_loss and
+    val_accuracy for a task that names none)."""
+    wanted = view.metrics if view and view.metrics else ("val_accuracy", "val_loss")
+    known = logged(summaries)
+    return tuple(m for m in wanted if m != metric and m in known)
 
 
 def _key_order(key: str) -> tuple[int, str]:

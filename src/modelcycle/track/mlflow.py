@@ -24,7 +24,7 @@ from modelcycle.errors import UserError
 from modelcycle.progress import info, warn
 from modelcycle.runlogs import MetricsLog
 from modelcycle.track.listing import show
-from modelcycle.track.status import outcome, write_json
+from modelcycle.track.status import model_entry, model_label, outcome, write_json
 
 if TYPE_CHECKING:
     from modelcycle.config import Config
@@ -108,7 +108,7 @@ class MlflowTracker(Tracker):
                 tags = {
                     "modelcycle.version": __version__,
                     "modelcycle.run_dir": str(self.run_dir.resolve()),
-                    "modelcycle.model": self.config.model.name,
+                    "modelcycle.model": model_label(model_entry(trainer.meta)) or str(self.config.model.name),
                     "modelcycle.task": str(trainer.meta.get("task", "")),
                 }
                 name = self.settings.run_name or self.config.run.name

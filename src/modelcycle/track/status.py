@@ -59,19 +59,43 @@ def now_iso() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+# what status.json records of the model (from the package record's "architecture")
+MODEL_KEYS = ("name", "revision", "model_type", "architectures", "parameters")
+
+
+def model_entry(meta: dict) -> dict | None:
+    """What a run trains, from its package record (``modelcycle.json``, or the loop's ``meta``
+    before there is one): the name it was built or loaded from (a registry name such as
+    simple_cnn, a folder, a Hub id and its ``revision``) and, for a Hugging Face model, the
+    ``model_type`` and ``architectures`` of its config.json. None when the record names none."""
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict):
+        return None
+    entry = {key: arch[key] for key in MODEL_KEYS if arch.get(key) is not None}
+    return entry or None
+
+
+def model_label(entry: dict | None) -> str:
+    """The model in a word: a Hugging Face model's ``model_type`` (qwen2, llama), else the name it
+    was built from (simple_cnn, path/to/file.py:build)."""
+    entry = entry or {}
+    return str(entry.get("model_type") or entry.get("name") or "")
+
+
 class StatusFile(Callback):
+    """status.json: how the run stands, and what model it trains (``model``, :func:`model_entry`),
+    so ``modelcycle runs`` names the real architecture of a run that has no package yet."""
+
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.run_dir is not None:
-            write_json(
-                trainer.run_dir / STATUS_FILE,
-                {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()},
-            )
+            record = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
+            write_json(trainer.run_dir / STATUS_FILE, {**record, **_model(trainer)})
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if trainer.run_dir is None:
             return
         state, exc = outcome()
-        record = {"state": state, "since": now_iso()}
+        record = {"state": state, "since": now_iso(), **_model(trainer)}
         if state == "failed":
             record["error"] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         if exc is None:
@@ -79,6 +103,16 @@ class StatusFile(Callback):
         else:
             with contextlib.suppress(UserError):  # the error on its way out stays the one reported
                 write_json(trainer.run_dir / STATUS_FILE, record)
+
+
+def _model(trainer: Trainer) -> dict:
+    entry = model_entry(getattr(trainer, "meta", None) or {})
+    return {"model": entry} if entry else {}
+
+
+def read_status(path: Path) -> dict | None:
+    """A run folder's status.json, or None when it has none or it is unreadable."""
+    return _read(path / STATUS_FILE)
 
 
 def outcome() -> tuple[str, BaseException | None]:

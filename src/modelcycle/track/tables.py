@@ -7,16 +7,20 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from modelcycle.track.listing import RunSummary
+from modelcycle.track.listing import RunGroup, unit
 
 STATUS_STYLE = {"finished": "green", "running": "cyan", "interrupted": "yellow", "failed": "red", "broken": "red"}
 
 
-def runs_table(summaries: list[RunSummary], metric: str, mode: str, title: str, final: bool = False) -> Table:
-    """One row per run. The listing (``final=False``) shows metrics at each run's best epoch (the
-    model package's epoch); the comparison shows the last epoch's too, to see late overfitting."""
-    others = [k for k in ("val_accuracy", "val_loss") if k != metric]
-    extra = ["train_loss", "val_loss", "val_accuracy"] if final else others
+def runs_table(group: RunGroup, title: str, final: bool = False) -> Table:
+    """One row per run of one task. The listing (``final=False``) shows the task's other summary
+    metrics at each run's best epoch (the model package's epoch); the comparison shows the last
+    epoch's train loss and summary metrics too, to see late overfitting."""
+    summaries, metric, mode = group.runs, group.metric, group.mode
+    extra = list(group.columns)
+    if final:
+        seen = {k for s in summaries for r in s.epochs for k in r}
+        extra = [k for k in dict.fromkeys(["train_loss", "val_loss", metric, *group.columns]) if k in seen]
     table = Table(title=f"{title}; best = {'highest' if mode == 'max' else 'lowest'} {metric}")
     columns = ["run", "status", "model", "best", "@ep"]
     columns += [f"last {k}" if final else k for k in extra] + ["epochs"]
@@ -38,7 +42,7 @@ def runs_table(summaries: list[RunSummary], metric: str, mode: str, title: str, 
             Text(str(s.status) if short else s.status.state, style=STATUS_STYLE.get(s.status.state, "")),
             s.model or "-",
             _number(best[0] if best else None),
-            str(best[1]["epoch"]) if best else "-",
+            str(unit(best[1])) if best else "-",
             *[_number(source.get(k)) for k in extra],
             f"{len(s.epochs)}/{s.planned or '?'}",
         ]

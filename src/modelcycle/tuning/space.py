@@ -232,8 +232,9 @@ def _check_models(params: list[Param], base: Config, path: Path) -> None:
     if names is not None:
         args |= set(base.model.args)
     from modelcycle.models.registry import resolve_builder  # imports torch: only when needed
+    from modelcycle.tasks import registry
 
-    for name in names or (base.model.name,):
+    for name in names or (registry.apply_defaults(base).model.name,):  # the recipe's model, or its task's default
         try:
             accepted = inspect.signature(resolve_builder(str(name))).parameters
         except ConfigError as exc:

@@ -30,16 +30,14 @@ def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
     def versioned(name: str, version: str):
         return state.model(name, version)
 
-    _v2_model_routes(app, state, "/v2/models/{name}", auth, latest)
-    _v2_model_routes(app, state, "/v2/models/{name}/versions/{version}", auth, versioned)
+    # a name may hold slashes (a Hub id, Qwen/Qwen2.5-0.5B): the versioned routes are matched first,
+    # and each prefix's /ready and /infer before its metadata, which takes whatever path is left
+    _v2_model_routes(app, state, "/v2/models/{name:path}/versions/{version}", auth, versioned)
+    _v2_model_routes(app, state, "/v2/models/{name:path}", auth, latest)
 
 
 def _v2_model_routes(app: FastAPI, state: ServeState, prefix: str, auth: list, pick) -> None:
     """The per-model endpoints, under /v2/models/NAME and /v2/models/NAME/versions/VERSION."""
-
-    @app.get(prefix, tags=["v2"], response_model=schemas.ModelMetadata, responses=ERRORS, dependencies=auth)
-    async def model_metadata(served=Depends(pick)) -> dict:
-        return served.metadata()
 
     @app.get(prefix + "/ready", tags=["v2"], response_model=schemas.ModelReady, responses=ERRORS, dependencies=auth)
     async def model_ready(served=Depends(pick)) -> dict:
@@ -68,6 +66,10 @@ def _v2_model_routes(app: FastAPI, state: ServeState, prefix: str, auth: list, p
         return JSONResponse(
             {"model_name": served.name, "model_version": served.version, "id": body.id, "outputs": outputs}
         )
+
+    @app.get(prefix, tags=["v2"], response_model=schemas.ModelMetadata, responses=ERRORS, dependencies=auth)
+    async def model_metadata(served=Depends(pick)) -> dict:
+        return served.metadata()
 
 
 async def _v2_images(
