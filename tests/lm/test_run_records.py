@@ -74,7 +74,7 @@ def test_a_qwen_fine_tune_records_qwen2_not_llama(qwen_sft: Path):
 def test_model_name_llama_and_init_from_together_are_refused(hub):
     overrides = sft_overrides(REPO, hub / "runs", write_chats(hub / "chats.jsonl"), "both")
     overrides = [o.replace("model.name=", "model.init_from=") for o in overrides]
-    with pytest.raises(ConfigError, match="model.name=llama and model.init_from=tiny-org/tiny-qwen: set one"):
+    with pytest.raises(ConfigError, match="model.name=llama and model.init_from=tiny-org/tiny-qwen: .*set one"):
         modelcycle.train(load_config(None, [*overrides, "model.name=llama"]), progress=False)
 
 

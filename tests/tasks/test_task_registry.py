@@ -62,6 +62,18 @@ def test_a_model_from_elsewhere_gets_no_model_name():
         TaskPlugin(name="registry_bad_model_from", model_from=("model.from",))
 
 
+def test_a_model_name_beside_the_key_that_decides_the_model_is_refused(tmp_path: Path):
+    """A recipe's model.name with model.init_from on the command line: the run would train the
+    init_from model while config.yaml names the other; model.name=null clears the recipe's."""
+    recipe = tmp_path / "reward.yaml"
+    recipe.write_text("run: {task: reward}\nmodel: {name: all-MiniLM-L6-v2}\n")
+    both = registry.apply_defaults(load_config(recipe, ["model.init_from=runs/lm-sft"]))
+    with pytest.raises(ConfigError, match=r"model.name=all-MiniLM-L6-v2 and model.init_from=runs/lm-sft: .*=null"):
+        registry.check_reads(both)
+    registry.check_reads(registry.apply_defaults(load_config(recipe, ["model.init_from=x", "model.name=null"])))
+    registry.check_reads(registry.apply_defaults(load_config(None, ["model.init_from=runs/a"])))  # images: weights only
+
+
 def test_a_python_config_gets_what_the_lm_verb_gets(tmp_path: Path):
     """The CLI verb and a Python caller resolve the same recipe to the same config."""
     recipe = tmp_path / "r.yaml"

@@ -110,11 +110,6 @@ def prepare_model(config: Config, chat: bool = False) -> LMModel:
             "model.init_from is not set: name the model this run starts from (a run folder, a package, a Hugging "
             "Face model folder or a Hub id in the local cache), or set model.name=llama to build one from lm.size"
         )
-    if cfg.name is not None and cfg.init_from:
-        raise ConfigError(
-            f"model.name={cfg.name} and model.init_from={cfg.init_from}: set one (model.name=llama builds a new "
-            "model from lm.size; a folder or Hub id in either starts from that model)"
-        )
     source = cfg.init_from or (None if cfg.name == "llama" else cfg.name)
     if source is None:
         if not lm.tokenizer:

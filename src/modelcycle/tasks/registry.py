@@ -155,6 +155,7 @@ def check_reads(config: Config) -> None:
     :data:`ALWAYS_READ`): ``distill.temperature=3`` on an LM run would otherwise do nothing at all.
     What ``apply_defaults`` filled in is the task's default, so it passes."""
     plugin = get(config.run.task)
+    _refuse_two_models(config, plugin)
     unread = _unread(config, plugin.defaults, "", {*ALWAYS_READ, *plugin.reads})
     if not unread:
         return
@@ -170,6 +171,20 @@ def check_reads(config: Config) -> None:
         f"{settings}: run.task={plugin.name} does not read {it}, so {they} would be ignored{hint}. "
         f"run.task={plugin.name} reads {_spelled(plugin.reads) or 'nothing more'} besides what every run reads "
         f"({_spelled(ALWAYS_READ)}). Remove {it} from the recipe or the command line"
+    )
+
+
+def _refuse_two_models(config: Config, plugin: TaskPlugin) -> None:
+    """``model.name`` and a key of ``model_from`` (``model.init_from``) both set, for a task that
+    reads both: the second decides the model, so config.yaml would name one the run did not use."""
+    given = [(key, value) for key in plugin.model_from if (value := _setting(config, key))]
+    name = config.model.name
+    if not given or name is None or not _covers({*ALWAYS_READ, *plugin.reads}, "model.name"):
+        return
+    key, value = given[0]
+    raise ConfigError(
+        f"model.name={name} and {key}={value}: run.task={plugin.name} trains the model of {key}, so model.name "
+        f"would not be used; set one of them (after a recipe that names a model, add model.name=null)"
     )
 
 
