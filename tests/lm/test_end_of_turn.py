@@ -195,3 +195,24 @@ def test_sft_on_a_base_model_learns_to_stop_at_its_turn_end(standins, tmp_path):
     )
     for answer in answers:
         assert (answer.finish_reason, answer.token_ids[-1], answer.text) == ("stop", im_end, ANSWER)
+
+
+def test_a_run_started_from_a_package_keeps_its_chosen_end_of_turn(standins, tmp_path):
+    """lm.end_of_turn chosen for one run is what a run started from its package trains and stops
+    at, not the template's turn end (<|im_end|>) found again."""
+    rows = [{"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": ANSWER}]}] * 8
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    quick = ("train.epochs=1",)
+    first = modelcycle.train(
+        load_config(
+            None, sft_overrides(standins["qwen2-base"], data, tmp_path, "lm.end_of_turn=<|endoftext|>", *quick)
+        ),
+        progress=False,
+    )
+    eos = tokenizer_of(standins["qwen2-base"]).convert_tokens_to_ids("<|endoftext|>")
+    chosen = {"token": "<|endoftext|>", "id": eos, "from": OVERRIDE}
+    assert json.loads((first.model_dir / "modelcycle.json").read_text())["end_of_turn"] == chosen
+    again = sft_overrides(first.model_dir, data, tmp_path / "again", *quick)
+    second = modelcycle.train(load_config(None, again), progress=False)
+    assert json.loads((second.model_dir / "modelcycle.json").read_text())["end_of_turn"] == chosen

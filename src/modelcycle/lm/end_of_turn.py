@@ -217,6 +217,15 @@ def package_record(manifest: dict | None, tokenizer) -> dict | None:
     return found.record() if found else None
 
 
+def inherited_override(manifest: dict | None) -> str | None:
+    """The ``lm.end_of_turn`` a run started from this package inherits: the token its run chose by
+    that setting (a template's own turn end is found again from the template, so None then)."""
+    recorded = (manifest or {}).get("end_of_turn")
+    if isinstance(recorded, dict) and recorded.get("from") == OVERRIDE:
+        return recorded.get("token")
+    return None
+
+
 def recorded_end_of_turn(manifest: dict | None) -> str | None:
     """The end-of-turn token a package's ``modelcycle.json`` records (its run's ``lm.end_of_turn``
     or what its chat template said), or None."""

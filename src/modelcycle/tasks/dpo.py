@@ -104,7 +104,8 @@ class DPOTask:
 def setup(config: Config) -> PairSetup:
     built = prepare_model(config, chat=True)
     tokenizer, cfg = built.tokenizer, config.dpo
-    train_loader, val_loader, preprocessing = preference_loaders(config, tokenizer)
+    end = built.end_of_turn.token if built.end_of_turn else None  # lm.end_of_turn, or the policy's inherited one
+    train_loader, val_loader, preprocessing = preference_loaders(config, tokenizer, end)
     reference = None
     if cfg.loss not in REFERENCE_FREE:
         reference, ref_tokenizer, _ = open_lm(cfg.reference or built.base)

@@ -26,7 +26,7 @@ from modelcycle.engine import distributed
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.errors import ConfigError
 from modelcycle.lm.chat_template import ChatTemplateError, chat_ids, encode_text
-from modelcycle.lm.end_of_turn import TurnEnd, give_default_template, turn_end
+from modelcycle.lm.end_of_turn import TurnEnd, give_default_template, inherited_override, turn_end
 from modelcycle.lm.generate import LanguageModel
 from modelcycle.lm.load import check_tokenizer, lm_folder, open_lm
 from modelcycle.lm.model import build_lm, lora_targets, package_writer
@@ -111,6 +111,7 @@ def prepare_model(config: Config, chat: bool = False) -> LMModel:
             "Face model folder or a Hub id in the local cache), or set model.name=llama to build one from lm.size"
         )
     source = cfg.init_from or (None if cfg.name == "llama" else cfg.name)
+    source_manifest = None  # the package the run starts from, when it is one of ours
     if source is None:
         if not lm.tokenizer:
             raise ConfigError(
@@ -126,7 +127,7 @@ def prepare_model(config: Config, chat: bool = False) -> LMModel:
         if cfg.args:
             raise ConfigError("model.args: a model loaded from a folder keeps its architecture; drop model.args")
         base = lm_folder(source)
-        model, own, _ = open_lm(base)
+        model, own, source_manifest = open_lm(base)
         model.train()
         tokenizer = own
         if lm.tokenizer:
@@ -145,7 +146,9 @@ def prepare_model(config: Config, chat: bool = False) -> LMModel:
         "class": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    end, notes = answer_end(model, tokenizer, lm.end_of_turn, chat, record["name"])
+    # a run started from a package whose run chose its turn end by lm.end_of_turn keeps that choice
+    override = lm.end_of_turn or inherited_override(source_manifest)
+    end, notes = answer_end(model, tokenizer, override, chat, record["name"])
     given = list(cfg.lora.target_modules) if "target_modules" in cfg.lora.model_fields_set else None
     targets = lora_targets(model, given) if cfg.lora.r else None
     model, tuning = apply_tuning(model, cfg, task_type="CAUSAL_LM", targets=targets)
@@ -211,7 +214,8 @@ def check_files(config: Config) -> None:
 
 def language_setup(config: Config, task: str, rows: Callable[[list[str], object, bool], list[dict]]) -> LMSetup:
     """What pretraining and SFT share around their data: the model, the sharded loaders of
-    ``rows(files, tokenizer, train)``, the package and the sample log (chat prompts for SFT)."""
+    ``rows(files, tokenizer, train, end)`` (``end``: the end-of-turn token prepare_model chose), the
+    package and the sample log (chat prompts for SFT)."""
     check_files(config)
     built = prepare_model(config, chat=task != "lm")
     t, lm, tokenizer = config.train, config.lm, built.tokenizer
@@ -219,10 +223,11 @@ def language_setup(config: Config, task: str, rows: Callable[[list[str], object,
     distributed.split_batch(t.batch_size, world)
     shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_loader = lm_loader(rows(lm.train_files, tokenizer, True), pad, t.batch_size, train=True, **shard)
+    end = built.end_of_turn.token if built.end_of_turn else None
+    train_loader = lm_loader(rows(lm.train_files, tokenizer, True, end), pad, t.batch_size, train=True, **shard)
     val_loader = None
     if lm.val_files:
-        val = rows(lm.val_files, tokenizer, False)
+        val = rows(lm.val_files, tokenizer, False, end)
         val_loader = lm_loader(val, pad, config.eval.batch_size, train=False, **shard)
     return LMSetup(
         NextTokenTask(),
@@ -231,7 +236,7 @@ def language_setup(config: Config, task: str, rows: Callable[[list[str], object,
         val_loader,
         package_meta(config, built, task),
         package_writer(built.model, tokenizer, built.base, built.save_dtype),
-        sample_callbacks(config, tokenizer, chat=task != "lm"),
+        sample_callbacks(config, tokenizer, chat=task != "lm", end=end),
         built.notes,
     )
 
@@ -240,7 +245,7 @@ def setup(config: Config) -> LMSetup:
     """Packed token sequences, model and task for a pretraining run."""
     length = config.lm.context_length
 
-    def rows(files: list[str], tokenizer, train: bool) -> list[dict]:
+    def rows(files: list[str], tokenizer, train: bool, end: str | None) -> list[dict]:
         packed = pack(token_stream(files, tokenizer), length, ", ".join(files))
         if train:
             info(f"pretraining on {packed.numel():,} tokens ({len(packed):,} sequences of {length})")
@@ -249,7 +254,7 @@ def setup(config: Config) -> LMSetup:
     return language_setup(config, "lm", rows)
 
 
-def sample_callbacks(config: Config, tokenizer, chat: bool) -> list[Callback]:
+def sample_callbacks(config: Config, tokenizer, chat: bool, end: str | None = None) -> list[Callback]:
     lm = config.lm
     if not (lm.sample_every and lm.sample_prompts):
         return []
@@ -265,7 +270,7 @@ def sample_callbacks(config: Config, tokenizer, chat: bool) -> list[Callback]:
                 f"room for an answer within lm.context_length={lm.context_length}; shorten it"
             )
         prompts.append(ids)
-    return [SampleLog(lm.sample_every, list(lm.sample_prompts), prompts, tokenizer, lm.sample_tokens, lm.end_of_turn)]
+    return [SampleLog(lm.sample_every, list(lm.sample_prompts), prompts, tokenizer, lm.sample_tokens, end)]
 
 
 class SampleLog(Callback):

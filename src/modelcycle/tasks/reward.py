@@ -93,16 +93,16 @@ def pair_length(config: Config) -> int:
     return length
 
 
-def preference_loaders(config: Config, tokenizer) -> tuple[DataLoader, DataLoader | None, dict]:
+def preference_loaders(config: Config, tokenizer, end: str | None = None) -> tuple[DataLoader, DataLoader | None, dict]:
     """Loaders over the preference pairs (``data.root``'s prefs-train/prefs-val files, or
-    ``data.train_files`` / ``data.val_files``) and the package's preprocessing record."""
+    ``data.train_files`` / ``data.val_files``) and the package's preprocessing record. ``end``: the
+    token that closes each answer (DPO's policy's; None for reward models: the template's)."""
     data = config.data
     train, val = open_pairs(data.root, data.train_files, data.val_files)
     t, max_length = config.train, pair_length(config)
     world = distributed.world_size()
     distributed.split_batch(t.batch_size, world)
     shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
-    end = config.lm.end_of_turn  # DPO's lm.end_of_turn; None for reward models (the template's)
     train_loader = pair_loader(encode_pairs(train, tokenizer, max_length, end), tokenizer, t.batch_size, True, **shard)
     val_loader = (
         pair_loader(encode_pairs(val, tokenizer, max_length, end), tokenizer, config.eval.batch_size, False, **shard)

@@ -43,9 +43,9 @@ def setup(config: Config) -> LMSetup:
     """Tokenised conversations, model (full or LoRA) and task for an SFT run."""
     lm = config.lm
 
-    def rows(files: list[str], tokenizer, train: bool) -> list[dict]:
+    def rows(files: list[str], tokenizer, train: bool, end: str | None) -> list[dict]:
         packing = lm.packing and train  # held-out answers are scored one conversation a row
-        encoded = chat_rows(chats(files, tokenizer, lm.context_length, lm.end_of_turn), lm.context_length, packing)
+        encoded = chat_rows(chats(files, tokenizer, lm.context_length, end), lm.context_length, packing)
         if train:
             info(f"fine-tuning on {len(encoded):,} {'packed sequences' if packing else 'conversations'}")
         return encoded
