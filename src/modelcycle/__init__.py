@@ -24,7 +24,7 @@ __all__ = [
     "prune_model",
     "quantize_int8",
     "merge_lora",
-    "serve",
+    "serve_models",
     "write_digits",
     "load_config",
     "tune",

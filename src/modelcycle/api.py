@@ -1,67 +1,72 @@
 """The public Python API; every CLI verb is a thin call into one of these. It only re-exports:
 the work lives in the services below it (training/, evaluation/, tuning/, export/, compress/),
-which never import this module."""
+which never import this module.
+
+Each name is imported on first use (PEP 562), so a verb pays only for its own service: `modelcycle
+train` does not load the report, pruning and benchmark code (matplotlib, scikit-learn, scipy),
+which cost every command a few seconds when they loaded together.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from modelcycle.compress.prune import prune_model
-from modelcycle.compress.quantize import quantize_int8
-from modelcycle.config import load_config
-from modelcycle.data.demo import write_digits
-from modelcycle.data.prepare import PrepareResult
-from modelcycle.data.prepare import prepare as _prepare
-from modelcycle.evaluation.bench import bench
-from modelcycle.evaluation.crossval import crossval
-from modelcycle.evaluation.service import compare, evaluate, predict
-from modelcycle.export.export import export as export_model
-from modelcycle.runs import Run
-from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
-from modelcycle.tasks.registry import register_task
-from modelcycle.training.package import merge_lora
-from modelcycle.training.service import distill, train, train_ppo
-from modelcycle.tuning import tune_recipe as tune
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from modelcycle.config import MonitorSection, ServeSection
+    from modelcycle.data.prepare import PrepareResult
 
-__all__ = [
-    "prepare",
-    "train",
-    "train_ppo",
-    "distill",
-    "evaluate",
-    "predict",
-    "compare",
-    "crossval",
-    "export_model",
-    "bench",
-    "prune_model",
-    "quantize_int8",
-    "merge_lora",
-    "serve",
-    "write_digits",
-    "load_config",
-    "tune",
-    "Run",
-    "register_task",
-    "TaskPlugin",
-    "TaskParts",
-    "SetupContext",
-]
+# public name -> (module, name there)
+_FROM = {
+    "train": ("modelcycle.training.service", "train"),
+    "train_ppo": ("modelcycle.training.service", "train_ppo"),
+    "distill": ("modelcycle.training.service", "distill"),
+    "evaluate": ("modelcycle.evaluation.service", "evaluate"),
+    "predict": ("modelcycle.evaluation.service", "predict"),
+    "compare": ("modelcycle.evaluation.service", "compare"),
+    "crossval": ("modelcycle.evaluation.crossval", "crossval"),
+    "export_model": ("modelcycle.export.export", "export"),
+    "bench": ("modelcycle.evaluation.bench", "bench"),
+    "prune_model": ("modelcycle.compress.prune", "prune_model"),
+    "quantize_int8": ("modelcycle.compress.quantize", "quantize_int8"),
+    "merge_lora": ("modelcycle.training.package", "merge_lora"),
+    "write_digits": ("modelcycle.data.demo", "write_digits"),
+    "load_config": ("modelcycle.config", "load_config"),
+    "tune": ("modelcycle.tuning", "tune_recipe"),
+    "Run": ("modelcycle.runs", "Run"),
+    "register_task": ("modelcycle.tasks.registry", "register_task"),
+    "TaskPlugin": ("modelcycle.tasks.plugin", "TaskPlugin"),
+    "TaskParts": ("modelcycle.tasks.plugin", "TaskParts"),
+    "SetupContext": ("modelcycle.tasks.plugin", "SetupContext"),
+}
+
+__all__ = ["prepare", "serve_models", *_FROM]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FROM:
+        raise AttributeError(f"module 'modelcycle.api' has no attribute {name!r}")
+    module, attribute = _FROM[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # the next lookup is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 def prepare(src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.0, seed: int = 0) -> PrepareResult:
     """Scan a folder of class folders (or a manifest), verify images, write a stratified split."""
-    return _prepare(src, out, val=val, test=test, seed=seed)
+    from modelcycle.data.prepare import prepare as run
+
+    return run(src, out, val=val, test=test, seed=seed)
 
 
-def serve(models: list[str], cfg: ServeSection, monitoring: MonitorSection | None = None) -> None:
+def serve_models(models: list[str], cfg: ServeSection, monitoring: MonitorSection | None = None) -> None:
     """Serve run folders or packages (``NAME=PATH`` names one) over HTTP until SIGTERM or Ctrl-C,
-    each on the protocols its task offers; ``cfg`` is ``load_config(...).serve``. The server's
-    modules (FastAPI, uvicorn) load here, not with every other verb."""
+    each on the protocols its task offers; ``cfg`` is ``load_config(...).serve``."""
     from modelcycle.serve.server import serve as run
 
     run(models, cfg, monitoring)

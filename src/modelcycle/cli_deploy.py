@@ -143,7 +143,7 @@ def serve(
 ):
     """Serve models over HTTP: image classifiers on /v1/predict, KServe v2 (/v2/...), a playground at /;
     language models on the OpenAI API (/v1/models, /v1/chat/completions, /v1/completions). /metrics, /docs."""
-    from modelcycle.api import serve as run_server
+    from modelcycle.api import serve_models as run_server
     from modelcycle.config import load_config
 
     settings = [m for m in models if m.split("=", 1)[0].startswith(("serve.", "monitor."))]

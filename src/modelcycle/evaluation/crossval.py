@@ -29,6 +29,9 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
 
     if not isinstance(config, Config):
         config = load_config(config, overrides)
+    # the task's defaults filled now: every fold's config is this one dumped whole, so a field left
+    # unset here (model.name) would reach the folds as an explicit null
+    config = registry.apply_defaults(config)
     plugin = registry.for_config(config)
     if not plugin.can("crossval"):
         raise UserError(

@@ -266,7 +266,10 @@ def _tune(config: Config) -> TuneResult:
             "a trial is declared dead after grace_s without a heartbeat"
         )
     space = load_space(settings.space, config, settings.sampler)
-    registry.check_reads(registry.apply_defaults(config))  # a key the task ignores would fail every trial alike
+    # the task's defaults filled once: each trial's config is this one dumped whole, where a field
+    # left unset (model.name) would be an explicit null; and a key the task ignores fails here once
+    config = registry.apply_defaults(config)
+    registry.check_reads(config)
     if config.data.root is not None and "data.root" not in space.keys:
         PreparedData.open(config.data.root)  # a missing data folder would fail every trial the same way
     name = settings.study or f"{config.run.name}-tune"

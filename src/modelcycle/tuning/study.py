@@ -3,7 +3,7 @@
 Every study lives in an RDB storage, even with one worker: a sqlite file beside the trials makes
 a study resumable (the same command again continues it), and a shared server URL lets workers on
 several machines join it. Heartbeats let the survivors mark a dead worker's trial FAIL.
-Tested against a real PostgreSQL server (tests/tune/test_postgres.py).
+Tested against a real PostgreSQL server (tests/tuning/test_postgres.py).
 """
 
 from __future__ import annotations
