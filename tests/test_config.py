@@ -111,7 +111,7 @@ def test_valid_keys_lists_sections_and_leaves():
 
 def test_shipped_recipes_are_valid():
     root = Path(__file__).resolve().parents[1] / "configs"
-    # search spaces (space*.yaml) are not recipes; tests/tune checks them against theirs
+    # search spaces (space*.yaml) are not recipes; tests/tuning checks them against theirs
     recipes = sorted(r for r in root.glob("*.yaml") if not r.name.startswith("space"))
     assert recipes
     for recipe in recipes:
