@@ -141,3 +141,27 @@ def linear_model_file(tmp_path: Path) -> str:
     path = tmp_path / "linear_model.py"
     path.write_text(LINEAR_MODEL)
     return f"{path}:build"
+
+
+@pytest.fixture
+def lm_config(tmp_path: Path, prefs: Path, sft_policy: Path):
+    """A factory for the preference tasks' tests: ``lm_config("reward", "train.epochs=3")`` -> a
+    Config over ``prefs`` and ``sft_policy``."""
+    from modelcycle.config import load_config
+
+    def make(task: str, *more: str):
+        base = [
+            f"run.task={task}",
+            f"run.name={task}",
+            f"run.dir={tmp_path / 'runs'}",
+            f"model.init_from={sft_policy}",
+            f"data.root={prefs}",
+            f"lm.context_length={MAX_LENGTH}",
+            "train.batch_size=16",
+            "train.schedule=none",
+            "train.log_every=5",
+            "eval.batch_size=32",
+        ]
+        return load_config(None, base + list(more))
+
+    return make
