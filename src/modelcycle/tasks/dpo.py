@@ -25,9 +25,9 @@ from modelcycle.lm.load import open_lm
 from modelcycle.lm.model import package_writer
 from modelcycle.progress import info, progress_bar
 from modelcycle.tasks.lm import prepare_model
-from modelcycle.tasks.plugin import TaskPlugin
+from modelcycle.tasks.plugin import TaskPlugin, parts_of
 from modelcycle.tasks.preference_loss import REFERENCE_FREE, PairLogps, dpo_loss, response_logps
-from modelcycle.tasks.reward import PairSetup, parts, preference_loaders
+from modelcycle.tasks.reward import PairSetup, preference_loaders
 
 METRICS = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward")
 
@@ -138,7 +138,7 @@ def setup(config: Config) -> PairSetup:
 
 PLUGIN = TaskPlugin(
     name="dpo",
-    setup=lambda config, ctx: parts(setup(config)),
+    setup=lambda config, ctx: parts_of(setup(config)),
     evaluate="language_model",
     summary_metrics=("val_accuracy", "val_margin", "val_loss"),
     capabilities=frozenset({"chat"}),

@@ -34,7 +34,7 @@ from modelcycle.lm.sampling import Sampling
 from modelcycle.models import hub
 from modelcycle.models.hf_files import save_dtype
 from modelcycle.progress import info
-from modelcycle.tasks.plugin import TaskParts, TaskPlugin
+from modelcycle.tasks.plugin import TaskPlugin, parts_of
 
 
 def next_token_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,20 +308,6 @@ class SampleLog(Callback):
                 info(f"  step {step}: {line['prompt']} -> {' '.join(line['text'].split())[:120]}")
 
 
-def parts(built: LMSetup) -> TaskParts:
-    """An LM or SFT set-up as the parts the training service takes."""
-    return TaskParts(
-        built.task,
-        built.model,
-        built.train_loader,
-        built.val_loader,
-        built.meta,
-        built.write_package,
-        built.callbacks,
-        built.notes,
-    )
-
-
 # What a causal-LM plugin declares (lm, and sft on the same model and package); the defaults are
 # what `modelcycle lm pretrain` and a Python run.task=lm both start from, under the recipe
 LM_PLUGIN_FIELDS = {
@@ -339,7 +325,7 @@ LM_PLUGIN_FIELDS = {
 
 PLUGIN = TaskPlugin(
     name="lm",
-    setup=lambda config, ctx: parts(setup(config)),
+    setup=lambda config, ctx: parts_of(setup(config)),
     **LM_PLUGIN_FIELDS,
     opens_foreign=("hf_causal_lm",),  # a downloaded causal LM folder (Qwen, Llama) is evaluated as a language model
     description="causal language-model pretraining on packed text",

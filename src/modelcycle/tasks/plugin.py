@@ -60,6 +60,21 @@ class TaskParts:
     notes: list[str] = field(default_factory=list)  # what setup did to the model, for events.log and the terminal
 
 
+def parts_of(built: Any) -> TaskParts:
+    """The parts of a task's own set-up record that holds the same names (``task``, ``model``,
+    ``train_loader``, ``val_loader``, ``meta``, ``write_package``, and ``callbacks``/``notes`` if any)."""
+    return TaskParts(
+        built.task,
+        built.model,
+        built.train_loader,
+        built.val_loader,
+        built.meta,
+        built.write_package,
+        list(getattr(built, "callbacks", [])),
+        list(getattr(built, "notes", [])),
+    )
+
+
 def _frozen(mapping: Mapping) -> Mapping:
     return MappingProxyType({k: _frozen(v) if isinstance(v, Mapping) else v for k, v in mapping.items()})
 

@@ -24,7 +24,7 @@ from modelcycle.data.preferences import open_pairs, pair_sources
 from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info
-from modelcycle.tasks.plugin import TaskParts, TaskPlugin
+from modelcycle.tasks.plugin import TaskPlugin, parts_of
 from modelcycle.tasks.preference_loss import bradley_terry_loss
 
 METRICS = ("loss", "accuracy", "margin")
@@ -177,22 +177,9 @@ def reward_scores(
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def parts(built: PairSetup) -> TaskParts:
-    """A reward or DPO set-up as the parts the training service takes."""
-    return TaskParts(
-        built.task,
-        built.model,
-        built.train_loader,
-        built.val_loader,
-        built.meta,
-        built.write_package,
-        notes=built.notes,
-    )
-
-
 PLUGIN = TaskPlugin(
     name="reward",
-    setup=lambda config, ctx: parts(setup(config)),
+    setup=lambda config, ctx: parts_of(setup(config)),
     evaluate="reward_model",
     summary_metrics=("val_accuracy", "val_margin", "val_loss"),
     view="pairs",

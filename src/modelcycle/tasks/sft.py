@@ -13,8 +13,8 @@ from modelcycle.config import Config
 from modelcycle.data.lm_data import EncodedChats, chat_rows, encode_chats, read_conversations
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info, warn
-from modelcycle.tasks.lm import LM_PLUGIN_FIELDS, LMSetup, language_setup, parts
-from modelcycle.tasks.plugin import TaskPlugin
+from modelcycle.tasks.lm import LM_PLUGIN_FIELDS, LMSetup, language_setup
+from modelcycle.tasks.plugin import TaskPlugin, parts_of
 
 
 def chats(files: list[str], tokenizer, length: int, end_of_turn: str | None = None) -> EncodedChats:
@@ -55,7 +55,7 @@ def setup(config: Config) -> LMSetup:
 
 PLUGIN = TaskPlugin(
     name="sft",
-    setup=lambda config, ctx: parts(setup(config)),
+    setup=lambda config, ctx: parts_of(setup(config)),
     **LM_PLUGIN_FIELDS,
     capabilities=frozenset({"chat"}),
     opens_foreign=("hf_adapter",),  # a bare peft adapter is a chat fine-tune: its merged package records sft
