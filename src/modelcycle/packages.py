@@ -27,7 +27,6 @@ from modelcycle.models import hf, hub
 
 VISION, SEQUENCE, CAUSAL, ADAPTER = "vision", "hf_sequence_classifier", "hf_causal_lm", "hf_adapter"
 OWN = "own"  # a package of a task of one's own (tasks/plugin.py): its plugin knows what the files hold
-KINDS = (VISION, SEQUENCE, CAUSAL, ADAPTER, OWN)
 WHAT = {VISION: "an image classifier", SEQUENCE: "a sequence classifier", CAUSAL: "a language model"}
 WHAT |= {ADAPTER: "a LoRA adapter", OWN: "a model of a task of its own"}
 
