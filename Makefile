@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	# torchvision's wheel is kept, not installed (its compiled ops do not load with this CPU torch, and
+	# transformers would then fail to import its image processors): tests/models/test_torchvision_layout.py
+	# builds torchvision's own model definitions from the wheel's Python files to prove ours match them
+	$(BIN)/python -m pip download -q --no-deps -d $(VENV)/wheels torchvision==0.28.0
 	touch $(STAMP)
 
 venv: $(STAMP)
