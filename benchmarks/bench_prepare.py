@@ -1,22 +1,30 @@
-"""prepare: files/second of ``modelcycle.prepare`` scanning and verifying a folder of small images.
+"""prepare: files/second of ``modelcycle.prepare`` scanning, verifying and hashing a folder of small images.
 
-The script writes 20,000 small images (32x32 PNG by default) in 10 class folders and times
+The script writes 20,000 small images (32x32 PNG by default) in 10 class folders, a few of them
+twice (``--copies``: half hard links, half byte copies under another name), and times
 ``modelcycle.prepare`` on them: scan the class folders, fully decode every file (truncation
-check), write the stratified split and stats. For context, a plain single-threaded loop that
-lists the same folders and calls ``Image.open(p).load()`` on every file is timed too, and the
-ratio printed; the issue sets no target against it. The files were just written, so both read
-from the page cache; rounds alternate.
+check), hash its bytes in the same read (duplicates), write the stratified split, stats and
+duplicates.json. Beside it, in the same process: prepare with the hashing switched off (the
+probe of before duplicates were looked for, though hard links are still decoded once; the ratio
+is the hashing cost), prepare with ``near_duplicates=True`` (the dHash of each picture and the
+all-pairs comparison), and, for context, a plain single-threaded loop that lists the same
+folders and calls ``Image.open(p).load()`` on every file. The files were just written, so all
+read from the page cache; rounds alternate.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from PIL import Image
 
 import common
+import modelcycle.data.prepare as prepare_module
 from modelcycle import prepare  # resolved here: the first use imports torch
+from modelcycle.data.duplicates import ImageFacts
+from modelcycle.data.images import probe_image
 
 
 def plain_loop(root: Path) -> int:
@@ -30,12 +38,32 @@ def plain_loop(root: Path) -> int:
     return count
 
 
+def probe_without_hash(path: Path, near: bool) -> ImageFacts:
+    """The probe as it was before duplicates were looked for: decode only. The path stands in for
+    the digest, so no two files group."""
+    return ImageFacts(*probe_image(path), sha256=str(path))
+
+
+def add_copies(paths: list[Path], fraction: float) -> int:
+    """Every 1/fraction-th file gets a second name in its folder: a hard link or a byte copy, in turn."""
+    step = max(1, round(1 / fraction)) if fraction > 0 else 0
+    chosen = paths[::step] if step else []
+    for n, path in enumerate(chosen):
+        twin = path.with_name(f"{path.stem}-copy{path.suffix}")
+        if n % 2 == 0:
+            os.link(path, twin)
+        else:
+            shutil.copyfile(path, twin)
+    return len(chosen)
+
+
 def main() -> None:
     parser = common.make_parser(__doc__.split("\n\n")[0], "smoke run (~30 s): 3,000 images, one round")
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--size", type=int, default=32, help="side of the written images")
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--format", choices=["png", "jpg"], default="png")
+    parser.add_argument("--copies", type=float, default=0.02, help="fraction of files given a second name")
     parser.add_argument("--rounds", type=int, default=2, help="timed runs per side (median taken)")
     args = parser.parse_args()
     common.quick_default(args, "images", 3000)
@@ -49,58 +77,78 @@ def main() -> None:
                 images, args.images, args.size, args.classes, "." + args.format, photo=False
             )
         )
+        copies = add_copies(paths, args.copies)
         common.console.print(
             f"wrote {len(paths):,} {args.format.upper()} files {args.size}x{args.size} "
-            f"({common.folder_size_mb(paths):.1f} MB) in {args.classes} class folders in {write_s:.1f} s",
+            f"({common.folder_size_mb(paths):.1f} MB) in {args.classes} class folders in {write_s:.1f} s, "
+            f"and a second name for {copies:,} of them",
             style="dim",
         )
         results = {}
 
-        def run_prepare() -> float:
-            result, seconds = common.timed(lambda: prepare(images, tmp / "data", val=0.2, seed=0))
-            results["prepare"] = result
+        def timed_prepare(side: str, **options) -> float:
+            result, seconds = common.timed(lambda: prepare(images, tmp / side, val=0.2, seed=0, **options))
+            results[side] = result
             return seconds
+
+        def unhashed() -> float:
+            real = prepare_module.probe_file
+            prepare_module.probe_file = probe_without_hash  # the worker processes fork with it
+            try:
+                return timed_prepare("unhashed")
+            finally:
+                prepare_module.probe_file = real
 
         def run_plain() -> float:
             count, seconds = common.timed(lambda: plain_loop(images))
             results["plain"] = count
             return seconds
 
-        times = common.alternate({"prepare": run_prepare, "plain": run_plain}, args.rounds)
+        times = common.alternate(
+            {
+                "prepare": lambda: timed_prepare("prepare"),
+                "unhashed": unhashed,
+                "near": lambda: timed_prepare("near", near_duplicates=True),
+                "plain": run_plain,
+            },
+            args.rounds,
+        )
 
-    verified = results["prepare"].stats["num_images"]
-    rejected = len(results["prepare"].rejected)
-    mc_rate = verified / common.median(times["prepare"])
-    plain_rate = results["plain"] / common.median(times["plain"])
-    ratio = common.ratio(mc_rate, plain_rate)
+    names = len(paths) + copies
+    rates = {side: names / common.median(times[side]) for side in ("prepare", "unhashed", "near")}
+    rates["plain"] = results["plain"] / common.median(times["plain"])
+    found = results["prepare"].stats["duplicates"]
+    rows = [
+        ("modelcycle.prepare: verify + sha256", "prepare"),
+        ("prepare, hashing switched off (verify only)", "unhashed"),
+        ("prepare --near-duplicates: + dHash, all pairs", "near"),
+        ("plain loop: Image.open(p).load(), 1 thread", "plain"),
+    ]
     common.print_table(
-        f"prepare: scan + verify {len(paths):,} {args.size}x{args.size} {args.format.upper()} files (files/s, median)",
-        ["method", "files", "seconds", "files/s", "ratio"],
+        f"prepare: scan + verify {names:,} {args.size}x{args.size} {args.format.upper()} files "
+        f"({os.cpu_count() or 1} processes; files/s, median)",
+        ["method", "files", "seconds", "files/s", "vs verify only"],
         [
             [
-                f"modelcycle.prepare ({os.cpu_count() or 1} processes)",
-                verified,
-                common.median(times["prepare"]),
-                mc_rate,
-                f"{ratio:.2f}x",
-            ],
-            [
-                "plain loop: Image.open(p).load(), 1 thread",
-                results["plain"],
-                common.median(times["plain"]),
-                plain_rate,
-                "1.00x",
-            ],
+                label,
+                results[side] if side == "plain" else results[side].stats["num_images"],
+                common.median(times[side]),
+                rates[side],
+                f"{common.ratio(rates[side], rates['unhashed']):.2f}x",
+            ]
+            for label, side in rows
         ],
         note=(
-            f"{args.rounds} alternating round(s); prepare also writes train/val manifests and stats.json. "
-            f"{rejected} file(s) rejected."
+            f"{args.rounds} alternating round(s); prepare also writes the manifests, stats.json and duplicates.json. "
+            f"Found {found['groups']:,} duplicate groups ({found['links']:,} hard links); "
+            f"{len(results['prepare'].rejected)} file(s) rejected."
         ),
     )
+    hashing_cost = common.ratio(rates["unhashed"], rates["prepare"]) - 1
     common.verdict(
-        verified == len(paths) and rejected == 0,
-        f"modelcycle.prepare verified {verified:,} of {len(paths):,} files at {mc_rate:,.0f} files/s, "
-        f"{ratio:.2f}x a single-threaded Pillow loop (context only: the issue sets no target)",
+        results["prepare"].stats["num_images"] == names and found["groups"] == copies,
+        f"modelcycle.prepare verified and hashed {names:,} files at {rates['prepare']:,.0f} files/s and found the "
+        f"{copies:,} planted duplicates; hashing costs {hashing_cost:+.0%} against verifying alone",
     )
 
 

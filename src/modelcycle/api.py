@@ -57,11 +57,20 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-def prepare(src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.0, seed: int = 0) -> PrepareResult:
-    """Scan a folder of class folders (or a manifest), verify images, write a stratified split."""
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    val: float = 0.2,
+    test: float = 0.0,
+    seed: int = 0,
+    dedupe: bool = False,
+    near_duplicates: bool = False,
+) -> PrepareResult:
+    """Scan a folder of class folders (or a manifest), verify images, write a stratified split;
+    identical files stay in one split (``dedupe``: one of each is kept)."""
     from modelcycle.data.prepare import prepare as run
 
-    return run(src, out, val=val, test=test, seed=seed)
+    return run(src, out, val=val, test=test, seed=seed, dedupe=dedupe, near_duplicates=near_duplicates)
 
 
 def serve_models(models: list[str], cfg: ServeSection, monitoring: MonitorSection | None = None) -> None:

@@ -66,12 +66,27 @@ def prepare(
     val: float = typer.Option(0.2, help="Fraction of each class held out for validation."),
     test: float = typer.Option(0.0, help="Fraction of each class held out for testing."),
     seed: int = typer.Option(0, help="Seed of the split: the same seed gives the same split."),
+    dedupe: bool = typer.Option(
+        False,
+        "--dedupe",
+        help="Keep one file of each group of identical images (none of a group whose copies sit in different "
+        "class folders). Without it every group is kept whole in one split.",
+    ),
+    near_duplicates: bool = typer.Option(
+        False, "--near-duplicates", help="Also list look-alike images (a perceptual hash) in duplicates.json."
+    ),
 ):
-    """Verify every image and write a stratified, reproducible split (unreadable files -> rejected.txt)."""
+    """Verify every image and write a stratified, reproducible split (unreadable files -> rejected.txt,
+    identical files -> duplicates.json, kept in one split)."""
     from modelcycle.api import prepare as run_prepare
 
-    result = run_prepare(src, out, val=val, test=test, seed=seed)
-    table = Table(title=f"{out}: {result.stats['num_images']} images, {len(result.rejected)} rejected")
+    result = run_prepare(src, out, val=val, test=test, seed=seed, dedupe=dedupe, near_duplicates=near_duplicates)
+    found = result.stats["duplicates"]
+    table = Table(
+        title=f"{out}: {result.stats['num_images']} images, {len(result.rejected)} rejected, "
+        f"{found['groups']} duplicate groups ({found['files']} files, {found['conflict_groups']} label conflicts"
+        + (f", {found['dropped']} dropped)" if dedupe else ")")
+    )
     table.add_column("class")
     for split in result.counts:
         table.add_column(split, justify="right")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +28,27 @@ MAX_ASPECT = 64
 MAX_RESIZED_PIXELS = 2**24
 
 
-def probe_image(path: Path) -> tuple[int, int, str]:
-    """Fully decode ``path`` (a header check misses truncation) and return width, height, mode.
+def probe_image(source: Path | bytes) -> tuple[int, int, str]:
+    """Fully decode ``source`` (a file, or its bytes already read) and return width, height, mode.
 
-    Raises DataError with the reason when the file is empty, not an image, or damaged.
+    A header check misses truncation. Raises DataError with the reason when the file is empty,
+    not an image, or damaged.
     """
+    with decoded_image(source) as img:
+        return (*upright_size(img), img.mode)
+
+
+@contextmanager
+def decoded_image(source: Path | bytes) -> Iterator[Image.Image]:
+    """``source`` opened and fully decoded, the shape limits checked on its header first; every
+    way it can fail (also in the caller's block) becomes a DataError with the reason."""
     try:
-        if path.stat().st_size == 0:
+        if (len(source) if isinstance(source, bytes) else source.stat().st_size) == 0:
             raise DataError("empty file (0 bytes)")
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             check_shape(*img.size)  # before any pixel is decoded
             img.load()
-            width, height = ImageOps.exif_transpose(img).size if _rotated(img) else img.size
-            return width, height, img.mode
+            yield img
     except DataError:
         raise
     except UnidentifiedImageError:
@@ -47,6 +57,11 @@ def probe_image(path: Path) -> tuple[int, int, str]:
         raise DataError(f"image refused as a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"damaged image: {exc}") from None
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) once the EXIF orientation is applied (5 to 8 swap the sides)."""
+    return (img.height, img.width) if _rotated(img) else img.size
 
 
 def check_shape(width: int, height: int, max_pixels: int | None = None, min_size: int | None = None) -> None:

@@ -79,6 +79,20 @@ class PreparedData:
     def channels(self) -> int:
         return int(self.stats.get("channels", 3))
 
+    def copy_groups(self) -> dict[Path, int]:
+        """Image path (as :meth:`split` gives it) -> its group of identical files, from
+        ``duplicates.json``: whoever re-splits the images (crossval's folds) keeps a group together."""
+        listing = self.root / "duplicates.json"
+        if not listing.is_file():
+            return {}
+        groups = json.loads(listing.read_text()).get("groups", [])
+        return {
+            self.image_root / entry["path"]: number
+            for number, group in enumerate(groups)
+            for entry in group["files"]
+            if entry["split"] is not None  # a copy --dedupe dropped is in no manifest
+        }
+
     def has_split(self, split: str) -> bool:
         return (self.root / f"{split}.txt").is_file()
 

@@ -18,10 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from modelcycle.data.images import IMAGE_SUFFIXES, probe_image
+from modelcycle.data.duplicates import (
+    ImageFacts,
+    conflict_warning,
+    dropped_by_dedupe,
+    file_id,
+    find_groups,
+    near_groups,
+    probe_file,
+    report,
+    split_units,
+    summary_line,
+)
+from modelcycle.data.images import IMAGE_SUFFIXES
 from modelcycle.data.manifest import SPLITS, read_classes
 from modelcycle.errors import DataError
-from modelcycle.progress import progress_bar, warn
+from modelcycle.progress import info, progress_bar, warn
 
 
 @dataclass
@@ -110,70 +122,109 @@ def _read_source_manifest(src: Path) -> tuple[list[str], list[tuple[Path, int]]]
     return classes, [(p, index[c]) for p, c in files]
 
 
-def _verify(files: list[tuple[Path, int]]) -> tuple[list[tuple[Path, int, tuple]], list[tuple[Path, str]]]:
-    """Decode every file, in one process per core with files handed out in chunks: small images
-    decode mostly under the GIL, so threads would queue behind each other."""
-    good, bad = [], []
-    processes = min(os.cpu_count() or 1, max(1, len(files) // 500))
+def _verify(
+    files: list[tuple[Path, int]], near: bool
+) -> tuple[list[tuple[Path, int, ImageFacts]], list[tuple[Path, str]]]:
+    """Decode and hash every file, in one process per core with files handed out in chunks: small
+    images decode mostly under the GIL, so threads would queue behind each other. Names of one file
+    on disk (hard links, links) are decoded once."""
+    ids = [file_id(path) for path, _ in files]
+    owner_of: dict[tuple[int, int], int] = {}
+    owner = [owner_of.setdefault(key, i) if key else i for i, key in enumerate(ids)]
+    unique = [i for i in range(len(files)) if owner[i] == i]
+    processes = min(os.cpu_count() or 1, max(1, len(unique) // 500))
     chunk = 256
-    chunks = [[p for p, _ in files[i : i + chunk]] for i in range(0, len(files), chunk)]
+    chunks = [[(files[i][0], near) for i in unique[j : j + chunk]] for j in range(0, len(unique), chunk)]
+    outcomes: dict[int, ImageFacts | str] = {}
     with contextlib.ExitStack() as stack:
-        advance = stack.enter_context(progress_bar("verifying images", len(files)))
+        advance = stack.enter_context(progress_bar("verifying images", len(unique)))
         if processes > 1:
             pool = stack.enter_context(ProcessPoolExecutor(processes, mp_context=get_context("fork")))
             results = pool.map(_probe_chunk, chunks)
         else:
             results = map(_probe_chunk, chunks)
-        offset = 0
+        done = 0
         for outcome in results:
-            for (path, label), result in zip(files[offset : offset + len(outcome)], outcome, strict=True):
-                if isinstance(result, str):
-                    bad.append((path, result))
-                else:
-                    good.append((path, label, result))
-            offset += len(outcome)
+            outcomes.update(zip(unique[done : done + len(outcome)], outcome, strict=True))
+            done += len(outcome)
             advance(len(outcome))
+    good, bad = [], []
+    for i, (path, label) in enumerate(files):
+        result = outcomes[owner[i]]
+        if isinstance(result, str):
+            bad.append((path, result))
+        else:
+            good.append((path, label, result._replace(file_id=ids[i])))
     return good, bad
 
 
-def _probe_chunk(paths: list[Path]) -> list[tuple[int, int, str] | str]:
-    out: list[tuple[int, int, str] | str] = []
-    for path in paths:
+def _probe_chunk(paths: list[tuple[Path, bool]]) -> list[ImageFacts | str]:
+    out: list[ImageFacts | str] = []
+    for path, near in paths:
         try:
-            out.append(probe_image(path))
+            out.append(probe_file(path, near))
         except DataError as exc:
             out.append(str(exc))
     return out
 
 
-def stratified_split(labels: list[int], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+def stratified_split(
+    labels: list[int], fractions: dict[str, float], seed: int, units: list[int] | None = None
+) -> dict[str, list[int]]:
     """Split indices per class with a seeded shuffle: the same seed gives the same split.
 
     Each class keeps at least one training image; held-out splits get ``round(n * fraction)``
     images of a class (at least one when the fraction is positive and the class has room).
+    Indices with one ``units`` id (copies of one image) move together: a unit counts under its
+    first index's class and joins a held-out split only whole, where it fits in that split's share;
+    units that fit nowhere stay in train, so no copy is both trained on and held out.
     """
     rng = np.random.default_rng(seed)
     out: dict[str, list[int]] = {name: [] for name in ("train", *fractions)}
+    members: dict[int, list[int]] = {}
+    for i, unit in enumerate(range(len(labels)) if units is None else units):
+        members.setdefault(unit, []).append(i)
     by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(label, []).append(i)
+    for unit, indices in members.items():
+        by_class.setdefault(labels[indices[0]], []).append(unit)
     for label in sorted(by_class):
-        members = np.array(by_class[label])
-        rng.shuffle(members)
+        left = np.array(by_class[label])
+        rng.shuffle(left)
+        total = sum(len(members[unit]) for unit in left)
         start = 0
         for name, fraction in fractions.items():
-            take = int(round(len(members) * fraction))
-            if fraction > 0 and take == 0 and len(members) - start > 1:
+            take = int(round(total * fraction))
+            if fraction > 0 and take == 0 and total - start > 1:
                 take = 1
-            take = min(take, len(members) - start - 1)
-            out[name].extend(members[start : start + take].tolist())
-            start += take
-        out["train"].extend(members[start:].tolist())
+            take = min(take, total - start - 1)
+            chosen, count = [], 0
+            for position, unit in enumerate(left):
+                if count + len(members[unit]) <= take:
+                    chosen.append(position)
+                    count += len(members[unit])
+                if count == take:
+                    break
+            out[name].extend(i for unit in left[chosen] for i in members[unit])
+            left = np.delete(left, chosen)
+            start += count
+        out["train"].extend(i for unit in left for i in members[unit])
     return {name: sorted(indices) for name, indices in out.items()}
 
 
-def prepare(src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.0, seed: int = 0) -> PrepareResult:
-    """Scan ``src`` (class folders, or a manifest file), verify images, write the split to ``out``."""
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    val: float = 0.2,
+    test: float = 0.0,
+    seed: int = 0,
+    dedupe: bool = False,
+    near_duplicates: bool = False,
+) -> PrepareResult:
+    """Scan ``src`` (class folders, or a manifest file), verify images, write the split to ``out``.
+
+    Files with identical bytes are listed in ``duplicates.json`` and kept in one split, or with
+    ``dedupe`` one of each is kept (none of one in several class folders). ``near_duplicates``
+    also lists look-alike pictures (a perceptual hash), only reported."""
     src, out = Path(src), Path(out)
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
         raise DataError(f"--val {val} and --test {test} must be fractions in [0, 1) that sum to less than 1")
@@ -189,39 +240,59 @@ def prepare(src: str | Path, out: str | Path, val: float = 0.2, test: float = 0.
         rejected_early = []
         image_root = src.parent.resolve()
 
-    good, bad = _verify(files)
+    good, bad = _verify(files, near_duplicates)
     rejected = rejected_early + [(_rel(p, image_root), reason) for p, reason in bad]
-    per_class = Counter(label for _, label, _ in good)
-    empty = [name for i, name in enumerate(classes) if per_class[i] == 0]
-    if empty:
-        raise DataError(
-            f"class folder(s) {', '.join(empty)} in {src} have no readable images"
-            f"{' (see the reasons below)' if rejected else ''}; add images or remove the folder"
-            + "".join(f"\n  {p}: {r}" for p, r in rejected[:10])
-        )
-
+    _check_classes(classes, [label for _, label, _ in good], src, rejected)
+    names = [(_rel(path, image_root), classes[label]) for path, label, _ in good]
+    groups = find_groups([facts for _, _, facts in good], [label for _, label, _ in good])
+    dropped = dropped_by_dedupe(groups) if dedupe else set()
+    kept = [i for i in range(len(good)) if i not in dropped]
+    if dropped:
+        _check_classes(classes, [good[i][1] for i in kept], src, [], "after --dedupe dropped the label conflicts")
+    units = None if dedupe else split_units(len(good), groups)
     fractions = {name: f for name, f in (("val", val), ("test", test)) if f > 0}
-    split = stratified_split([label for _, label, _ in good], fractions, seed)
+    split = stratified_split([good[i][1] for i in kept], fractions, seed, units)
+    split = {name: [kept[i] for i in indices] for name, indices in split.items()}  # back to indices of good
     out.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:  # a stale test.txt from an earlier prepare must not survive
         (out / f"{name}.txt").unlink(missing_ok=True)
     for name, indices in split.items():
-        lines = [f"{_rel(good[i][0], image_root)}\t{good[i][1]}" for i in indices]
+        lines = [f"{names[i][0]}\t{good[i][1]}" for i in indices]
         (out / f"{name}.txt").write_text("".join(line + "\n" for line in lines))
     (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
     (out / "rejected.txt").write_text("".join(f"{p}\t{r}\n" for p, r in rejected))
+    split_of = {i: name for name, indices in split.items() for i in indices}
+    near = near_groups([facts for _, _, facts in good]) if near_duplicates else None
+    found = report(groups, [facts for _, _, facts in good], names, split_of, dedupe, near)
+    (out / "duplicates.json").write_text(json.dumps(found, indent=2))
 
     counts = {
         name: {classes[c]: n for c, n in sorted(Counter(good[i][1] for i in indices).items())}
         for name, indices in split.items()
     }
-    stats = _stats(good, classes, counts, image_root, rejected, seed, fractions)
+    stats = _stats([good[i] for i in kept], classes, counts, image_root, rejected, seed, fractions)
+    stats["duplicates"] = found["summary"]
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     if rejected:
         warn(
             f"{len(rejected)} file(s) rejected; see {out / 'rejected.txt'} (first: {rejected[0][0]}: {rejected[0][1]})"
         )
+    if groups or near:
+        info(summary_line(found["summary"], out / "duplicates.json"))
+    if found["summary"]["conflict_groups"]:
+        warn(conflict_warning(groups, names, dedupe, out / "duplicates.json"))
     return PrepareResult(out, classes, counts, rejected, stats)
+
+
+def _check_classes(classes: list[str], labels: list[int], src: Path, rejected: list, why: str = "") -> None:
+    per_class = Counter(labels)
+    empty = [name for i, name in enumerate(classes) if per_class[i] == 0]
+    if empty:
+        raise DataError(
+            f"class folder(s) {', '.join(empty)} in {src} have no readable images{' ' + why if why else ''}"
+            f"{' (see the reasons below)' if rejected else ''}; add images or remove the folder"
+            + "".join(f"\n  {p}: {r}" for p, r in rejected[:10])
+        )
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -230,9 +301,9 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _stats(good, classes, counts, image_root, rejected, seed, fractions) -> dict:
-    widths = [w for _, _, (w, _, _) in good]
-    heights = [h for _, _, (_, h, _) in good]
-    modes = Counter(mode for _, _, (_, _, mode) in good)
+    widths = [facts.width for _, _, facts in good]
+    heights = [facts.height for _, _, facts in good]
+    modes = Counter(facts.mode for _, _, facts in good)
     grey = all(mode in ("1", "L", "I", "I;16", "F", "LA") for mode in modes)
 
     def summary(values: list[int]) -> dict:

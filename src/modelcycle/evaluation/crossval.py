@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from modelcycle.config import Config, load_config
 from modelcycle.data.manifest import PreparedData
@@ -47,8 +47,8 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
         raise UserError(f"the smallest class has {smallest} images, fewer than --folds {folds}; use fewer folds")
     base = Path(config.run.dir) / f"{config.run.name}-crossval"
     per_fold = []
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=config.train.seed)
-    for fold, (train_idx, val_idx) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+    splits = fold_indices(items, labels, data.copy_groups(), folds, config.train.seed)
+    for fold, (train_idx, val_idx) in enumerate(splits):
         fold_config = load_config(None, [f"run.dir={base}", f"run.name=fold-{fold}"], base=config.model_dump())
         val_items = [items[i] for i in val_idx]
         run = train(
@@ -70,3 +70,12 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
     }
     (base / "crossval.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def fold_indices(items: list, labels: np.ndarray, copies: dict[Path, int], folds: int, seed: int):
+    """Stratified folds; identical files (prepare's duplicates.json) in one fold, so no copy is
+    both trained on and scored. Without copies the folds are StratifiedKFold's as before."""
+    groups = [copies.get(path, -1 - i) for i, (path, _) in enumerate(items)]
+    if len(set(groups)) == len(groups):
+        return StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+    return StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels, groups)
