@@ -269,8 +269,8 @@ class ServeSection(Section):
 
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 serves other machines too")
     port: int = Field(8000, ge=0, le=65535, description="0: any free port (printed at start)")
-    backend: Literal["auto", "torch", "onnx", "torchscript"] = Field(
-        "auto", description="auto (what the package holds), torch, onnx or torchscript"
+    backend: Literal["auto", "torch", "onnx", "torchscript", "pt2"] = Field(
+        "auto", description="auto (what the package holds), torch, onnx, torchscript or pt2"
     )
     max_batch_size: int = Field(32, ge=1, description="images run as one batch; 1 turns batching off")
     max_batch_delay_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill once it has one image")
