@@ -168,6 +168,9 @@ class TrainSection(Section):
     momentum: float = Field(0.9, description="SGD momentum (optimizer=sgd only)")
     nesterov: bool = Field(False, description="Nesterov momentum (optimizer=sgd only)")
     weight_decay: float = Field(0.0, ge=0, description="weight decay (decoupled for adamw, L2 for sgd and adam)")
+    decay_norm_and_bias: bool = Field(
+        False, description="false: biases and norm layers (1-D parameters) get no weight decay; true: every parameter does"
+    )
     l1: float = Field(0.0, ge=0, description="L1 penalty on weight matrices and kernels, added to the loss")
     schedule: Literal["none", "cosine", "step", "onecycle"] = Field(
         "cosine", description="learning-rate schedule after warm-up: none, cosine, step or onecycle"
