@@ -43,7 +43,7 @@ def test_typo_in_override_names_the_right_key():
 
 def test_leaf_in_wrong_section_is_suggested():
     with pytest.raises(ConfigError, match=r"did you mean 'train\.epochs'"):
-        load_config(None, ["epochs=3"])
+        load_config(None, ["run.epochs=3"])  # `epochs=3` alone is shorthand (tests/test_config_cli.py)
 
 
 def test_typo_in_file_names_file_and_line(tmp_path: Path):

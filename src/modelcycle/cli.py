@@ -13,9 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from modelcycle.cli_common import BACKEND_HELP, OVERRIDES_HELP, split_config
+from modelcycle.cli_help import plain_help
 from modelcycle.errors import UserError
 from modelcycle.progress import console, info, stdout
 
+plain_help()  # --resume, not --resume <bool>; train CONFIG, not train {config}
 app = typer.Typer(
     help="modelcycle: take a model from raw data (an image folder, or JSONL texts) to an evaluated, resumable, "
     "packaged model.\n\n"
@@ -238,6 +240,7 @@ def evaluate(
     """Accuracy, top-5, per-class precision/recall/F1 and a report with plots in RUN/report/ (images or texts);
     pairwise accuracy for a reward model; win rate, rewards and KL of a policy with --against."""
     from modelcycle.api import evaluate as run_evaluate
+    from modelcycle.evaluation.metrics import top5_label
 
     plugin = _plugin(run)
     view = plugin.view if plugin else "classification"
@@ -258,6 +261,7 @@ def evaluate(
         keys = (
             "accuracy",
             "top5",
+            "topk",  # the k of top5: min(eval.topk, classes)
             "macro_f1",
             "weighted_f1",
             "macro_precision",
@@ -287,7 +291,8 @@ def evaluate(
         )
     console.print(table)
     info(
-        f"accuracy {metrics['accuracy']:.4f}  top-{metrics['topk']} {metrics['top5']:.4f}  "
+        f"accuracy {metrics['accuracy']:.4f}  {top5_label(metrics['topk'], len(metrics['per_class']))} "
+        f"{metrics['top5']:.4f}  "
         f"macro F1 {metrics['macro_f1']:.4f}\nreport: {metrics['report']}"
     )
 
@@ -334,9 +339,11 @@ app.command()(cli_runs.crossval)
 app.command()(cli_runs.tune)
 
 
+from modelcycle.cli_config import config_app  # noqa: E402
 from modelcycle.cli_lm import lm_app  # noqa: E402  (after app: the sub-app's module needs nothing of this one)
 
 app.add_typer(lm_app, name="lm")
+app.add_typer(config_app, name="config")
 
 
 def main() -> None:

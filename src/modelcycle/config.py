@@ -7,13 +7,14 @@ wastes a whole training run.
 
 from __future__ import annotations
 
-import difflib
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from modelcycle.config_keys import KeyIndex
 from modelcycle.config_sections import (  # the sections live there; their names stay importable from here
     DataSection,
     DistillSection,
@@ -33,6 +34,7 @@ from modelcycle.config_sections import (  # the sections live there; their names
     TuneSection,
 )
 from modelcycle.errors import ConfigError
+from modelcycle.progress import info
 from modelcycle.runfiles import read_text
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "RewardSection",
     "DPOSection",
     "PPOSection",
+    "KEYS",
     "load_config",
     "valid_keys",
     "flatten",
@@ -82,6 +85,8 @@ class Config(Section):
     def save(self, path: Path) -> None:
         path.write_text(self.to_yaml())
 
+
+KEYS = KeyIndex(Config)  # every key's type, default and description (`modelcycle config keys`)
 
 # ---------------------------------------------------------------- loading and overrides
 
@@ -165,12 +170,7 @@ def _is_text_field(key: str) -> bool:
 
 
 def _did_you_mean(key: str) -> str:
-    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.6)
-    if not close:
-        # a right leaf in the wrong section ("epochs=3") is worth suggesting too
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in valid_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
-    return f"; did you mean '{close[0]}'?" if close else ""
+    return KEYS.suggest(key)  # a right leaf in the wrong section ("run.epochs") is suggested too
 
 
 def load_config(
@@ -198,6 +198,9 @@ def load_config(
         origin = {k: f"{path}:{line}" for k, line in _yaml_lines(text).items()}
     for item in overrides:
         key, value = parse_override(item)
+        key, note = KEYS.resolve(key, value, item.split("=", 1)[1])  # epochs=5 is train.epochs=5
+        if note and os.environ.get("RANK", "0") == "0":  # said once, not by every torchrun process
+            info(note)
         key = _ALIASES.get(key.split(".", 1)[0], "") + key if "." in key else key
         if value is not None and _is_text_field(key):  # run.name=2024 is a name, not a number
             value = item.split("=", 1)[1]
@@ -208,10 +211,11 @@ def load_config(
             section = tree.pop(short)
             _set_dotted(tree, full + short, _merge(tree.get(full[:-1], {}).get(short, {}), section))
             origin.update({full + k: o for k, o in origin.items() if k.startswith(short + ".")})
+    KEYS.wrap_lists(tree)  # lm.train_files=a.jsonl is the list [a.jsonl]
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, origin, source)) from None
+        raise ConfigError(KEYS.explain(exc, tree, origin, source)) from None
 
 
 # short prefixes the commands use: `lora.r=8` is `model.lora.r=8`
@@ -226,16 +230,3 @@ def _merge(a: dict, b: dict) -> dict:
         else:
             out[key] = value
     return out
-
-
-def _explain(exc: ValidationError, origin: dict[str, str], source: str) -> str:
-    problems = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        where = origin.get(key) or next((o for k, o in origin.items() if k.startswith(key + ".")), source)
-        if err["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{key}' ({where}){_did_you_mean(key)}")
-        else:
-            got = err.get("input")
-            problems.append(f"{key} ({where}): {err['msg']} (got {got!r})")
-    return "invalid configuration:\n  " + "\n  ".join(problems)

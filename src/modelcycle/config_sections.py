@@ -80,8 +80,12 @@ class RunSection(Section):
 class DataSection(Section):
     root: str | None = Field(None, description="a folder written by `modelcycle prepare`")
     image_size: int = Field(64, ge=8, description="side in pixels images are resized and cropped to")
-    channels: int | None = Field(None, description="None: 1 if every image is greyscale, else 3 (from stats.json)")
-    mean: list[float] | None = Field(None, description="None: 0.5 for greyscale, ImageNet statistics for RGB")
+    channels: int | None = Field(
+        None, description="input channels; None: 1 if every image is greyscale, else 3 (from stats.json)"
+    )
+    mean: list[float] | None = Field(
+        None, description="per-channel mean for normalising; None: 0.5 for greyscale, ImageNet statistics for RGB"
+    )
     std: list[float] | None = Field(
         None,
         description=(
@@ -103,7 +107,7 @@ class DataSection(Section):
     )
     cache: bool | Literal["auto"] = Field("auto", description="keep decoded images in memory when they fit")
     cache_max_mb: int = Field(2048, description="largest in-memory image cache, in MB, that data.cache=auto allows")
-    workers: int | None = Field(None, description="None: chosen from the CPU count")
+    workers: int | None = Field(None, description="data-loading worker processes; None: chosen from the CPU count")
     max_length: int = Field(
         128, ge=8, description="text: tokens per example; longer texts are cut (batches pad to their longest)"
     )
@@ -127,7 +131,8 @@ class LoraSection(Section):
     alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / r")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA update's input")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["query", "value"], description="BERT's attention projections"
+        default_factory=lambda: ["query", "value"],
+        description="names of the Linear layers that get an update (the default: BERT's attention projections)",
     )
 
 
@@ -168,9 +173,6 @@ class TrainSection(Section):
     momentum: float = Field(0.9, description="SGD momentum (optimizer=sgd only)")
     nesterov: bool = Field(False, description="Nesterov momentum (optimizer=sgd only)")
     weight_decay: float = Field(0.0, ge=0, description="weight decay (decoupled for adamw, L2 for sgd and adam)")
-    decay_norm_and_bias: bool = Field(
-        False, description="false: biases and norm layers (1-D parameters) get no weight decay; true: every parameter does"
-    )
     l1: float = Field(0.0, ge=0, description="L1 penalty on weight matrices and kernels, added to the loss")
     schedule: Literal["none", "cosine", "step", "onecycle"] = Field(
         "cosine", description="learning-rate schedule after warm-up: none, cosine, step or onecycle"
@@ -182,7 +184,7 @@ class TrainSection(Section):
         0.0, ge=0, lt=1, description="share of probability spread over the other classes in the loss (0 = hard labels)"
     )
     accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    clip_grad: float | None = Field(None, description="max global gradient norm")
+    clip_grad: float | None = Field(None, description="clip gradients to this global norm; None: no clipping")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="fp32, or mixed precision in bf16 or fp16 (fp16 uses a gradient scaler)"
     )
@@ -227,7 +229,7 @@ class EvalSection(Section):
     topk: int = Field(
         5, ge=1, description="k of the top-k accuracy reported as top5 (min(k, classes) for fewer classes)"
     )
-    mistakes: int = Field(36, ge=0, description="images in mistakes.png")
+    mistakes: int = Field(36, ge=0, description="misclassified images shown in the report's mistakes.png")
 
 
 class DistillSection(Section):
@@ -253,7 +255,7 @@ class TuneSection(Section):
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median", description="median, hyperband or none: how unpromising trials are stopped early"
     )
-    study: str | None = Field(None, description="None: <run.name>-tune")
+    study: str | None = Field(None, description="the study's name (its folder under run.dir); None: <run.name>-tune")
     storage: str | None = Field(None, description="an SQLAlchemy URL; None: sqlite:///<run.dir>/<study>/study.db")
     workers: int = Field(1, ge=1, description="processes on this machine, all working on the one study")
     seed: int = Field(0, description="sampler seed; each worker and each resumed session derives its own from it")
@@ -271,15 +273,15 @@ class ServeSection(Section):
     greedy client gets a clear 4xx (or a 503 to retry) instead of slowing everyone down."""
 
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 serves other machines too")
-    port: int = Field(8000, ge=0, le=65535, description="0: any free port (printed at start)")
-    backend: Literal["auto", "torch", "onnx", "torchscript", "pt2"] = Field(
-        "auto", description="auto (what the package holds), torch, onnx, torchscript or pt2"
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on; 0: any free port (printed at start)")
+    backend: Literal["auto", "torch", "onnx", "torchscript"] = Field(
+        "auto", description="auto (what the package holds), torch, onnx or torchscript"
     )
     max_batch_size: int = Field(32, ge=1, description="images run as one batch; 1 turns batching off")
     max_batch_delay_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill once it has one image")
     max_queue: int = Field(256, ge=1, description="images waiting per model; beyond it requests get 503 + Retry-After")
-    max_images: int = Field(64, ge=1, description="images in one request")
-    max_body_mb: float = Field(16.0, gt=0, description="request body; larger gets 413")
+    max_images: int = Field(64, ge=1, description="most images in one request (more: 413)")
+    max_body_mb: float = Field(16.0, gt=0, description="largest request body in MB; larger gets 413")
     max_pixels: int = Field(40_000_000, ge=1, description="per image, checked before decoding (decompression bombs)")
     body_timeout_s: float = Field(10.0, gt=0, description="to receive the request body; slower gets 408")
     request_timeout_s: float = Field(30.0, gt=0, description="to answer once the body is in; longer gets 504")
@@ -289,7 +291,9 @@ class ServeSection(Section):
     metrics_auth: bool = Field(
         False, description="image server: /metrics needs the API key too (default: open to scrapers)"
     )
-    preprocess_threads: int | None = Field(None, description="None: one per CPU core")
+    preprocess_threads: int | None = Field(
+        None, description="threads decoding and resizing images; None: one per CPU core"
+    )
     max_new_tokens: int = Field(
         512, ge=1, description="language models: most tokens one request may generate (more: 400)"
     )
@@ -323,7 +327,9 @@ class MonitorSection(Section):
     psi_warn: float = Field(
         0.1, gt=0, description="Population Stability Index: 0.1 = a shift worth a look (the convention)"
     )
-    psi_alert: float = Field(0.2, gt=0, description="0.2 = a significant shift: the feature drifted")
+    psi_alert: float = Field(
+        0.2, gt=0, description="PSI at which a feature counts as drifted (0.2 = a significant shift, the convention)"
+    )
     class_alpha: float = Field(0.001, gt=0, lt=1, description="chi-squared p-value below which the class mix drifted")
     embedding_alert: float = Field(
         0.5, gt=0, description="window-mean shift of the embedding, in reference standard deviations"
@@ -356,9 +362,12 @@ with warnings.catch_warnings():
         searched, compared and promoted through its model registry in one place."""
 
         mlflow_uri: str | None = Field(
-            None, description="e.g. sqlite:///mlflow.db or http://mlflow.internal:5000; None: no MLflow"
+            None,
+            description="MLflow tracking URI, e.g. sqlite:///mlflow.db or http://mlflow.internal:5000; None: no MLflow",
         )
-        experiment: str = Field("modelcycle", description="created on first use")
+        experiment: str = Field(
+            "modelcycle", description="MLflow experiment the run is logged in (created on first use)"
+        )
         run_name: str | None = Field(None, description="the MLflow run's name; None: run.name")
         register: str | None = Field(
             None, description="registered model name: each finished run adds a version; None: no registry"

@@ -29,3 +29,12 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
     }
     out["confusion_matrix"] = confusion_matrix(labels, predicted, labels=every).tolist()
     return out
+
+
+def top5_label(k: int, num_classes: int) -> str:
+    """The one name of the top-k accuracy, ``top5``, and what it means where k is not 5: with 4
+    classes it is top-4 (and so 1.0), which a bare "top5" would hide."""
+    if k == 5:
+        return "top5"
+    why = f"of {num_classes} classes" if k == num_classes else f"eval.topk={k}"
+    return f"top5 ({why}: top-{k})"

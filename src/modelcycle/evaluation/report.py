@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from modelcycle.data.images import load_image  # noqa: E402
+from modelcycle.evaluation.metrics import top5_label  # noqa: E402
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> None:
@@ -120,7 +121,7 @@ def write_report(
     summary = markdown_table(
         ["metric", "value"],
         [
-            [k, f"{metrics[k]:.4f}"]
+            [_name(k, metrics), f"{metrics[k]:.4f}"]
             for k in (
                 "accuracy",
                 "top5",
@@ -151,13 +152,17 @@ def write_report(
     return out / "report.md"
 
 
+def _name(key: str, metrics: dict) -> str:
+    return top5_label(metrics["topk"], len(metrics["per_class"])) if key == "top5" else key
+
+
 def _html(title: str, context: dict, metrics: dict, plots: list[str], folder: Path) -> str:
     esc = html.escape
 
     def rows(items):
         return "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>" for r in items)
 
-    summary = rows([[k, f"{metrics[k]:.4f}"] for k in ("accuracy", "top5", "macro_f1", "weighted_f1")])
+    summary = rows([[_name(k, metrics), f"{metrics[k]:.4f}"] for k in ("accuracy", "top5", "macro_f1", "weighted_f1")])
     per_class = rows(
         [
             [n, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]

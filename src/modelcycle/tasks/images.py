@@ -20,6 +20,7 @@ from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
 from modelcycle.models import transfer
 from modelcycle.models.registry import build_model
+from modelcycle.progress import info
 from modelcycle.tasks.plugin import SetupContext, TaskParts
 
 
@@ -30,6 +31,8 @@ class ClassifyTask:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.k = min(5, num_classes)
+        if self.k < 5:  # said once: with so few classes val_top5 is top-k, 1.0 when k is every class
+            info(f"val_top5 is top-{self.k} accuracy here: {num_classes} classes, fewer than 5")
 
     def training_step(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, labels = batch
@@ -81,7 +84,7 @@ IMAGE_PLUGIN_FIELDS = {
     "view": "classification",
     "package_kind": "vision",
     "serve_protocols": ("predict_v1", "kserve_v2"),
-    "export_formats": ("onnx", "torchscript", "pt2"),
+    "export_formats": ("onnx", "torchscript"),
     # the data keys the loaders and the preprocessing read (data.max_length is text's), the model
     # keys (model.lora is the Hugging Face models'), and distill.* (a classify run with a teacher distils)
     "reads": (

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from modelcycle.config import Config, _did_you_mean, _set_dotted, _yaml_lines, valid_keys
+from modelcycle.config import KEYS, Config, _did_you_mean, _set_dotted, _yaml_lines, valid_keys
 from modelcycle.errors import ConfigError
 
 Scalar = None | bool | int | float | str
@@ -109,7 +109,8 @@ def apply(base: Config, params: dict[str, Scalar], **fixed: Scalar) -> Config:
     try:
         return _build(base, {**params, **{k.replace("__", "."): v for k, v in fixed.items()}})
     except ValidationError as exc:
-        raise ConfigError(f"parameters {params} give an invalid configuration: {_reasons(exc)}") from None
+        reasons = "; ".join(KEYS.problems(exc, {}, {}, ""))
+        raise ConfigError(f"parameters {params} give an invalid configuration: {reasons}") from None
 
 
 def _build(base: Config, values: dict[str, Scalar]) -> Config:
@@ -219,7 +220,8 @@ def _check_values(p: Param, base: Config) -> None:
         try:
             _build(base, {p.key: value})
         except ValidationError as exc:
-            raise ConfigError(f"{p.key}: the value {value!r} is not accepted by the config ({_reasons(exc)})") from None
+            reasons = "; ".join(KEYS.problems(exc, {}, {}, "")).removeprefix(p.key + ": ")
+            raise ConfigError(f"{p.key}: the value {value!r} is not accepted by the config: {reasons}") from None
 
 
 def _check_models(params: list[Param], base: Config, path: Path) -> None:
