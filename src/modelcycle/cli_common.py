@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BACKEND_HELP = "auto (what the package holds), torch, onnx or torchscript (an export made by `modelcycle export`)."
+BACKEND_HELP = "auto (what the package holds), torch, onnx, torchscript or pt2 (an export made by `modelcycle export`)."
 OVERRIDES_HELP = "Config overrides as key=value, e.g. train.epochs=10 data.root=data/flowers run.name=flowers"
 
 

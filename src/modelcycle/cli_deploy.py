@@ -18,18 +18,22 @@ from modelcycle.progress import console, info
 
 def export(
     run: Path = typer.Argument(..., help="A run folder or a model package."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx (ONNX Runtime, any language) or torchscript (C++)."),
+    fmt: str = typer.Option(
+        "onnx", "--format", help="onnx (ONNX Runtime, any language), torchscript (C++) or pt2 (torch.export)."
+    ),
     opset: int = typer.Option(18, help="ONNX opset (recorded in modelcycle.json)."),
     data: Path | None = typer.Option(None, help="Manifest of images for the parity check (default: the val split)."),
     images: int = typer.Option(64, help="How many validation images the parity check uses."),
 ):
-    """Add an ONNX or TorchScript file to the model package, checked against PyTorch on real images."""
+    """Add an ONNX, TorchScript or .pt2 file to the model package, checked against PyTorch on real
+    inputs; the file carries the class names and preprocessing in its metadata."""
     from modelcycle.api import export_model as run_export
 
     record = run_export(run, fmt, opset=opset, data=data, count=images)
     parity = record["parity"]
+    unit = "texts" if "texts" in parity else "images"
     info(
-        f"{fmt}: {record['file']} ({record['bytes'] / 1e6:.1f} MB) matches PyTorch on {parity['images']} images: "
+        f"{fmt}: {record['file']} ({record['bytes'] / 1e6:.1f} MB) matches PyTorch on {parity[unit]} {unit}: "
         f"max probability difference {parity['max_abs_diff']:.1e}, top-1 agreement {parity['top1_agreement']:.1%}"
     )
 

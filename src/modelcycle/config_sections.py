@@ -173,6 +173,10 @@ class TrainSection(Section):
     momentum: float = Field(0.9, description="SGD momentum (optimizer=sgd only)")
     nesterov: bool = Field(False, description="Nesterov momentum (optimizer=sgd only)")
     weight_decay: float = Field(0.0, ge=0, description="weight decay (decoupled for adamw, L2 for sgd and adam)")
+    decay_norm_and_bias: bool = Field(
+        False,
+        description="false: biases and norm layers (1-D parameters) get no weight decay; true: every parameter does",
+    )
     l1: float = Field(0.0, ge=0, description="L1 penalty on weight matrices and kernels, added to the loss")
     schedule: Literal["none", "cosine", "step", "onecycle"] = Field(
         "cosine", description="learning-rate schedule after warm-up: none, cosine, step or onecycle"
@@ -274,8 +278,8 @@ class ServeSection(Section):
 
     host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 serves other machines too")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on; 0: any free port (printed at start)")
-    backend: Literal["auto", "torch", "onnx", "torchscript"] = Field(
-        "auto", description="auto (what the package holds), torch, onnx or torchscript"
+    backend: Literal["auto", "torch", "onnx", "torchscript", "pt2"] = Field(
+        "auto", description="auto (what the package holds), torch, onnx, torchscript or pt2"
     )
     max_batch_size: int = Field(32, ge=1, description="images run as one batch; 1 turns batching off")
     max_batch_delay_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill once it has one image")

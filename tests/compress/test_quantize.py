@@ -40,6 +40,18 @@ def test_int8_package_is_an_onnx_package_with_its_recipe(trained: Path, int8: Pa
     assert "onnx" in json.loads((trained / "model" / "modelcycle.json").read_text())["exports"]
 
 
+def test_the_int8_file_keeps_the_metadata_and_says_it_is_quantized(trained: Path, int8: Path):
+    import onnxruntime as ort
+
+    file = int8 / json.loads((int8 / "modelcycle.json").read_text())["weights"]["file"]
+    props = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    source = json.loads((trained / "model" / "modelcycle.json").read_text())
+    assert json.loads(props["classes"]) == source["classes"]
+    assert json.loads(props["preprocessing"])["mean"] == source["preprocessing"]["mean"]
+    assert json.loads(props["compression"])["quantization"]["format"] == "QDQ"
+    assert props["source_weights_sha256"] == source["weights"]["sha256"]  # the fp32 weights it was made from
+
+
 def test_evaluate_and_predict_take_the_int8_package(trained: Path, int8: Path):
     fp32 = modelcycle.evaluate(trained)
     quantized = modelcycle.evaluate(int8)  # a bare package finds the val split it was trained on

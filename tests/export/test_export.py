@@ -1,5 +1,5 @@
-"""Export to ONNX and TorchScript: the files run in their own runtimes, match PyTorch on the
-run's validation images, and are recorded in modelcycle.json; a mismatch is an error."""
+"""Export to ONNX, TorchScript and .pt2 (torch.export): the files run in their own runtimes, match
+PyTorch on the run's validation images, and are recorded in modelcycle.json; a mismatch is an error."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import modelcycle
 from helpers import assert_user_error, copy_run, run_cli
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import preprocess
-from modelcycle.export.formats import onnx_runner, torchscript_runner
+from modelcycle.export.formats import onnx_runner, pt2_runner, torchscript_runner
+from modelcycle.export.runtime import load_predictor
 from modelcycle.runs import read_manifest, sha256_file
 
 # forward branches on the batch size: tracing (done on a batch of 2) freezes one branch
@@ -46,7 +47,10 @@ def trained(trained: Path, tmp_path_factory) -> Path:
     return copy_run(trained, tmp_path_factory.mktemp("export"))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+RUNNERS = {"onnx": onnx_runner, "torchscript": torchscript_runner, "pt2": pt2_runner}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 def test_export_runs_in_its_runtime_and_matches_pytorch(trained: Path, fmt: str):
     record = modelcycle.export_model(trained, fmt)
     package = trained / "model"
@@ -62,12 +66,24 @@ def test_export_runs_in_its_runtime_and_matches_pytorch(trained: Path, fmt: str)
 
     val = PreparedData.open(items.data.root).split("val")
     batch = preprocess(manifest, val)
-    runner = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path)
+    runner = RUNNERS[fmt](path)
     with torch.no_grad():
         expected = model(batch).numpy()
     # the batch axis is dynamic: one image and the whole split both run
     np.testing.assert_allclose(runner(batch.numpy()), expected, atol=1e-4)
     np.testing.assert_allclose(runner(batch[:1].numpy()), expected[:1], atol=1e-4)
+    # and evaluate/predict/serve take it as a backend
+    np.testing.assert_allclose(load_predictor(trained, fmt)(batch.numpy()), expected, atol=1e-4)
+
+
+def test_pt2_reloads_with_torch_export_load_and_runs_any_batch(trained: Path):
+    record = modelcycle.export_model(trained, "pt2")
+    assert record["file"] == "model.pt2" and record["dynamic"] == ["batch"]
+    program = torch.export.load(str(trained / "model" / "model.pt2"))  # what a user without modelcycle runs
+    model, manifest = modelcycle.packages.load_model(trained)
+    images = torch.randn(5, manifest["preprocessing"]["channels"], 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(program.module()(images).numpy(), model.eval()(images).numpy(), atol=1e-5)
 
 
 def test_onnx_file_is_self_contained_and_records_its_opset(trained: Path):
@@ -87,21 +103,37 @@ def test_cli_export_prints_parity(trained: Path):
 
 def test_unknown_format_is_a_clear_error(trained: Path):
     result = run_cli("export", trained, "--format", "tflite")
-    assert_user_error(result, "tflite", "onnx", "torchscript")
+    assert_user_error(result, "tflite", "onnx", "torchscript", "pt2")
 
 
-def test_traced_export_that_disagrees_is_refused(tmp_path: Path, prepared: Path):
+@pytest.fixture(scope="module")
+def branchy(tmp_path_factory, shapes_data: Path) -> Path:
+    """A run of BRANCHY_MODEL (one epoch on the shared shapes data: 6 validation images)."""
     from helpers import tiny_overrides
 
-    model_file = tmp_path / "branchy.py"
+    root = tmp_path_factory.mktemp("branchy")
+    model_file = root / "branchy.py"
     model_file.write_text(BRANCHY_MODEL)
     overrides = tiny_overrides(
-        prepared, tmp_path / "runs", "branchy", model__name=f"{model_file}:build", model__args="{}", train__epochs=1
+        shapes_data, root / "runs", "branchy", model__name=f"{model_file}:build", model__args="{}", train__epochs=1
     )
-    run = modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
+    return modelcycle.train(modelcycle.load_config(None, overrides), progress=False).path
+
+
+def test_traced_export_that_disagrees_is_refused(branchy: Path):
+    run = branchy
     # the parity batch holds all 6 validation images: eager takes the other branch
     with pytest.raises(UserError) as caught:
         modelcycle.export_model(run, "torchscript")
     assert "does not match the PyTorch model" in str(caught.value)
     assert not (run / "model" / "model.torchscript.pt").exists()
     assert "exports" not in json.loads((run / "model" / "modelcycle.json").read_text())
+
+
+def test_pt2_of_a_model_torch_export_cannot_capture_says_what_to_use_instead(branchy: Path):
+    # forward branches on the batch size, which a dynamic batch axis leaves open
+    result = run_cli("--trust-code", "export", branchy, "--format", "pt2")  # its architecture is a Python file
+    assert_user_error(result, "torch.export cannot capture", "--format onnx", "--format torchscript")
+    assert not (branchy / "model" / "model.pt2").exists()
+    assert not list((branchy / "model").glob("tmp-*"))
+    assert "exports" not in json.loads((branchy / "model" / "modelcycle.json").read_text())

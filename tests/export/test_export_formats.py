@@ -20,7 +20,7 @@ def _package(folder, task: str, architectures: list[str]):
     return folder
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "pt2"])
 def test_a_language_model_has_no_export(tmp_path, fmt):
     package = _package(tmp_path / "lm", "lm", ["LlamaForCausalLM"])
     with pytest.raises(UserError, match=rf"--format {fmt}: .* holds a model of task lm, which has no export"):

@@ -58,3 +58,37 @@ def test_a_text_classifier_exports_to_onnx_and_matches_pytorch(text_run: Path):
 def test_a_text_classifier_exports_to_onnx_only(text_run: Path):
     with pytest.raises(UserError, match="exports to onnx only"):
         modelcycle.export_model(text_run, "torchscript")
+
+
+def test_the_text_onnx_file_says_its_classes_tokenizer_and_max_length(text_run: Path, tmp_path: Path):
+    import onnxruntime as ort
+
+    from modelcycle.export.runtime import load_predictor
+
+    record = modelcycle.export_model(text_run, "onnx")
+    manifest = json.loads((text_run / "model" / "modelcycle.json").read_text())
+    session = ort.InferenceSession(str(text_run / "model" / record["file"]), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    assert props["task"] == "text_classify"
+    assert json.loads(props["classes"]) == manifest["classes"]
+    pre = json.loads(props["preprocessing"])
+    assert pre["max_length"] == manifest["preprocessing"]["max_length"] == 32
+    assert pre["tokenizer"] == "tokenizer.json" and "model package folder" in pre["tokenizer_location"]
+    inputs, outputs = json.loads(props["inputs"]), json.loads(props["outputs"])
+    assert [i["name"] for i in inputs] == [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    assert [o["name"] for o in outputs] == ["logits"] and outputs[0]["meaning"].startswith("logits")
+    assert props["source_run"] == manifest["source_run"]
+
+    # copied alone, the file cannot be tokenized for: the loader says where the tokenizer is
+    alone = tmp_path / "text.onnx"
+    alone.write_bytes((text_run / "model" / record["file"]).read_bytes())
+    with pytest.raises(UserError, match="tokenizer is not inside the file .* pass the model package folder"):
+        load_predictor(alone)
+
+
+def test_cli_export_of_a_text_classifier_counts_texts(text_run: Path):
+    from helpers import run_cli
+
+    result = run_cli("export", text_run, "--format", "onnx")
+    assert result.returncode == 0, result.stderr
+    assert "matches PyTorch on 10 texts" in result.stderr

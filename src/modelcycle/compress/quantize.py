@@ -23,6 +23,7 @@ from modelcycle.evaluation.inference import preprocess
 from modelcycle.export.export import export as export_file
 from modelcycle.export.export import parity_images
 from modelcycle.export.formats import onnx_runner
+from modelcycle.export.metadata import describe, stamp_onnx
 from modelcycle.export.parity import parity_report
 from modelcycle.runs import MANIFEST, read_manifest, sha256_file
 
@@ -106,20 +107,22 @@ def quantize_int8(run: str | Path, out: str | Path, calib: int = 256, data: str 
                 f"the int8 model agrees with fp32 on only {agreement['top1_agreement']:.1%} of {agreement['images']} "
                 f"validation images (needed {MIN_AGREEMENT:.0%}); calibrate on more images (--calib) or keep fp32"
             )
+        quantization = {
+            "method": "static",
+            "format": "QDQ",
+            "weights": "int8 per channel",
+            "activations": "uint8",
+            "calibration_images": int(len(calibration)),
+            "kept_fp32": kept_fp32,
+            "agreement_with_fp32": agreement,
+        }
+        stamp_onnx(tmp / QUANTIZED_FILE, describe({**source, "quantization": quantization}))  # the file alone labels
         manifest = {k: v for k, v in source.items() if k not in ("_dir", "exports", "weights", "created")}
         manifest.update(
             {
                 "backend": "onnx",
                 "weights": {"file": QUANTIZED_FILE, "sha256": sha256_file(tmp / QUANTIZED_FILE)},
-                "quantization": {
-                    "method": "static",
-                    "format": "QDQ",
-                    "weights": "int8 per channel",
-                    "activations": "uint8",
-                    "calibration_images": int(len(calibration)),
-                    "kept_fp32": kept_fp32,
-                    "agreement_with_fp32": agreement,
-                },
+                "quantization": quantization,
                 "source_package": str(folder.resolve()),
             }
         )

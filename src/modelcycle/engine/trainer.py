@@ -26,7 +26,7 @@ from modelcycle.config import TrainSection
 from modelcycle.engine import checkpoint, distributed, strategy
 from modelcycle.engine.callbacks import Callback, ProgressDisplay
 from modelcycle.engine.ema import EMA
-from modelcycle.engine.optim import build_optimizer, build_scheduler
+from modelcycle.engine.optim import build_optimizer, build_scheduler, check_groups
 from modelcycle.engine.run_context import RunContext, TrainingInterrupted
 from modelcycle.engine.task import Sums, Task, add_sums
 from modelcycle.errors import ConfigError
@@ -158,6 +158,7 @@ class Trainer:
         ck = self.ctx.load_last(self.strategy.map_location)
         if ck is None:
             return False
+        check_groups(self.optimizer, ck["optimizer"], self.ctx.last)
         self.strategy.load(self.model, self.optimizer, ck)
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])

@@ -1,4 +1,5 @@
-"""``modelcycle export``: add an ONNX or TorchScript file to a model package, checked for parity."""
+"""``modelcycle export``: add an ONNX, TorchScript or torch.export (.pt2) file to a model package,
+checked for parity and carrying its own class names and preprocessing (export/metadata.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from modelcycle.errors import UserError
 from modelcycle.evaluation.inference import preprocess
 from modelcycle.export import formats
+from modelcycle.export.metadata import describe
 from modelcycle.export.parity import check_parity
 from modelcycle.export.text_onnx import PackedText, encode, export_text_onnx, text_onnx_runner
 from modelcycle.packages import SEQUENCE, Package, open_package
@@ -20,6 +22,7 @@ from modelcycle.tasks import registry
 FORMATS = {
     "onnx": ("model.onnx", formats.export_onnx, formats.onnx_runner),
     "torchscript": ("model.torchscript.pt", formats.export_torchscript, formats.torchscript_runner),
+    "pt2": ("model.pt2", formats.export_pt2, formats.pt2_runner),
 }
 
 
@@ -66,9 +69,10 @@ def export(
     manifest = package.manifest
     folder = package.folder
     out = folder / filename
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f"tmp-{os.getpid()}-{out.name}")  # torch.export.save wants the .pt2 ending
     try:
-        details = write(model, inputs[:2], tmp, opset) if fmt == "onnx" else write(model, inputs[:2], tmp)
+        options = {"opset": opset} if fmt == "onnx" else {}
+        details = write(model, inputs[:2], tmp, describe(manifest), **options)
         parity = check_parity(model, runner(tmp), inputs, f"the {fmt} export", unit=unit)
         os.replace(tmp, out)
     except UserError:
@@ -98,7 +102,7 @@ def _text_parts(package: Package, path: Path, fmt: str, data: str | Path | None,
         loaded.tokenizer, [texts[i] for i in sorted(chosen)], package.manifest["preprocessing"]["max_length"]
     )
 
-    def write(model, example, out, opset):
-        return export_text_onnx(loaded.model, example, out, opset)
+    def write(model, example, out, meta, opset):
+        return export_text_onnx(loaded.model, example, out, meta, opset)
 
     return PackedText(loaded.model).eval(), torch.from_numpy(packed), write, text_onnx_runner, "model.onnx"

@@ -1,5 +1,6 @@
 """One way to run any model package, whatever it holds: PyTorch weights, an ONNX file (fp32 or
-int8) or TorchScript. evaluate, predict, serve and bench all go through here."""
+int8), TorchScript or torch.export (.pt2). evaluate, predict, serve and bench all go through here.
+An image classifier's .onnx file copied out of its package runs too: its metadata says the rest."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from modelcycle.errors import UserError
 from modelcycle.packages import VISION, Package, open_package
 from modelcycle.runs import sha256_file
 
-BACKENDS = ("auto", "torch", "onnx", "torchscript")
+BACKENDS = ("auto", "torch", "onnx", "torchscript", "pt2")
 
 
 @dataclass
@@ -36,11 +37,14 @@ def load_predictor(
     trust_code: bool = False,
 ) -> Predictor:
     """The image classifier in ``path`` (a run, a package or an opened :class:`Package`) behind
-    ``backend``: its PyTorch weights, or its ONNX / TorchScript export, each file checked."""
-    from modelcycle.export.formats import onnx_runner, torchscript_runner
+    ``backend``: its PyTorch weights, or its ONNX / TorchScript / .pt2 export, each file checked;
+    or a lone .onnx file exported by modelcycle, labelled by the metadata inside it."""
+    from modelcycle.export.formats import onnx_runner, pt2_runner, torchscript_runner
 
     if backend not in BACKENDS:
         raise UserError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if not isinstance(path, Package) and Path(path).suffix == ".onnx" and Path(path).is_file():
+        return _lone_onnx(Path(path), backend, threads, spin)
     package = path if isinstance(path, Package) else open_package(path, trust_code)
     package.require(
         VISION, "{folder} holds a {task} model, not an image classifier; this command takes image classifiers only"
@@ -53,8 +57,21 @@ def load_predictor(
             raise UserError(f"{manifest['_dir']} holds a {primary} model only; use backend {primary}")
         return Predictor("torch", manifest, torch_runner(package.load_vision()))
     file = _checked_file(manifest, backend, primary)
-    runner = onnx_runner(file, threads, spin) if backend == "onnx" else torchscript_runner(file)
+    if backend == "onnx":
+        runner = onnx_runner(file, threads, spin)
+    else:
+        runner = (torchscript_runner if backend == "torchscript" else pt2_runner)(file)
     return Predictor(backend, manifest, runner)
+
+
+def _lone_onnx(file: Path, backend: str, threads: int | None, spin: bool) -> Predictor:
+    """An .onnx file without its package: classes and preprocessing from its metadata_props."""
+    from modelcycle.export.formats import onnx_runner
+    from modelcycle.export.metadata import manifest_from, read_onnx
+
+    if backend not in ("auto", "onnx"):
+        raise UserError(f"{file} is an ONNX file: it runs on backend onnx, not {backend}")
+    return Predictor("onnx", manifest_from(read_onnx(file), file), onnx_runner(file, threads, spin))
 
 
 def _checked_file(manifest: dict, backend: str, primary: str) -> Path:
@@ -71,13 +88,9 @@ def _checked_file(manifest: dict, backend: str, primary: str) -> Path:
 
 
 def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    model = model.eval()
+    from modelcycle.export.formats import module_runner
 
-    def run(images: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(images)).float().numpy()
-
-    return run
+    return module_runner(model.eval())
 
 
 @dataclass

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-INPUTS = ("input_ids", "attention_mask")
+from modelcycle.export.metadata import TEXT_INPUTS, as_strings
+
+INPUTS = tuple(TEXT_INPUTS)  # ("input_ids", "attention_mask")
 
 
 class PackedText(nn.Module):
@@ -49,8 +51,10 @@ def encode(tokenizer, texts: list[str], max_length: int) -> np.ndarray:
     return np.stack([enc["input_ids"], enc["attention_mask"]], axis=1).astype(np.int64)
 
 
-def export_text_onnx(model: nn.Module, packed: torch.Tensor, out: Path, opset: int) -> dict:
-    """One self-contained .onnx file with dynamic batch and sequence axes."""
+def export_text_onnx(model: nn.Module, packed: torch.Tensor, out: Path, meta: dict, opset: int) -> dict:
+    """One self-contained .onnx file with dynamic batch and sequence axes and ``meta`` (class
+    names, tokenizer, max_length: export/metadata.py) in its metadata_props."""
+
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=2, max=8192)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -67,6 +71,7 @@ def export_text_onnx(model: nn.Module, packed: torch.Tensor, out: Path, opset: i
             verbose=False,
         )
         program.optimize()
+        program.model.metadata_props.update(as_strings(meta))
         program.save(str(out), external_data=False)
     return {"opset": opset, "input": list(INPUTS), "output": "logits"}
 

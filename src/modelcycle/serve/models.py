@@ -18,7 +18,12 @@ from modelcycle.models import hub
 from modelcycle.monitor.features import image_side
 from modelcycle.packages import VISION, Package, open_package
 
-PLATFORMS = {"torch": "pytorch_safetensors", "onnx": "onnxruntime_onnx", "torchscript": "pytorch_torchscript"}
+PLATFORMS = {
+    "torch": "pytorch_safetensors",
+    "onnx": "onnxruntime_onnx",
+    "torchscript": "pytorch_torchscript",
+    "pt2": "pytorch_export",
+}
 
 
 @dataclass

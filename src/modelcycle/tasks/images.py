@@ -84,7 +84,7 @@ IMAGE_PLUGIN_FIELDS = {
     "view": "classification",
     "package_kind": "vision",
     "serve_protocols": ("predict_v1", "kserve_v2"),
-    "export_formats": ("onnx", "torchscript"),
+    "export_formats": ("onnx", "torchscript", "pt2"),
     # the data keys the loaders and the preprocessing read (data.max_length is text's), the model
     # keys (model.lora is the Hugging Face models'), and distill.* (a classify run with a teacher distils)
     "reads": (

@@ -98,7 +98,7 @@ class TaskPlugin:
     # with ``.fit(resume)`` and ``.write_package(run)``, run on the same RunContext
     loop: Callable[..., Any] | None = None
     serve_protocols: tuple[str, ...] = ()  # what `modelcycle serve` offers its packages (serve/protocols)
-    export_formats: tuple[str, ...] = ()  # what `modelcycle export` writes for them ("onnx", "torchscript")
+    export_formats: tuple[str, ...] = ()  # what `modelcycle export` writes for them ("onnx", "torchscript", "pt2")
     # the config sections (or "section.key") it reads beyond those every run reads (run, train, track,
     # tune, serve, monitor, eval): a key set in any other section is a ConfigError, not ignored
     # (registry.check_reads). Left out: data.* and model.*, what the worked example reads (docs/tasks.md)

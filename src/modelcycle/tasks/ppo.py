@@ -25,7 +25,7 @@ import torch
 
 from modelcycle.config import Config
 from modelcycle.engine import distributed
-from modelcycle.engine.optim import build_optimizer, build_scheduler
+from modelcycle.engine.optim import build_optimizer, build_scheduler, check_groups
 from modelcycle.engine.run_context import RunContext
 from modelcycle.errors import ConfigError, NonFiniteLossError
 from modelcycle.progress import progress_bar
@@ -113,6 +113,7 @@ class PPOLoop:
             return False
         ck.setdefault("state", {"step": ck["iteration"]})  # a checkpoint of the loop before the run context
         self.parts.policy.load_state_dict(ck["policy"])
+        check_groups(self.optimizer, ck["optimizer"], self.ctx.last)
         self.optimizer.load_state_dict(ck["optimizer"])
         if "scheduler" in ck:
             self.scheduler.load_state_dict(ck["scheduler"])
