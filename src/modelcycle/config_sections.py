@@ -149,6 +149,13 @@ class ModelSection(Section):
     init_from: str | None = Field(
         None, description="a run folder or model package whose weights start this run (fine-tuning)"
     )
+    weights: str | None = Field(
+        None,
+        description=(
+            "images: a checkpoint file of plain tensors whose weights start this run, such as torchvision's "
+            "resnet18-f37072fd.pth; the head is replaced when the classes differ (models/pretrained.py)"
+        ),
+    )
     freeze: str = Field("none", description="none | backbone | all_but_last:N (see models/freeze.py)")
     lora: LoraSection = Field(default_factory=LoraSection, description="text models only (models/text.py)")
 

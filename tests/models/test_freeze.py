@@ -24,12 +24,24 @@ def test_backbone_trains_only_the_head():
 
 def test_all_but_last_trains_the_last_blocks_and_what_follows_the_trunk():
     model = build_model("resnet18", 1, 10, 16)
-    name, blocks = trunk(model)
-    assert name == "features" and len(blocks) == 9  # stem + 8 basic blocks
-    apply_freeze(model, "all_but_last:2")
+    name, blocks = trunk(model)  # torchvision's layout: the stages layer1..layer4 together
+    assert name == "layer1..layer4" and blocks == [f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1)]
+    apply_freeze(model, "all_but_last:3")
     names = trainable(model)
-    assert all(n.startswith(("features.7.", "features.8.", "head.")) for n in names)
-    assert any(n.startswith("features.7.") for n in names) and "head.weight" in names
+    assert {n.split(".")[0] + "." + n.split(".")[1] for n in names if n.startswith("layer")} == {
+        "layer3.1",
+        "layer4.0",
+        "layer4.1",
+    }
+    assert {"fc.weight", "fc.bias"} <= names and not any(n.startswith(("conv1", "bn1", "layer1")) for n in names)
+
+
+def test_mobilenet_trunk_is_its_features_and_its_head_the_classifier():
+    model = build_model("mobilenet_v2", 3, 4, 32)
+    name, blocks = trunk(model)
+    assert name == "features" and len(blocks) == 19  # stem conv, 17 inverted residuals, last 1x1 conv
+    apply_freeze(model, "backbone")
+    assert trainable(model) == {"classifier.1.weight", "classifier.1.bias"}
 
 
 def test_frozen_batchnorm_keeps_its_running_statistics_until_unfrozen():

@@ -6,8 +6,9 @@
   the trunk (a final norm, a pooler) train; the stem/embeddings and earlier blocks are frozen.
 
 The *trunk* is found, not declared: it is the ``nn.Sequential`` / ``nn.ModuleList`` with the
-most parameter-holding children (our ResNets' ``features``, a Hugging Face encoder's
-``encoder.layer``), so users' own models work too as long as their blocks sit in one container.
+most parameter-holding children (MobileNetV2's ``features``, a Hugging Face encoder's
+``encoder.layer``), or a run of numbered sibling stages taken together (a ResNet's ``layer1`` ..
+``layer4``), so users' own models work too as long as their blocks sit in such containers.
 
 BatchNorm layers whose parameters are all frozen also keep their running statistics: updating
 the statistics of a frozen backbone on a small new dataset shifts its features under the head
@@ -16,6 +17,7 @@ and undoes much of what pretraining gave.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -54,17 +56,38 @@ def head_name(model: nn.Module, names: tuple[str, ...] = HEAD_NAMES) -> str:
 def trunk(model: nn.Module) -> tuple[str, list[str]]:
     """The container of the model's repeated blocks and the names of its parameter-holding blocks."""
     best, best_blocks = "", []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Sequential | nn.ModuleList):
-            blocks = [f"{name}.{child}" if name else child for child, m in module.named_children() if _has_params(m)]
-            if len(blocks) > len(best_blocks):
-                best, best_blocks = name, blocks
+    for name, blocks in _containers(model):
+        if len(blocks) > len(best_blocks):
+            best, best_blocks = name, blocks
     if len(best_blocks) < 2:
         raise ConfigError(
             "model.freeze=all_but_last:N needs a model whose blocks sit in one nn.Sequential or nn.ModuleList; "
             "this one has none, so use model.freeze=backbone or none"
         )
     return best, best_blocks
+
+
+def _containers(model: nn.Module):
+    """(name, parameter-holding blocks) of every container, and of every run of numbered sibling
+    containers (``layer1``, ``layer2``, ...) as one, named ``layer1..layer4``."""
+    for name, module in model.named_modules():
+        if _is_container(module):
+            yield name, _blocks(name, module)
+        stages: dict[str, list[tuple[str, nn.Module]]] = {}
+        for child, m in module.named_children():
+            if _is_container(m) and (numbered := re.fullmatch(r"(\D+)\d+", child)):
+                stages.setdefault(numbered[1], []).append((f"{name}.{child}" if name else child, m))
+        for group in stages.values():
+            if len(group) > 1:
+                yield f"{group[0][0]}..{group[-1][0]}", [b for stage, m in group for b in _blocks(stage, m)]
+
+
+def _is_container(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential | nn.ModuleList)
+
+
+def _blocks(name: str, container: nn.Module) -> list[str]:
+    return [f"{name}.{child}" if name else child for child, m in container.named_children() if _has_params(m)]
 
 
 def apply_freeze(model: nn.Module, mode: FreezeMode | str, head: str | None = None) -> FreezeReport:

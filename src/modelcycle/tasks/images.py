@@ -18,7 +18,7 @@ from modelcycle.data.manifest import PreparedData
 from modelcycle.data.transforms import normalisation
 from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
-from modelcycle.models import transfer
+from modelcycle.models import pretrained, transfer
 from modelcycle.models.registry import build_model
 from modelcycle.progress import info
 from modelcycle.tasks.plugin import SetupContext, TaskParts
@@ -90,7 +90,7 @@ IMAGE_PLUGIN_FIELDS = {
     "reads": (
         *("data.root", "data.image_size", "data.channels", "data.mean", "data.std", "data.hflip"),
         *("data.crop_scale", "data.crop_ratio", "data.color_jitter", "data.cache", "data.cache_max_mb", "data.workers"),
-        *("model.name", "model.args", "model.init_from", "model.freeze"),
+        *("model.name", "model.args", "model.init_from", "model.weights", "model.freeze"),
         "distill",
     ),
 }
@@ -118,7 +118,8 @@ def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
         else None
     )
     torch.manual_seed(t.seed)
-    model = build_model(config.model.name, channels, len(data.classes), config.data.image_size, config.model.args)
+    args = pretrained.builder_args(config)  # model.weights: the stem the file was trained with
+    model = build_model(config.model.name, channels, len(data.classes), config.data.image_size, args)
     mean, std = normalisation(config.data, channels)
     preprocessing = {
         "image_size": config.data.image_size,
@@ -131,7 +132,7 @@ def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
     }
     spec = {
         "name": config.model.name,
-        "args": dict(config.model.args),
+        "args": args,
         "in_channels": channels,
         "num_classes": len(data.classes),
         "image_size": config.data.image_size,
@@ -179,6 +180,8 @@ def run_setup(config: Config, ctx: SetupContext, attach: Attach | None = None) -
     )
     if tuning.record:
         meta["init_from"] = tuning.record
+    if tuning.weights:
+        meta["pretrained"] = tuning.weights
     return TaskParts(
         parts.task,
         parts.model,
