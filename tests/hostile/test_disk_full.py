@@ -109,6 +109,7 @@ class FillAt(Callback):
 
     def on_epoch_end(self, trainer, metrics) -> None:
         if trainer.state.epoch == self.epoch:
+            trainer.ctx.flush()  # checkpoints are written in the background: this one is on disk first
             self.disk.fill()
 
 

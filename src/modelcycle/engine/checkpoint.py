@@ -3,6 +3,11 @@
 A crash, SIGKILL or full disk at any moment leaves either the old checkpoint or the new one,
 never a torn file. Loading uses ``weights_only=True``: a checkpoint can hold tensors and plain
 data, never code.
+
+:class:`Writer` does that off the training thread: the state is copied (the only part training
+waits for, ~0.05 s for resnet18 with its optimizer) and serialised, fsynced and renamed while the
+next epoch computes. Writes stay one at a time and in order, and a failed write is raised at
+the next save or at the end of the fit.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import errno
 import os
 import random
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +49,74 @@ def atomic_save(obj: object, path: Path) -> None:
             tmp.unlink()
         raise CheckpointError(_explain_write_error(exc, path)) from None
     _fsync_dir(path.parent)
+
+
+def snapshot(obj: object) -> object:
+    """A copy of a checkpoint's state that the next optimizer steps cannot change (they update
+    parameters and optimizer state in place): tensors copied to the CPU, containers rebuilt."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj  # numbers, strings, None: immutable
+
+
+class Writer:
+    """Checkpoint writes on a background thread, one at a time, in the order they were asked for.
+
+    ``submit`` waits for the previous write (and raises its error), copies the state and starts
+    the next. The thread is not a daemon: an exiting interpreter finishes the write. With
+    ``background=False`` (the benchmark's "before") it writes in the caller's thread."""
+
+    def __init__(self, background: bool = True):
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.waited_s = 0.0  # what training spent on checkpoints: copies, and waits for a write
+        self.written_s = 0.0  # what the writes took, wherever they ran
+
+    def submit(self, state: dict, write: Callable[[object], None]) -> None:
+        start = time.perf_counter()
+        self.wait()
+        if self.background:
+            copy = snapshot(state)
+            self._thread = threading.Thread(target=self._run, args=(write, copy), name="checkpoint-writer")
+            self._thread.start()
+        else:
+            self._timed(write, state)
+        self.waited_s += time.perf_counter() - start
+
+    def wait(self) -> None:
+        """Block until every write asked for is on disk; raise the error of one that failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def settle(self) -> BaseException | None:
+        """:meth:`wait` for a fit that is ending on another error: the write's error is returned, not raised."""
+        try:
+            self.wait()
+        except Exception as exc:  # noqa: BLE001 - the caller reports it beside the error in flight
+            return exc
+        return None
+
+    def _run(self, write: Callable[[object], None], state: object) -> None:
+        try:
+            self._timed(write, state)
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+            self._error = exc
+
+    def _timed(self, write: Callable[[object], None], state: object) -> None:
+        start = time.perf_counter()
+        try:
+            write(state)
+        finally:
+            self.written_s += time.perf_counter() - start
 
 
 def atomic_link(src: Path, dst: Path) -> None:

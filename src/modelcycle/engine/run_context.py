@@ -37,6 +37,8 @@ class TrainingInterrupted(UserError):
 
 
 class RunContext:
+    background_checkpoints = True  # False: written before save() returns (benchmarks/bench_whole_process.py)
+
     def __init__(self, run_dir: Path | None, callbacks: list | tuple = (), keep_checkpoints: int = 1):
         self.run_dir = run_dir
         self.callbacks = list(callbacks)  # the user's, then tracking's; a loop adds its own in front
@@ -51,6 +53,7 @@ class RunContext:
         self.stop_signal: str | None = None
         self._stop_vote: distributed.StopVote | None = None
         self._bad_step: torch.Tensor | None = None
+        self.writer = checkpoint.Writer(self.background_checkpoints)
 
     @classmethod
     def open(cls, config: Config, resume: bool = False, overwrite: bool = False, callbacks=None) -> RunContext:
@@ -100,14 +103,17 @@ class RunContext:
         try:
             with self.signals():
                 yield
+            self.flush()  # a checkpoint that could not be written fails the run here, at the latest
         except OSError as exc:
             if not runfiles.is_disk_error(exc):
                 raise
+            self._settle()  # the last.pt named below is whatever the pending write left
             # a write of the run's own files says so itself; this is any other file a task or callback writes
             where = exc.filename or (self.run_dir or "a file")
             kept = f"{self.last} is intact" if self.last and self.last.exists() else "no checkpoint had been written"
             raise runfiles.write_error(exc, where, "", f"run the same command with --resume ({kept})") from None
         finally:
+            self._settle()
             self._stop_vote.close()
             for cb in loop.callbacks:
                 cb.on_fit_end(loop)
@@ -144,6 +150,7 @@ class RunContext:
     def interrupted(self, where: str) -> TrainingInterrupted:
         """The error to raise once the loop has saved: ``where`` is e.g. ``step 12``."""
         self.stop_signal = self.stop_signal or "a signal to another process"
+        self.flush()  # "checkpoint saved" below must be true
         self.event(f"stopped by {self.stop_signal} at {where}")
         return TrainingInterrupted(
             f"stopped by {self.stop_signal} at {where}; checkpoint saved to {self.last or 'nowhere (no run folder)'}. "
@@ -158,16 +165,33 @@ class RunContext:
 
     def save(self, state: dict, step: int, what: str, best: bool = False) -> None:
         """Every rank calls it (with the state it gathered); rank 0 writes ``last.pt``, a
-        step-numbered hard link (``train.keep_checkpoints`` kept) and, if ``best``, ``best.pt``."""
+        step-numbered hard link (``train.keep_checkpoints`` kept) and, if ``best``, ``best.pt``,
+        in the background (``checkpoint.Writer``): :meth:`flush` waits for them. The event is
+        logged once the files are in place."""
         if self.ckpt_dir is None or not distributed.is_main():
             return
-        last = self.ckpt_dir / "last.pt"
-        checkpoint.atomic_save(state, last)
-        checkpoint.atomic_link(last, self.ckpt_dir / f"step-{step:09d}.pt")
-        checkpoint.prune_numbered(self.ckpt_dir, self.keep_checkpoints)
-        if best:
-            checkpoint.atomic_link(last, self.ckpt_dir / "best.pt")
-        self.event(f"checkpoint {what}{' (best)' if best else ''}")
+        folder, keep = self.ckpt_dir, self.keep_checkpoints
+
+        def write(copy: object) -> None:
+            last = folder / "last.pt"
+            checkpoint.atomic_save(copy, last)
+            checkpoint.atomic_link(last, folder / f"step-{step:09d}.pt")
+            checkpoint.prune_numbered(folder, keep)
+            if best:
+                checkpoint.atomic_link(last, folder / "best.pt")
+            self.event(f"checkpoint {what}{' (best)' if best else ''}")
+
+        self.writer.submit(state, write)
+
+    def flush(self) -> None:
+        """Wait until every checkpoint saved so far is on disk (a callback that reads the files
+        calls this first); raises the error of one that could not be written."""
+        self.writer.wait()
+
+    def _settle(self) -> None:
+        """Let a pending write finish when the fit ends on another error; its own error is logged."""
+        if lost := self.writer.settle():
+            self.event(f"checkpoint not written: {lost}")
 
     def load_last(self, map_location: Any = "cpu") -> dict | None:
         """``last.pt`` (temporaries of a process killed mid-write removed first), or None."""
@@ -220,6 +244,7 @@ class RunContext:
 
     def kept(self) -> str:
         """What a stop for a non-finite value leaves behind, in words for its error message."""
+        self._settle()  # a write still under way is a good checkpoint (saves check the loss first)
         last = self.last
         return (
             f"the last good checkpoint {last} is kept"
