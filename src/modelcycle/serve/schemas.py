@@ -62,22 +62,39 @@ class ModelList(BaseModel):
 # ---------------------------------------------------------------- Open Inference Protocol (KServe v2)
 
 
+# the protocol's tensor types: a type the models here do not take is refused by name, not by schema
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BF16",
+    "BYTES",
+]  # fmt: skip
+
+
 class InferTensor(Strict):
-    name: str = Field(..., description='"input": FP32 preprocessed (N, C, H, W); "image_bytes": BYTES base64 files.')
+    name: str = Field(
+        ...,
+        description='"input": FP32 preprocessed (N, C, H, W); "image_bytes": BYTES image files (base64 strings in '
+        'JSON, raw bytes as binary data); "text": BYTES UTF-8 texts (a text classifier).',
+    )
     shape: list[int] = Field(..., min_length=1, max_length=8)
-    datatype: Literal["FP32", "BYTES"]
-    parameters: dict[str, Any] | None = None
-    data: list[Any] = Field(..., description="Row-major values, flat or nested.")
+    datatype: Datatype
+    parameters: dict[str, Any] | None = Field(
+        None, description='"binary_data_size": the bytes of this tensor in the binary part after the JSON header.'
+    )
+    data: list[Any] | None = Field(None, description="Row-major values, flat or nested; absent for binary data.")
 
 
 class RequestedOutput(Strict):
     name: Literal["probabilities", "logits", "label"]
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description='"binary_data": true for binary data; "classification": k, the top k as "value:index:label".'
+    )
 
 
 class InferRequest(Strict):
     id: str | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description='"binary_data_output": every output as binary data; "timeout": microseconds to answer within.'
+    )
     inputs: list[InferTensor] = Field(..., min_length=1, max_length=1)
     outputs: list[RequestedOutput] | None = None
 
@@ -86,7 +103,8 @@ class OutputTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
 
 
 class InferResponse(BaseModel):
