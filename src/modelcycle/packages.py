@@ -70,6 +70,14 @@ def _kind(folder: Path, manifest: dict | None) -> str:
             raise UserError(f"{config} is not a valid Hugging Face config (not a JSON object)") from None
         if any(str(a).endswith("ForSequenceClassification") for a in architectures):
             return SEQUENCE
+        if any("ForImageClassification" in str(a) for a in architectures):  # ...WithTeacher too
+            if manifest is None:
+                raise UserError(
+                    f"{folder} is a Hugging Face image classifier as downloaded, without modelcycle's package record "
+                    "(its classes and preprocessing); fine-tune it first (`modelcycle train RECIPE "
+                    f"model.name={folder}`, which takes a Hub id too) and use the run's package"
+                )
+            return VISION
         return CAUSAL  # any other Hugging Face folder is opened as a causal LM, as before
     if (folder / "adapter_config.json").is_file() and manifest is None:
         return ADAPTER
@@ -158,6 +166,8 @@ class Package:
             "take it, and transformers loads it as it is; this command takes image classifiers only",
         )
         manifest = self.manifest
+        if (self.folder / "config.json").is_file():  # a Hugging Face image classifier (models/hf_vision.py)
+            return self._hugging_face_image()
         weights = self.verify()
         arch = manifest["architecture"]
         model = build_model(
@@ -174,6 +184,12 @@ class Package:
         except RuntimeError as exc:
             raise UserError(f"{weights} does not fit architecture {arch['name']}: {exc}") from None
         return model.eval()
+
+    def _hugging_face_image(self) -> nn.Module:
+        from modelcycle.models.hf_vision import load_package
+
+        self.verify()
+        return load_package(self.folder, self.manifest["preprocessing"])
 
     def load_sequence_classifier(self) -> Loaded:
         return self._hugging_face("a classifier", self.folder, lambda: hf.load_sequence_classifier(self.folder))

@@ -38,9 +38,18 @@ def normalisation(cfg: DataSection, channels: int) -> tuple[list[float], list[fl
 def build_transform(cfg: DataSection, train: bool) -> A.Compose:
     size = (cfg.image_size, cfg.image_size)
     if not train:
-        # shorter side to size, then centre crop: a plain resize for square images
-        steps = [A.SmallestMaxSize(max_size=cfg.image_size, area_for_downscale="image"), A.CenterCrop(*size)]
-        return A.Compose(steps)
+        # shorter side (or both sides) to resize_to, then centre crop: a plain resize for square images
+        side = cfg.resize_to or cfg.image_size
+        if side < cfg.image_size:
+            from modelcycle.errors import ConfigError
+
+            raise ConfigError(f"data.resize_to={side} is smaller than the centre crop data.image_size={cfg.image_size}")
+        resize = (
+            A.SmallestMaxSize(max_size=side, area_for_downscale="image")
+            if cfg.keep_aspect
+            else A.Resize(side, side, area_for_downscale="image")
+        )
+        return A.Compose([resize, A.CenterCrop(*size)])
     steps = [A.RandomResizedCrop(size=size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, area_for_downscale="image")]
     if cfg.hflip:
         steps.append(A.HorizontalFlip())

@@ -19,6 +19,8 @@ def data_section(manifest: dict, workers: int | None = None) -> DataSection:
         channels=pre["channels"],
         mean=pre["mean"],
         std=pre["std"],
+        resize_to=pre.get("resize_to"),  # a Hugging Face model's processor (models/hf_image_processing.py)
+        keep_aspect=pre.get("keep_aspect", True),
         cache=False,
         workers=workers,
     )

@@ -47,6 +47,11 @@ def head_name(model: nn.Module, names: tuple[str, ...] = HEAD_NAMES) -> str:
     for name in names:
         if name in modules and any(True for _ in modules[name].parameters()):
             return name
+    wrapped = getattr(model, "wrapped_head", None)  # a wrapper of a library's model names its head (hf_vision.py)
+    if isinstance(wrapped, str):
+        below = sorted((n for n in modules if n.endswith(f".{wrapped}")), key=len)  # the outermost (LoRA nests)
+        if below:
+            return below[0]
     raise ConfigError(
         f"cannot find the model's classification head: it has no module named {' / '.join(names)}. "
         "Name your final layer `head` to fine-tune it, or use model.freeze=none"

@@ -7,6 +7,7 @@ knows *how*.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import warnings
 from collections.abc import Iterator
@@ -17,6 +18,12 @@ from torch import nn
 
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.models import hub
+
+# config keys that leave every weight's shape alone, so they may change under pretrained weights
+PRETRAINED_SAFE = {
+    *("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "classifier_dropout_prob"),
+    "drop_path_rate",
+}
 
 
 @contextlib.contextmanager
@@ -68,6 +75,29 @@ def load_sequence_classifier(folder: Path, dtype: torch.dtype = torch.float32) -
         return AutoModelForSequenceClassification.from_pretrained(
             folder, local_files_only=True, use_safetensors=True, dtype=dtype
         )
+
+
+def apply_args(config, args: dict, folder: Path) -> bool:
+    """``model.args`` into ``config`` (the transformers config read from ``folder``); returns
+    ``pretrained`` (default true; false builds the architecture from random weights). Any other key
+    must be one of the config's, and with pretrained weights one that changes no weight's shape."""
+    args = dict(args)
+    pretrained = args.pop("pretrained", True)
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"model.args.pretrained: {pretrained!r} is not true or false")
+    known = config.to_dict()
+    for key in args:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"model.args.{key}: {folder}/config.json has no such key{hint} (or pretrained)")
+        if pretrained and key not in PRETRAINED_SAFE:
+            raise ConfigError(
+                f"model.args.{key} changes the architecture, so the pretrained weights would not fit it; add "
+                "model.args.pretrained=false to train that architecture from random weights, or drop the key"
+            )
+    config.update(args)
+    return pretrained
 
 
 def adapter_base(adapter: Path, base: str | Path | None = None) -> Path:

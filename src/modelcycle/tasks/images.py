@@ -18,7 +18,7 @@ from modelcycle.data.manifest import PreparedData
 from modelcycle.data.transforms import normalisation
 from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
-from modelcycle.models import pretrained, transfer
+from modelcycle.models import hf_vision, pretrained, transfer
 from modelcycle.models.registry import build_model
 from modelcycle.progress import info
 from modelcycle.tasks.plugin import SetupContext, TaskParts
@@ -72,6 +72,8 @@ class ClassifySetup:
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader | None
     preprocessing: dict
+    hf_folder: Path | None = None  # a Hugging Face model.name's folder (models/hf_vision.py)
+    tuning: dict | None = None  # what trains in it (model.freeze or LoRA), set when it was built
 
 
 # What an image-classifier plugin declares (classify, and distill whose package is a classifier too)
@@ -90,6 +92,7 @@ IMAGE_PLUGIN_FIELDS = {
     "reads": (
         *("data.root", "data.image_size", "data.channels", "data.mean", "data.std", "data.hflip"),
         *("data.crop_scale", "data.crop_ratio", "data.color_jitter", "data.cache", "data.cache_max_mb", "data.workers"),
+        *("data.resize_to", "data.keep_aspect", "model.lora"),  # model.lora: Hugging Face models (hf_vision.py)
         *("model.name", "model.args", "model.init_from", "model.weights", "model.freeze"),
         "distill",
     ),
@@ -102,6 +105,12 @@ def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
         raise ConfigError("data.root is not set; pass data.root=PATH to a folder made by `modelcycle prepare`")
     data = PreparedData.open(config.data.root)
     channels = config.data.channels or data.channels
+    hf_folder = hf_vision.folder_of(config.model.name)
+    data_cfg, hf_preprocessing = config.data, None
+    if hf_folder is not None:  # its image processor decides the preprocessing
+        hf_preprocessing = hf_vision.preprocessing(hf_folder, config.model.name)
+        data_cfg = hf_vision.data_section(config.data, hf_preprocessing)
+        channels = data_cfg.channels
     train_items = train_items if train_items is not None else data.split("train")
     if val_items is None and data.has_split("val"):
         val_items = data.split("val")
@@ -111,13 +120,22 @@ def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
     world = distributed.world_size()
     distributed.split_batch(t.batch_size, world)  # the global batch, split evenly over the processes
     shard = {"rank": distributed.rank(), "world": world, "seed": t.seed}
-    train_loader = make_loader(train_items, data, config.data, channels, t.batch_size, train=True, **shard)
+    train_loader = make_loader(train_items, data, data_cfg, channels, t.batch_size, train=True, **shard)
     val_loader = (
-        make_loader(val_items, data, config.data, channels, config.eval.batch_size, train=False, **shard)
+        make_loader(val_items, data, data_cfg, channels, config.eval.batch_size, train=False, **shard)
         if val_items
         else None
     )
     torch.manual_seed(t.seed)
+    if config.model.lora.r and hf_folder is None:
+        raise ConfigError(
+            f"model.lora.r={config.model.lora.r}: LoRA is for Hugging Face models (model.name=FOLDER or owner/name); "
+            f"for {config.model.name} use model.freeze, or set model.lora.r=0"
+        )
+    if hf_folder is not None:
+        model, spec, tuning = hf_vision.build(config.model, hf_folder, data.classes, hf_preprocessing)
+        parts = (data, channels, model, spec, ClassifyTask(len(data.classes), t.label_smoothing))
+        return ClassifySetup(*parts, train_loader, val_loader, hf_preprocessing, hf_folder, tuning)
     args = pretrained.builder_args(config)  # model.weights: the stem the file was trained with
     model = build_model(config.model.name, channels, len(data.classes), config.data.image_size, args)
     mean, std = normalisation(config.data, channels)
@@ -126,7 +144,13 @@ def setup(config: Config, train_items=None, val_items=None) -> ClassifySetup:
         "channels": channels,
         "mean": mean,
         "std": std,
-        "resize": "shorter side to image_size, centre crop",
+        "resize_to": config.data.resize_to or config.data.image_size,
+        "keep_aspect": config.data.keep_aspect,
+        "resize": (
+            "shorter side to resize_to, centre crop image_size"
+            if config.data.keep_aspect
+            else "both sides to resize_to (stretched), centre crop image_size"
+        ),
         "input_range": "0..255 -> (x/255 - mean)/std",
         "layout": "NCHW float32",
     }
@@ -175,6 +199,8 @@ def run_setup(config: Config, ctx: SetupContext, attach: Attach | None = None) -
     }
     if config.distill.teacher and attach is not None:
         parts, meta["distillation"] = attach(config, parts)
+    if parts.hf_folder is not None:
+        return _hugging_face_parts(config, ctx, parts, meta)
     tuning = transfer.prepare(
         config, parts.model, parts.data.classes, parts.preprocessing, ctx.run_dir, ctx.resume, ctx.progress
     )
@@ -191,4 +217,29 @@ def run_setup(config: Config, ctx: SetupContext, attach: Attach | None = None) -
         runs.write_package,
         tuning.callbacks,
         tuning.lines,
+    )
+
+
+def _hugging_face_parts(config: Config, ctx: SetupContext, parts: ClassifySetup, meta: dict) -> TaskParts:
+    """A Hugging Face model.name's parts: model.freeze or LoRA were applied when it was built, its
+    package is written in the Hugging Face layout (models/hf_vision.py)."""
+    from modelcycle.models.text import tuning_line
+
+    for key in ("init_from", "weights"):
+        if getattr(config.model, key, None):
+            raise ConfigError(
+                f"model.{key}={getattr(config.model, key)} with the Hugging Face model.name={config.model.name}: the "
+                "run starts from model.name's own weights; to go on from an earlier run of it, set "
+                f"model.name=RUN/model (its package is a Hugging Face folder) and drop model.{key}"
+            )
+    fine_tuning = {**parts.tuning, "merged": parts.tuning["lora"] is not None}
+    return TaskParts(
+        parts.task,
+        parts.model,
+        parts.train_loader,
+        parts.val_loader,
+        {**meta, "layout": "transformers", "fine_tuning": fine_tuning},
+        hf_vision.package_writer(parts.model, parts.hf_folder),
+        transfer.unfreeze_callbacks(config, ctx.progress),
+        [f"{config.model.name}: {tuning_line(parts.tuning)}"],
     )
