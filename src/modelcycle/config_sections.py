@@ -62,10 +62,8 @@ class RunSection(Section):
     task: str = Field(
         "classify",
         description=(
-            "what one step computes, and so what data.root holds: classify (images from `modelcycle prepare`), "
-            "text_classify (JSONL texts, docs/text.md), lm (causal LM pretraining), sft (chat fine-tuning, "
-            "docs/lm.md), reward, dpo, ppo (preference stages, docs/lm-rlhf.md), distill (classify learning from "
-            "distill.teacher), or a task of your own; the task fills its defaults into what the recipe leaves unset"
+            "what one step computes, and so what data.root holds: classify (images), text_classify (JSONL texts), "
+            "lm, sft, reward, dpo, ppo (language models), distill, or a task of your own (docs/tasks.md)"
         ),
     )
 
@@ -90,22 +88,6 @@ class DataSection(Section):
         None,
         description=(
             "per-channel standard deviation for normalising; None: 0.5 for greyscale, ImageNet statistics for RGB"
-        ),
-    )
-    resize_to: int | None = Field(
-        None,
-        ge=8,
-        description=(
-            "evaluation and serving: the side images are resized to before the centre crop of data.image_size "
-            "(the shorter side, or both with data.keep_aspect=false); None: data.image_size. A Hugging Face "
-            "model.name sets it from its preprocessor_config.json"
-        ),
-    )
-    keep_aspect: bool = Field(
-        True,
-        description=(
-            "evaluation and serving: false resizes both sides to data.resize_to (stretching the image, as ViT's "
-            "image processor does) instead of the shorter side"
         ),
     )
     hflip: bool = Field(True, description="training augmentation: flip images left-right at random")
