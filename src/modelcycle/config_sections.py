@@ -90,6 +90,22 @@ class DataSection(Section):
             "per-channel standard deviation for normalising; None: 0.5 for greyscale, ImageNet statistics for RGB"
         ),
     )
+    resize_to: int | None = Field(
+        None,
+        ge=8,
+        description=(
+            "evaluation and serving: the side images are resized to before the centre crop of data.image_size "
+            "(the shorter side, or both with data.keep_aspect=false); None: data.image_size. A Hugging Face "
+            "model.name sets it from its preprocessor_config.json"
+        ),
+    )
+    keep_aspect: bool = Field(
+        True,
+        description=(
+            "evaluation and serving: false resizes both sides to data.resize_to (stretching the image, as ViT's "
+            "image processor does) instead of the shorter side"
+        ),
+    )
     hflip: bool = Field(True, description="training augmentation: flip images left-right at random")
     crop_scale: tuple[float, float] = Field(
         (0.6, 1.0), description="training augmentation: the random crop's area, as a fraction (min, max) of the image"
