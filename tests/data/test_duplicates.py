@@ -111,6 +111,9 @@ def test_groups_never_straddle_splits(tmp_path: Path):
         assert sum(map(len, _manifests(out).values())) == 20 + 2 * (1 + 2 + 3 + 1 + 2 + 3) + 5  # nothing lost
         listed_splits |= {split for splits in where.values() for split in splits}
     assert listed_splits == {"train", "val", "test"}  # groups do reach the held-out splits
+    prepare(src, tmp_path / "again", val=0.3, test=0.2, seed=7)
+    for name in ("train.txt", "val.txt", "test.txt", "duplicates.json"):  # the same seed, the same split
+        assert (tmp_path / "again" / name).read_text() == (tmp_path / "data-7" / name).read_text()
 
 
 def test_split_with_units_keeps_them_whole_and_a_training_image_per_class():
@@ -244,7 +247,8 @@ def test_cli_reports_and_dedupes(tmp_path: Path):
     assert_mentions(kept.stderr, "40 images", "4 duplicate groups (8 files, 1 label conflicts)", "LABEL CONFLICTS")
     deduped = run_cli("prepare", src, "--out", tmp_path / "deduped", "--dedupe", "--near-duplicates")
     assert deduped.returncode == 0, deduped.stderr
-    assert_mentions(deduped.stderr, "35 images", "5 dropped", "near-duplicates")
+    assert_mentions(deduped.stderr, "35 images", "5 dropped")
+    assert "near_duplicates" in json.loads((tmp_path / "deduped" / "duplicates.json").read_text())
     assert len(_splits_by_content(tmp_path / "deduped", src)) == 35
 
 

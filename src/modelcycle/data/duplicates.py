@@ -185,17 +185,18 @@ def report(
 
 def summary_line(summary: dict, listing: Path) -> str:
     """One line for the terminal: what was found and what was done with it."""
-    links = f", {summary['links']} of them hard links or links" if summary["links"] else ""
-    done = (
-        f"kept one file of each, dropped {summary['dropped']}"
-        if summary["policy"] == "dedupe"
-        else "each group kept in one split (--dedupe keeps one file of each)"
-    )
-    near = f"; {summary['near_groups']} group(s) of near-duplicates" if "near_groups" in summary else ""
-    return (
-        f"duplicates: {summary['groups']} group(s) of identical images, {summary['files']} files{links}; "
-        f"{done}{near}; listed in {listing}"
-    )
+    parts = []
+    if summary["groups"]:
+        links = f", {summary['links']} of them hard links or links" if summary["links"] else ""
+        done = (
+            f"kept one file of each, dropped {summary['dropped']}"
+            if summary["policy"] == "dedupe"
+            else "each group kept in one split (--dedupe keeps one file of each)"
+        )
+        parts.append(f"{summary['groups']} group(s) of identical images, {summary['files']} files{links}; {done}")
+    if summary.get("near_groups"):
+        parts.append(f"{summary['near_groups']} group(s) of near-duplicates (reported only)")
+    return f"duplicates: {'; '.join(parts)}; listed in {listing}"
 
 
 def conflict_warning(groups: list[DuplicateGroup], files: list[tuple[str, str]], dedupe: bool, listing: Path) -> str:
