@@ -295,10 +295,14 @@ class Trainer:
         model.eval()
         sums: Sums = {}
         counted = getattr(self.val_loader.batch_sampler, "counted", None)  # then stand-ins (ShardedBatches)
+        for cb in self.callbacks:
+            cb.on_validation_start(self, model)
         with torch.no_grad(), self._autocast():
             for i, batch in enumerate(self.val_loader):
                 out = self.task.validation_step(model, to_device(batch, self.device, self.cfg.channels_last))
                 add_sums(sums, out, counted=counted is None or i < counted)
+        for cb in self.callbacks:
+            cb.on_validation_end(self)
         model.train(was_training)
         return {f"val_{k}": v for k, v in self.task.summarize(distributed.reduce_sums(sums)).items()}
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from modelcycle.config import MonitorSection
 from modelcycle.data.datasets import make_loader
@@ -37,6 +36,7 @@ from modelcycle.evaluation.inference import data_section
 from modelcycle.export.runtime import load_predictor
 from modelcycle.monitor import features as feats
 from modelcycle.monitor.drift import bin_edges, shares
+from modelcycle.monitor.profile_recorder import Outputs, classifier_head, head_arrays, sample_indices
 from modelcycle.packages import load_model
 from modelcycle.progress import progress_bar, warn
 from modelcycle.runs import package_dir, read_manifest
@@ -71,11 +71,14 @@ def ensure_profile(package: str | Path, cfg: MonitorSection, data: str | Path | 
     return read_profile(package) or write_profile(package, cfg, data)
 
 
-def write_profile(package: str | Path, cfg: MonitorSection, data: str | Path | None = None) -> dict:
+def write_profile(package: str | Path, cfg: MonitorSection, data: str | Path | None = None, recorded=None) -> dict:
     """Compute the profile on ``data`` (a manifest; default the package's validation split) and
-    write it into the package, atomically."""
+    write it into the package, atomically. ``recorded`` (a ``ValidationRecorder``) holds the
+    model's outputs on the validation images when training recorded them for these weights."""
     manifest = read_manifest(package)
-    profile = build_profile(manifest, _reference_items(manifest, data, cfg.profile_images), cfg.ood_quantile)
+    reference = _reference_items(manifest, data, cfg.profile_images)
+    outputs = recorded.outputs_for(reference[0]) if recorded is not None and data is None else None
+    profile = build_profile(manifest, reference, cfg.ood_quantile, outputs)
     path = Path(manifest["_dir"]) / PROFILE
     tmp = path.with_name(f"{PROFILE}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(profile))
@@ -83,11 +86,13 @@ def write_profile(package: str | Path, cfg: MonitorSection, data: str | Path | N
     return profile
 
 
-def profile_after_training(package: Path, cfg: MonitorSection) -> None:
+def profile_after_training(package: Path, cfg: MonitorSection, recorded=None) -> None:
     """The training run's last step. The model is trained and packaged by now: a profile that
-    cannot be made (no images left to profile) is a warning with the fix, not a failed run."""
+    cannot be made (no images left to profile) is a warning with the fix, not a failed run.
+    ``recorded``: the validation pass of the packaged epoch, when it could be recorded (then the
+    profile costs no pass of its own; see monitor/profile_recorder.py)."""
     try:
-        write_profile(package, cfg)
+        write_profile(package, cfg, recorded=recorded)
     except UserError as exc:
         warn(f"no monitoring profile in {package}: {exc}")
 
@@ -107,24 +112,12 @@ def _reference_items(manifest: dict, data: str | Path | None, limit: int) -> tup
         items, source = prepared.split(split), f"{root} ({split} split)"
     if not items:
         raise UserError(f"{source} holds no images to profile; pass --data MANIFEST")
-    if len(items) > limit:  # the same sample every time
-        keep = np.sort(np.random.default_rng(0).choice(len(items), limit, replace=False))
-        items = [items[i] for i in keep]
-    return items, source
+    return [items[i] for i in sample_indices(len(items), limit)], source
 
 
-def _head(model: nn.Module) -> nn.Linear | None:
-    """The layer whose input is the embedding: our networks' ``head``, else the last Linear."""
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Linear):
-        return head
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
-
-
-def _run_all(manifest: dict, items: list) -> tuple[dict, np.ndarray, np.ndarray | None, nn.Linear | None]:
-    """Input features, logits and (PyTorch packages) embeddings of every reference image; its
-    size from the file's header (the loader hands over resized tensors)."""
+def _run_all(manifest: dict, items: list) -> Outputs:
+    """Input features, logits and (PyTorch packages) embeddings and head of every reference image,
+    from a pass of their own."""
     cfg = data_section(manifest, workers=0)
     loader = make_loader(items, PreparedData(Path("."), manifest["classes"], {}), cfg, cfg.channels, 128, False)
     mean, std = feats.pixel_scale(manifest["preprocessing"])
@@ -132,7 +125,7 @@ def _run_all(manifest: dict, items: list) -> tuple[dict, np.ndarray, np.ndarray 
     model, head, captured = None, None, []
     if torch_weights:
         model, _ = load_model(manifest["_dir"])
-        head = _head(model)
+        head = classifier_head(model)
     if head is not None:
         head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach().float()))
         run = lambda x: model(torch.from_numpy(x)).float().numpy()  # noqa: E731
@@ -147,23 +140,26 @@ def _run_all(manifest: dict, items: list) -> tuple[dict, np.ndarray, np.ndarray 
                 columns.setdefault(name, []).append(values)
             logits.append(run(batch))
             advance(len(batch))
-    embeddings = torch.cat(captured).numpy().astype(np.float64) if captured else None
-    sizes = np.asarray([feats.image_side(*header_size(path)) for path, _ in items])
-    return (
-        {**{k: np.concatenate(v) for k, v in columns.items()}, feats.SIZE: sizes},
+    return Outputs(
+        {k: np.concatenate(v) for k, v in columns.items()},
         np.concatenate(logits).astype(np.float64),
-        embeddings,
-        head,
+        torch.cat(captured).numpy().astype(np.float64) if captured else None,
+        head_arrays(head),
     )
 
 
-def build_profile(manifest: dict, reference: tuple[list, str], ood_quantile: float) -> dict:
+def build_profile(
+    manifest: dict, reference: tuple[list, str], ood_quantile: float, outputs: Outputs | None = None
+) -> dict:
+    """The profile of the reference images; ``outputs`` are the model's on exactly those images
+    (in order) when a validation pass recorded them, else they come from a pass of their own."""
     items, source = reference
-    columns, logits, embeddings, head = _run_all(manifest, items)
+    columns, logits, embeddings, head = outputs or _run_all(manifest, items)
+    # the file's own size, from its header (the loader hands over resized tensors)
+    columns = {**columns, feats.SIZE: np.asarray([feats.image_side(*header_size(path)) for path, _ in items])}
     embedding = None
     if head is not None and embeddings is not None:
-        weight = head.weight.detach().double().numpy()
-        bias = head.bias.detach().double().numpy() if head.bias is not None else np.zeros(len(weight))
+        weight, bias = head
         # a model that does more after this Linear (a user's file) breaks logits = W e + b: no embedding then
         if np.allclose(embeddings @ weight.T + bias, logits, rtol=1e-3, atol=1e-3 * max(1.0, np.abs(logits).max())):
             embedding = embedding_summary(embeddings, weight, bias)

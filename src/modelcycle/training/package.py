@@ -11,7 +11,8 @@ from modelcycle.runs import Run
 from modelcycle.tasks import registry
 
 
-def write_run_package(run: Run, meta: dict, state, config: Config, package=runs.write_package) -> None:
+def write_run_package(run: Run, meta: dict, state, config: Config, package=runs.write_package, recorded=None) -> None:
+    """``recorded``: the validation outputs a ``monitor.profile_recorder.ValidationRecorder`` kept."""
     best = run.checkpoints / "best.pt"
     source = best if best.exists() else run.checkpoints / "last.pt"
     ck = checkpoint.load(source)
@@ -33,7 +34,7 @@ def write_run_package(run: Run, meta: dict, state, config: Config, package=runs.
     if registry.for_manifest(meta).can("monitor_profile"):  # what `modelcycle monitor` compares traffic with
         from modelcycle.monitor.profile import profile_after_training
 
-        profile_after_training(run.model_dir, config.monitor)
+        profile_after_training(run.model_dir, config.monitor, recorded if source == best else None)
 
 
 def merge_lora(source, out, base=None) -> dict:

@@ -60,6 +60,7 @@ def train(
     if (plugin := registry.for_config(config)).loop is not None:
         return _own_loop(plugin, ctx, config, resume, progress, train_items, val_items)
     parts, meta, package, tuning = _task_setup(config, run_dir, resume, progress, train_items, val_items)
+    recorder = _profile_recorder(config, parts)
     trainer = Trainer(
         ctx,
         parts.task,
@@ -67,7 +68,7 @@ def train(
         parts.train_loader,
         parts.val_loader,
         config.train,
-        callbacks=tuning.callbacks,
+        callbacks=[*tuning.callbacks, *([recorder] if recorder else [])],
         meta=meta,
         progress=progress and distributed.is_main(),
     )
@@ -76,10 +77,21 @@ def train(
         state = trainer.fit(resume=resume)
         run = Run(run_dir)
         if distributed.is_main():
-            write_run_package(run, meta, state, config, package)
+            write_run_package(run, meta, state, config, package, recorded=recorder)
         ctx.finish(run)
         distributed.barrier()  # every rank returns a finished run
     return run
+
+
+def _profile_recorder(config: Config, parts):
+    """For a task whose packages get a monitoring profile: the callback that keeps the validation
+    pass's outputs, so that the profile needs no pass of its own (monitor/profile_recorder.py)."""
+    items = getattr(getattr(parts.val_loader, "dataset", None), "items", None)
+    if not registry.for_config(config).can("monitor_profile") or items is None or "preprocessing" not in parts.meta:
+        return None
+    from modelcycle.monitor.profile_recorder import ValidationRecorder
+
+    return ValidationRecorder(items, parts.meta["preprocessing"], config.monitor.profile_images)
 
 
 def _task_setup(config: Config, run_dir: Path, resume: bool, progress: bool, train_items, val_items):
