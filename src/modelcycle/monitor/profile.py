@@ -31,9 +31,7 @@ from modelcycle.data.datasets import make_loader
 from modelcycle.data.images import header_size
 from modelcycle.data.manifest import PreparedData
 from modelcycle.errors import UserError
-from modelcycle.evaluation.evaluate import items_for
 from modelcycle.evaluation.inference import data_section
-from modelcycle.export.runtime import load_predictor
 from modelcycle.monitor import features as feats
 from modelcycle.monitor.drift import bin_edges, shares
 from modelcycle.monitor.profile_recorder import Outputs, classifier_head, head_arrays, sample_indices
@@ -99,6 +97,8 @@ def profile_after_training(package: Path, cfg: MonitorSection, recorded=None) ->
 
 def _reference_items(manifest: dict, data: str | Path | None, limit: int) -> tuple[list, str]:
     if data is not None:
+        from modelcycle.evaluation.evaluate import items_for  # scikit-learn's metrics: seconds, only for --data
+
         items, source = items_for(None, manifest, "val", data), str(data)
     else:
         root = manifest.get("data_root")
@@ -130,6 +130,8 @@ def _run_all(manifest: dict, items: list) -> Outputs:
         head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].detach().float()))
         run = lambda x: model(torch.from_numpy(x)).float().numpy()  # noqa: E731
     else:
+        from modelcycle.export.runtime import load_predictor  # an exported package: ONNX Runtime and the like
+
         run = load_predictor(manifest["_dir"], "auto")
     columns: dict[str, list] = {}
     logits = []
