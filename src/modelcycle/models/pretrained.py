@@ -90,7 +90,7 @@ def load_weights(config: Config, model: nn.Module, classes: list[str], preproces
         raise ConfigError(
             f"model.weights: {path} holds modelcycle's previous ResNet/MobileNetV2 layout (features.N.body, head); "
             "resnet18/34/50 and mobilenet_v2 now use torchvision's module names. Retrain the source with this "
-            "version, or use modelcycle 0.1.0 at commit 70ec667 or earlier"
+            f"version, or use {vision.PREVIOUS_VERSION}"
         )
     target = model.state_dict()
     first = next((k for k, v in target.items() if v.dim() == 4), None)  # the first convolution's weight

@@ -230,6 +230,9 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * v else rounded
 
 
+PREVIOUS_VERSION = "modelcycle 0.1.0 at commit 70ec667 or earlier"  # the last with the previous layout
+
+
 def previous_layout(keys) -> bool:
     """Weights of this project's ResNets / MobileNetV2 before they took torchvision's names
     (``features.N.body...`` blocks and a ``head``)."""
@@ -245,7 +248,7 @@ def refuse_previous_layout(module: nn.Module, state_dict: dict, prefix: str, *_)
             f"these weights are a {type(module).__name__} in modelcycle's previous layout (blocks under "
             "features.N.body, a `head`): resnet18/34/50 and mobilenet_v2 now use torchvision's module names "
             "(conv1, layer1..4, fc / features, classifier), so they no longer load as that architecture. "
-            "Retrain the run with this version, or use modelcycle 0.1.0 at commit 70ec667 or earlier to load it"
+            f"Retrain the run with this version, or use {PREVIOUS_VERSION} to load it"
         )
 
 
