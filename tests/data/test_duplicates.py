@@ -16,6 +16,7 @@ from PIL import Image
 import modelcycle.data.duplicates as duplicates
 import modelcycle.data.prepare as prepare_module
 from helpers import assert_mentions, make_image_folder, run_cli
+from modelcycle.data.duplicates import ImageFacts, near_groups
 from modelcycle.data.manifest import PreparedData
 from modelcycle.data.prepare import prepare, stratified_split
 from modelcycle.errors import DataError
@@ -220,6 +221,15 @@ def test_near_duplicates_are_listed_only_with_the_flag(tmp_path: Path):
     ]
     assert result.stats["duplicates"]["near_groups"] == 1
     assert result.counts == plain.counts  # reported only: the split is the one without the flag
+
+
+def test_near_groups_are_not_chained():
+    # b is 4 bits from a, c 4 bits from b but 8 from a: a chain must not put a and c together
+    a, b, c, far = 0, 0b1111, 0b1111_1111, (1 << 64) - 1
+    facts = [ImageFacts(8, 8, "L", f"sha-{n}", code) for n, code in enumerate([a, b, c, far, a])]
+    assert near_groups(facts) == [[0, 1, 4]]  # c alone is no group; the copy of a (4) joins a's
+    copies_only = [ImageFacts(8, 8, "L", "same", 0), ImageFacts(8, 8, "L", "same", 1)]
+    assert near_groups(copies_only) == []  # identical bytes: the exact groups list them
 
 
 def test_crossval_folds_keep_groups_together(tmp_path: Path):
