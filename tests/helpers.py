@@ -6,8 +6,10 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,16 @@ def class_image(label: int, rng: np.random.Generator, size: int = 16, mode: str 
     pixels[row : row + side, col : col + side] += np.array(COLOURS[label % len(COLOURS)]) - 40
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     return image.convert(mode) if mode != "RGB" else image
+
+
+def header_only_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and which holds no pixels at all."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def make_image_folder(

@@ -346,8 +346,9 @@ def test_train_into_an_existing_run_without_resume(flow):
 def test_predict_missing_image(flow, tmp_path: Path):
     missing = tmp_path / "nope.jpg"
     result = run_cli("predict", flow["run"], missing)
-    assert_user_error(result, missing, "does not exist")
-    assert result.stdout == ""
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert_mentions(result.stdout, missing, "error", "does not exist")
+    assert_mentions(result.stderr, "0 answered, 1 failed")
 
 
 def test_predict_corrupt_image(flow, tmp_path: Path):
@@ -355,9 +356,12 @@ def test_predict_corrupt_image(flow, tmp_path: Path):
     good = flow["images"] / "class_0" / "000.png"
     Image.open(good).save(corrupt, quality=90)
     corrupt.write_bytes(corrupt.read_bytes()[:200])
-    result = run_cli("predict", flow["run"], corrupt, "--json")
-    assert_user_error(result, corrupt, "cannot predict", "damaged")
-    assert result.stdout == ""
+    result = run_cli("predict", flow["run"], corrupt, good, "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    broken, answered = map(json.loads, result.stdout.splitlines())
+    assert broken["path"] == str(corrupt) and "damaged" in broken["error"]
+    assert answered["path"] == str(good) and answered["label"] in CLASSES
+    assert_mentions(result.stderr, "1 answered, 1 failed")
 
 
 def test_predict_with_topk_zero(flow):

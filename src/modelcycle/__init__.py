@@ -16,6 +16,7 @@ __all__ = [
     "distill",
     "evaluate",
     "predict",
+    "iter_predict",
     "compare",
     "crossval",
     "train_ppo",

@@ -24,6 +24,7 @@ _FROM = {
     "distill": ("modelcycle.training.service", "distill"),
     "evaluate": ("modelcycle.evaluation.service", "evaluate"),
     "predict": ("modelcycle.evaluation.service", "predict"),
+    "iter_predict": ("modelcycle.evaluation.service", "iter_predict"),
     "compare": ("modelcycle.evaluation.service", "compare"),
     "crossval": ("modelcycle.evaluation.crossval", "crossval"),
     "export_model": ("modelcycle.export.export", "export"),

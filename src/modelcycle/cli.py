@@ -300,17 +300,32 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder or a model package."),
-    inputs: list[str] = typer.Argument(..., help="Image files; for a text classifier, texts (quote each one)."),
+    inputs: list[str] = typer.Argument(
+        ...,
+        help='Image files, folders (their image files, recursed) and globs (quote them: "photos/**/*.jpg"); '
+        "for a text classifier, texts (quote each one).",
+    ),
     topk: int = typer.Option(5, help="How many classes to show per input."),
     backend: str = typer.Option("auto", help=BACKEND_HELP),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per input per line."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Inputs run through the model at once (default: 32 images, 64 texts)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help='One JSON object per input per line; failures carry "error".'),
 ):
-    """Top-k classes with probabilities for each image (or each text, for a text classifier)."""
-    from modelcycle.api import predict as run_predict
+    """Top-k classes with probabilities for each image (or each text, for a text classifier). A file that
+    cannot be read gets an error line of its own and the others are still answered; exit code 1 if any failed."""
+    from modelcycle.api import iter_predict
 
-    for result in run_predict(run, inputs, topk=topk, backend=backend):
+    answered = failed = 0
+    for result in iter_predict(run, inputs, topk=topk, backend=backend, batch_size=batch_size, progress=True):
+        failed += "error" in result
+        answered += "error" not in result
         if as_json:
-            print(json.dumps(result))
+            print(json.dumps(result), flush=True)
+        elif "error" in result:
+            stdout.print(
+                f"{escape(result['path'])}: [bold red]error[/bold red] {escape(result['error'])}", highlight=False
+            )
         else:
             ranked = escape(", ".join(f"{t['label']} {t['probability']:.3f}" for t in result["topk"]))
             shown = result["path"] if "path" in result else _excerpt(result["text"])
@@ -318,6 +333,9 @@ def predict(
                 f"{escape(shown)}: [bold]{escape(result['label'])}[/bold] ({result['probability']:.3f})  top: {ranked}",
                 highlight=False,
             )
+    info(f"{answered} answered, {failed} failed")
+    if failed:
+        raise typer.Exit(1)
 
 
 def _excerpt(text: str, width: int = 60) -> str:

@@ -42,6 +42,10 @@ def make_progress(*extra_columns) -> Progress:
         console=console,
         transient=True,
         disable=not console.is_terminal,
+        # rich sends what is printed to stdout while a bar draws through the bar's console (stderr),
+        # which is right when both are the terminal; with stdout piped (predict --json > out.jsonl)
+        # the answers must stay on stdout
+        redirect_stdout=stdout.is_terminal,
     )
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import socket
-import struct
 import time
-import zlib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from helpers import assert_user_error, b64_file, run_cli
+from helpers import assert_user_error, b64_file, header_only_png, run_cli
 from modelcycle.serve.process import ServerProcess
 
 KEY = "hostile-key"
@@ -41,16 +39,6 @@ def png(width: int, height: int, mode: str = "L") -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def header_only_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` and which holds no pixels at all."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def predict(server, blobs: list[bytes], **kwargs) -> httpx.Response:

@@ -147,8 +147,26 @@ def decode_sized(
     the array may be smaller (JPEG draft mode), the monitor wants what the client sent."""
     if not data:
         raise DataError("empty image (0 bytes)")
+    return _decode_checked(io.BytesIO(data), channels, min_size, max_pixels)
+
+
+def decode_file(path: Path, channels: int, min_size: int | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """:func:`decode_bytes` for a file on disk, with the same limits and reasons (no path, no
+    advice: the caller knows what the file was for). Pillow reads it lazily, so a large file
+    that is not an image is refused from its first bytes, not read whole."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        if path.stat().st_size == 0:
+            raise DataError("empty file (0 bytes)")
+    except OSError as exc:
+        raise DataError(f"cannot read the file: {exc.strerror or exc}") from None
+    return _decode_checked(path, channels, min_size, max_pixels)[0]
+
+
+def _decode_checked(
+    source: io.BytesIO | Path, channels: int, min_size: int | None, max_pixels: int | None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    try:
+        with Image.open(source) as img:
             width, height = img.size
             check_shape(width, height, max_pixels, min_size)
             return _to_array(img, channels, min_size), (width, height)
@@ -158,6 +176,8 @@ def decode_sized(
         raise DataError("not an image Pillow can read (send PNG, JPEG, WebP, BMP, GIF or TIFF)") from None
     except Image.DecompressionBombError as exc:
         raise DataError(f"image refused as a decompression bomb: {exc}") from None
+    except (PermissionError, IsADirectoryError) as exc:
+        raise DataError(f"cannot read the file: {exc.strerror}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"damaged image: {exc}") from None
 

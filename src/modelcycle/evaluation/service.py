@@ -3,13 +3,13 @@ evaluator reads it (image or text classifier, language model, reward model, a ta
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from modelcycle import runfiles
-from modelcycle.errors import UserError
+from modelcycle.errors import DataError, UserError
 from modelcycle.evaluation.evaluate import evaluate as evaluate_images
-from modelcycle.evaluation.predict import predict as predict_images
+from modelcycle.evaluation.predict import iter_predict as iter_predict_images
 from modelcycle.evaluation.text import evaluate_text, predict_text
 from modelcycle.runs import Run
 from modelcycle.tasks import registry
@@ -49,12 +49,8 @@ def _reward_model(run, split="val", data=None, backend="auto") -> dict:
     return evaluate_reward(run.path if isinstance(run, Run) else run, data=data)
 
 
-def _predict_images(run, inputs, topk=5, backend="auto") -> list[dict]:
-    return predict_images(run, inputs, topk=topk, backend=backend)
-
-
-def _predict_texts(run, inputs, topk=5, backend="auto") -> list[dict]:
-    return predict_text(run, [str(i) for i in inputs], topk=topk, backend=backend)
+def _predict_texts(run, inputs, progress=False, **options) -> list[dict]:
+    return predict_text(run, [str(i) for i in inputs], **options)
 
 
 # the evaluators this layer provides, by the name a built-in plugin gives (tasks/<task>.py); a
@@ -65,7 +61,7 @@ EVALUATORS: dict[str, Callable[..., dict]] = {
     "language_model": _language_model,
     "reward_model": _reward_model,
 }
-PREDICTORS: dict[str, Callable[..., list[dict]]] = {"images": _predict_images, "texts": _predict_texts}
+PREDICTORS: dict[str, Callable[..., Iterable[dict]]] = {"images": iter_predict_images, "texts": _predict_texts}
 
 
 def _evaluator(plugin: TaskPlugin, verb: str) -> Callable:
@@ -95,7 +91,43 @@ def compare(
     return compare_policies(path(run), path(against), reward, data, samples=samples, max_new_tokens=max_new_tokens)
 
 
-def predict(run: str | Path | Run, inputs: list[str | Path], topk: int = 5, backend: str = "auto") -> list[dict]:
-    """Top-k classes per input: image files, or texts for a text classifier."""
-    plugin = registry.for_package(Path(run.path if isinstance(run, Run) else run))
-    return _evaluator(plugin, "predict")(run, inputs, topk=topk, backend=backend)
+def iter_predict(
+    run: str | Path | Run,
+    inputs: list[str | Path],
+    topk: int = 5,
+    backend: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Iterator[dict]:
+    """Top-k classes per input, one dict each, in order: image files (folders and globs expand
+    to theirs; a file that cannot be read gets ``path`` and ``error`` instead, yielded as soon as
+    its batch is done), or texts for a text classifier. ``batch_size`` None: the task's default."""
+    path = Path(run.path if isinstance(run, Run) else run)
+    plugin = registry.for_package(path)
+    predictor = _evaluator(plugin, "predict")
+    options = {"topk": topk, "backend": backend} | ({} if batch_size is None else {"batch_size": batch_size})
+    if callable(plugin.predict):  # a plugin's own predict takes (run, inputs, topk=, backend=)
+        if batch_size is not None:
+            raise UserError(f"run.task={plugin.name}: its predict takes no batch size; leave --batch-size out")
+        yield from predictor(run, inputs, **options)
+    else:
+        yield from predictor(run, inputs, progress=progress, **options)
+
+
+def predict(
+    run: str | Path | Run, inputs: list[str | Path], topk: int = 5, backend: str = "auto", batch_size: int | None = None
+) -> list[dict]:
+    """:func:`iter_predict`'s answers as a list; a file that cannot be read is a DataError that
+    names it (and any others), after every file was tried."""
+    results = list(iter_predict(run, inputs, topk=topk, backend=backend, batch_size=batch_size))
+    failed = [r for r in results if "error" in r]
+    if len(failed) == 1:
+        raise DataError(f"cannot predict {failed[0]['path']}: {failed[0]['error']}")
+    if failed:
+        listed = "; ".join(f"{r['path']}: {r['error']}" for r in failed[:5])
+        more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise DataError(
+            f"cannot predict {len(failed)} of {len(results)} files: {listed}{more}. "
+            "modelcycle.iter_predict answers the others and gives each failure a row of its own"
+        )
+    return results

@@ -98,23 +98,28 @@ def evaluate_text(
         "source run": manifest.get("source_run", ""),
     }
     epochs = run_obj.epoch_metrics() if run_obj else []
-    best = (run_obj.config.train.monitor, run_obj.config.train.monitor_direction) if run_obj else None
-    write_report(out, f"Evaluation of {path.name}", metrics, classes, epochs, None, 0, context, best)
+    write_report(out, f"Evaluation of {path.name}", metrics, classes, epochs, None, 0, context)
     metrics["report"] = str(out / "report.html")
     return metrics
 
 
-def predict_text(run: str | Path, texts: list[str], topk: int = 5, backend: str = "auto") -> list[dict]:
+def predict_text(
+    run: str | Path, texts: list[str], topk: int = 5, backend: str = "auto", batch_size: int = 64
+) -> list[dict]:
     """One dict per text: ``text``, ``label``, ``probability`` and ``topk`` (label, probability)."""
     _check_backend(backend)
     if topk < 1:
         raise DataError(f"--topk {topk}: ask for at least 1 class per text")
+    if batch_size < 1:
+        raise DataError(f"--batch-size {batch_size}: run at least 1 text per batch")
     if not texts:
         raise DataError("no text to classify; pass one or more texts (quote each one)")
     empty = [str(i + 1) for i, text in enumerate(texts) if not str(text).strip()]
     if empty:
         raise DataError(f"text {', '.join(empty)} is empty; pass the words to classify")
     model, tokenizer, manifest = open_package(run).load_text_classifier()
-    probs = probabilities(model, tokenizer, [str(t) for t in texts], manifest["preprocessing"]["max_length"])
+    probs = probabilities(
+        model, tokenizer, [str(t) for t in texts], manifest["preprocessing"]["max_length"], batch_size
+    )
     ranked = top_classes(probs, manifest["classes"], topk)
     return [{"text": str(text), **r} for text, r in zip(texts, ranked, strict=True)]
