@@ -172,7 +172,7 @@ def monitor_log(
         "default: the profile the server stored in the log.",
     ),
     model: str | None = typer.Option(None, help="Which served model (needed when the log holds several)."),
-    window: int | None = typer.Option(None, help="Images per window (monitor.window, default 500)."),
+    window: int | None = typer.Option(None, help="Images per window (monitor.window, default 200)."),
     step: int | None = typer.Option(None, help="Images between window starts (default: the window: no overlap)."),
     alert_psi: float | None = typer.Option(None, help="PSI from which a feature counts as drifted (default 0.2)."),
     watch: bool = typer.Option(
@@ -213,6 +213,8 @@ def monitor_log(
             f"[{colour}]{w['verdict']}[/]", escape(features),
         )  # fmt: skip
     console.print(table)
+    for line in monitoring.explain(summary):
+        info(line)
     info(f"report: {summary['report']}")
 
 

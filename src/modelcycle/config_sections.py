@@ -347,7 +347,10 @@ class MonitorSection(Section):
     keep_inputs: bool = Field(
         False, description="also store each logged image as the model saw it (PNG); never by default"
     )
-    window: int = Field(500, ge=10, description="logged images per drift window")
+    # 200: a day of a small service (~10 images an hour), yet every PSI decile bin expects 20
+    # values (small-sample bias ~0.045, half the 0.1 warn level) and the embedding's noise,
+    # sqrt(8 / 200) = 0.2, stays well under its 0.5 alert; smaller windows get fewer PSI bins
+    window: int = Field(200, ge=10, description="logged images per drift window")
     step: int | None = Field(None, ge=1, description="images between window starts; None: the window size (no overlap)")
     psi_warn: float = Field(
         0.1, gt=0, description="Population Stability Index: 0.1 = a shift worth a look (the convention)"

@@ -83,7 +83,12 @@ def test_missing_values_are_left_out_and_too_few_are_not_measured():
 
     few = np.r_[rng.normal(size=10) + 5.0, np.full(290, np.nan)]  # 10 values far off: noise, not a verdict
     result = score_window(profile, {"brightness": few, "confidence": rng.normal(size=300), "label": labels}, LIMITS)
-    assert result["features"]["brightness"] == {"values": 10, "reference_mean": 0.0, "drift": "unmeasured"}
+    assert result["features"]["brightness"] == {
+        "values": 10,
+        "reference_mean": 0.0,
+        "drift": "unmeasured",
+        "reason": "10 values < 50: too few to test",
+    }
     assert "brightness" not in result["drifted"] + result["warned"] and result["verdict"] != "drift"
     none = score_window(
         profile, {"brightness": np.full(300, np.nan), "confidence": rng.normal(size=300), "label": labels}, LIMITS

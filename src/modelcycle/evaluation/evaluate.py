@@ -67,6 +67,7 @@ def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None 
         mistakes,
         manifest["preprocessing"]["channels"],
         context,
+        (cfg.train.monitor, cfg.train.monitor_direction) if cfg else None,
     )
     metrics["report"] = str(out / "report.html")
     return metrics

@@ -7,20 +7,21 @@ import html
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from modelcycle.data.images import load_image
+from modelcycle.evaluation.metrics import top5_label
+from modelcycle.evaluation.plots import label, mark_best, new_figure, save, say, wrap
 
-from modelcycle.data.images import load_image  # noqa: E402
-from modelcycle.evaluation.metrics import top5_label  # noqa: E402
+TITLE_CHARS = 22  # a mistake's title line at font size 8 fits a 2.2-inch column with room to spare
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> None:
+def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> Figure:
     m = np.asarray(matrix)
     size = max(4.0, 0.5 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, axes = new_figure(size, size)
+    ax = axes[0, 0]
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -33,47 +34,74 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> N
                 j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black"
             )
     ax.set_title("Confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return save(fig, path)
 
 
-def plot_curves(epochs: list[dict], path: Path) -> None:
-    """Loss and every other per-epoch metric, train and val on the same axes."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+def best_epoch(epochs: list[dict], monitor: tuple[str, str] | None) -> tuple[str, int, float] | None:
+    """(metric, epoch, value) of the epoch best.pt holds: the first best of ``monitor`` = (train.monitor,
+    "max" | "min"). Without it, the trainer's default: val_accuracy, else val_loss."""
+    if monitor is None:
+        monitor = ("val_accuracy", "max") if any("val_accuracy" in m for m in epochs) else ("val_loss", "min")
+    key, direction = monitor
+    scored = [m for m in epochs if m.get(key) is not None]
+    if not scored:
+        return None
+    best = (max if direction == "max" else min)(scored, key=lambda m: m[key])  # the first of equals, as the trainer
+    return key, best["epoch"], best[key]
+
+
+def plot_curves(epochs: list[dict], path: Path, monitor: tuple[str, str] | None = None) -> Figure:
+    """Loss and accuracy per epoch, train and val on the same axes (plus the monitored metric when it is
+    neither), and the best epoch marked: a dotted line on both panels and a star on its metric."""
+    fig, axes = new_figure(11, 4.2, 1, 2)
+    loss_ax, score_ax = axes[0]
     x = [m["epoch"] for m in epochs]
-    for ax, kind in zip(axes, ("loss", "accuracy"), strict=True):
-        for split in ("train", "val"):
-            key = f"{split}_{kind}"
+    best = best_epoch(epochs, monitor)
+    extra = [best[0]] if best and "loss" not in best[0] and not best[0].endswith("accuracy") else []
+    panels = ((loss_ax, "loss", ["train_loss", "val_loss"]), (score_ax, "accuracy", ["train_accuracy", "val_accuracy"]))
+    for ax, kind, keys in panels:
+        names = keys + (extra if kind == "accuracy" else [])
+        for key in names:
             ys = [m.get(key) for m in epochs]
             if any(y is not None for y in ys):
-                ax.plot(x, ys, marker="o", label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(kind)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+                ax.plot(x, ys, marker="o", markersize=4, label=key)
+        ylabel = ", ".join([kind, *extra]) if kind == "accuracy" else kind
+        label(ax, f"{ylabel} per epoch", "epoch", ylabel, integer_x=True)
+    if best is not None:
+        key, epoch, value = best
+        for ax in (loss_ax, score_ax):
+            ax.axvline(epoch, color="grey", ls=":", lw=1)
+        mark_best(loss_ax if "loss" in key else score_ax, epoch, value, f"best: epoch {epoch} ({key} {value:.4g})")
+    for ax in (loss_ax, score_ax):
+        if ax.lines:
+            ax.legend(loc="best", fontsize=8)
+    return save(fig, path)
 
 
-def plot_mistakes(mistakes: list[tuple[Path, str, str, float]], channels: int, path: Path) -> None:
-    """A grid of misclassified images titled 'true -> predicted (p)'."""
+def mistake_title(true: str, predicted: str, probability: float) -> str:
+    """'true: 3' over 'predicted: 8 (0.62)', each wrapped to the column (long class names included)."""
+    return wrap(f"true: {true}", TITLE_CHARS) + "\n" + wrap(f"predicted: {predicted} ({probability:.2f})", TITLE_CHARS)
+
+
+def plot_mistakes(mistakes: list[tuple[Path, str, str, float]], channels: int, path: Path) -> Figure:
+    """A grid of misclassified images, each titled with its true and predicted class and the model's
+    probability for the predicted one. Rows are as tall as the longest title needs."""
     n = max(1, len(mistakes))
     cols = min(6, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    titles = [mistake_title(true, pred, prob) for _, true, pred, prob in mistakes]
+    lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig, axes = new_figure(2.2 * cols, (2.0 + 0.16 * lines) * rows + 0.5, rows, cols)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (image_path, true, pred, prob) in zip(axes.flat, mistakes, strict=False):
+    for ax, (image_path, *_), title in zip(axes.flat, mistakes, titles, strict=False):
         image = load_image(image_path, channels)
         ax.imshow(image[:, :, 0] if channels == 1 else image, cmap="gray" if channels == 1 else None)
-        ax.set_title(f"{true} → {pred}\n({prob:.2f})", fontsize=8)
+        ax.set_title(title, fontsize=8)
     if not mistakes:
-        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        say(axes.flat[0], "no mistakes")
+    fig.suptitle(f"Mistakes, most confident first ({len(mistakes)} shown)")
+    return save(fig, path)
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
@@ -105,8 +133,10 @@ def write_report(
     mistakes: list[tuple[Path, str, str, float]] | None,
     channels: int,
     context: dict,
+    monitor: tuple[str, str] | None = None,
 ) -> Path:
-    """``mistakes`` None: the inputs are not images (texts), so there is no picture grid of them."""
+    """``mistakes`` None: the inputs are not images (texts), so there is no picture grid of them.
+    ``monitor``: (train.monitor, "max" | "min"), which picks the best epoch marked on the curves."""
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(metrics["confusion_matrix"], classes, out / "confusion_matrix.png")
     plots = ["confusion_matrix.png"]
@@ -114,7 +144,7 @@ def write_report(
         plot_mistakes(mistakes, channels, out / "mistakes.png")
         plots.append("mistakes.png")
     if epochs:
-        plot_curves(epochs, out / "curves.png")
+        plot_curves(epochs, out / "curves.png", monitor)
         plots.insert(0, "curves.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 

@@ -98,7 +98,8 @@ def evaluate_text(
         "source run": manifest.get("source_run", ""),
     }
     epochs = run_obj.epoch_metrics() if run_obj else []
-    write_report(out, f"Evaluation of {path.name}", metrics, classes, epochs, None, 0, context)
+    best = (run_obj.config.train.monitor, run_obj.config.train.monitor_direction) if run_obj else None
+    write_report(out, f"Evaluation of {path.name}", metrics, classes, epochs, None, 0, context, best)
     metrics["report"] = str(out / "report.html")
     return metrics
 

@@ -5,7 +5,9 @@ Each test answers for one kind of change and has a conventional threshold:
 - numerical features (brightness, contrast, ..., confidence): the Population Stability Index
   over the reference's deciles (0.1 worth a look, 0.2 drifted: the credit-scoring convention it
   comes from) and the two-sample Kolmogorov-Smirnov statistic and p-value, reported beside it.
-  PSI decides, because with thousands of requests KS calls every negligible shift significant;
+  PSI decides, because with thousands of requests KS calls every negligible shift significant
+  (and with a few dozen misses a real one); each verdict's ``reason`` says so, with both figures.
+  A window too small to fill ten bins gets the deciles merged into fewer (``bins_for``);
 - the predicted-class mix: chi-squared against the reference's class proportions;
 - the embedding: how far the window's mean moved, in reference standard deviations of the
   whitened principal components (0 when nothing moved; its noise is about sqrt(k / n));
@@ -27,6 +29,10 @@ EPS = 1e-4  # floor of a bin's share, so an empty bin costs a large but finite P
 DECILES = np.linspace(0.1, 0.9, 9)
 ATOM = 0.01  # a value this share of the reference holds gets a bin of its own
 MIN_VALUES = 50  # fewer values of a feature in a window: not measured (PSI over ten bins is noise)
+# PSI ~ chi-squared(bins - 1) / n on unchanged data: a bias of about (bins - 1) / n. With at least
+# this many expected values per bin it stays near 1/20 = 0.05, half the 0.1 warn level
+MIN_PER_BIN = 20
+KS_ALPHA = 0.05  # the conventional level, for the wording only: KS never decides a verdict
 
 
 def bin_edges(reference: np.ndarray) -> np.ndarray:
@@ -44,6 +50,21 @@ def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Share of ``values`` in each bin (-inf, e1], (e1, e2], ..., (ek, inf)."""
     counts = np.bincount(np.searchsorted(edges, values, side="left"), minlength=len(edges) + 1)
     return counts / max(len(values), 1)
+
+
+def bins_for(values: int) -> int:
+    """How many bins a window of ``values`` values can fill: 10 (the deciles) from 200 values, down to 2."""
+    return int(np.clip(values // MIN_PER_BIN, 2, 10))
+
+
+def coarsen(edges: np.ndarray, reference: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's bins merged into about ``bins`` of near-equal reference share: the kept inner
+    edges and the reference shares of the merged bins (exact sums, so no sample is needed)."""
+    if len(reference) <= bins:
+        return edges, reference
+    below = np.cumsum(reference)[:-1]  # reference share at or below each edge
+    keep = np.unique([int(np.abs(below - q).argmin()) for q in np.arange(1, bins) / bins])
+    return edges[keep], np.add.reduceat(reference, np.r_[0, keep + 1])
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -90,6 +111,21 @@ def _level(value: float, warn: float, alert: float) -> str:
     return "drift" if value >= alert else "warn" if value >= warn else "ok"
 
 
+def _above(value: float, limit: float, text: str = "{:.3g}") -> str:
+    """'0.31 >= 0.2' or '0.03 < 0.1': the comparison that decided, written out."""
+    return f"{text.format(value)} {'>=' if value >= limit else '<'} {text.format(limit)}"
+
+
+def psi_reason(value: float, ks_p: float, limits: Thresholds) -> str:
+    """Which test decided a feature's verdict and why: PSI against its levels, with KS's p beside it."""
+    if value >= limits.psi_alert or value < limits.psi_warn:
+        psi_part = f"PSI {_above(value, limits.psi_alert if value >= limits.psi_alert else limits.psi_warn)}"
+    else:
+        psi_part = f"PSI {value:.3g} between {limits.psi_warn:g} (warn) and {limits.psi_alert:g}"
+    significance = "significant" if ks_p < KS_ALPHA else "not significant"
+    return f"{psi_part}; KS p={ks_p:.2g} {significance} (PSI decides, KS is reported only)"
+
+
 def score_window(profile: dict, window: dict[str, np.ndarray], limits: Thresholds) -> dict:
     """Every test on one window. ``window`` holds one array per feature (as the log stores them),
     ``label``, ``confidence`` and, when the profile has an embedding, ``embedding`` (n, k).
@@ -105,31 +141,51 @@ def score_window(profile: dict, window: dict[str, np.ndarray], limits: Threshold
     for name, ref in profile["features"].items():
         values = window[name]
         values = values[~np.isnan(values)]
-        if len(values) < min(MIN_VALUES, rows) or not len(values):
-            out[name] = {"values": len(values), "reference_mean": ref["mean"], "drift": "unmeasured"}
+        needed = min(MIN_VALUES, rows)
+        if len(values) < needed or not len(values):
+            reason = f"{len(values)} values < {needed}: too few to test"
+            out[name] = {"values": len(values), "reference_mean": ref["mean"], "drift": "unmeasured", "reason": reason}
             continue
-        value = psi(ref["shares"], shares(values, np.asarray(ref["edges"])))
+        edges, expected = coarsen(np.asarray(ref["edges"]), np.asarray(ref["shares"]), bins_for(len(values)))
+        value = psi(expected, shares(values, edges))
         ks = stats.ks_2samp(np.asarray(ref["sample"]), values)
         out[name] = {
             "psi": value,
+            "bins": len(expected),
             "ks": float(ks.statistic),
             "ks_p": float(ks.pvalue),
             "mean": float(values.mean()),
             "values": len(values),
             "reference_mean": ref["mean"],
+            "test": "PSI",
             "drift": _level(value, limits.psi_warn, limits.psi_alert),
+            "reason": psi_reason(value, float(ks.pvalue), limits),
         }
     chi2, p = class_mix(profile["class_shares"], window["label"])
-    out["class_mix"] = {"chi2": chi2, "p": p, "drift": "drift" if p < limits.class_alpha else "ok"}
+    out["class_mix"] = {
+        "chi2": chi2,
+        "p": p,
+        "test": "chi-squared",
+        "drift": "drift" if p < limits.class_alpha else "ok",
+        "reason": f"chi-squared p={p:.2g} {'<' if p < limits.class_alpha else '>='} {limits.class_alpha:g}",
+    }
     if profile.get("embedding") and "embedding" in window:
         shift = embedding_shift(window["embedding"])
-        out["embedding"] = {"shift": shift, "drift": "drift" if shift >= limits.embedding_alert else "ok"}
+        out["embedding"] = {
+            "shift": shift,
+            "test": "embedding shift",
+            "drift": "drift" if shift >= limits.embedding_alert else "ok",
+            "reason": f"mean shift {_above(shift, limits.embedding_alert)} reference std devs",
+        }
     confidence = float(window["confidence"].mean())
     reference = profile["features"]["confidence"]["mean"]
     out["confidence_collapse"] = {
         "mean": confidence,
         "reference_mean": reference,
+        "test": "mean confidence",
         "drift": "drift" if confidence <= reference - limits.confidence_drop else "ok",
+        "reason": f"fell {_above(reference - confidence, limits.confidence_drop)} (mean {confidence:.3f}, "
+        f"reference {reference:.3f})",
     }
     threshold = profile["ood"]["threshold"]
     rate = float((window["confidence"] < threshold).mean())
@@ -137,7 +193,9 @@ def score_window(profile: dict, window: dict[str, np.ndarray], limits: Threshold
         "rate": rate,
         "threshold": threshold,
         "expected": profile["ood"]["quantile"],
+        "test": "OOD rate",
         "drift": "drift" if rate >= limits.ood_alert else "ok",
+        "reason": f"OOD rate {_above(rate, limits.ood_alert, '{:.1%}')}",
     }
     drifted = [name for name, r in out.items() if r["drift"] == "drift"]
     warned = [name for name, r in out.items() if r["drift"] == "warn"]

@@ -256,5 +256,8 @@ def start_monitor(served: list, cfg: MonitorSection) -> Monitor:
             info(f"computing the reference profile of {m.name} (once; it is kept in its package)")
             profiles[m.name] = write_profile(m.path, cfg)
     monitor = Monitor(cfg.dir, cfg, served, profiles)
-    info(f"monitoring: {cfg.sample_rate:.0%} of images logged to {log.db_path(cfg.dir)}")
+    info(
+        f"monitoring: {cfg.sample_rate:.0%} of images logged to {log.db_path(cfg.dir)}; drift is scored on the "
+        f"last {cfg.window} (monitor.window) every {cfg.step or cfg.window} images, from the first {cfg.window}"
+    )
     return monitor

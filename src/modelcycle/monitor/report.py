@@ -7,78 +7,81 @@ import html
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from modelcycle.evaluation.report import html_context, html_plots, markdown_table  # noqa: E402
-from modelcycle.monitor.drift import Thresholds  # noqa: E402
+from modelcycle.evaluation.plots import blank_figure, label, legend_outside, new_figure, save, say
+from modelcycle.evaluation.report import html_context, html_plots, markdown_table
+from modelcycle.monitor.drift import Thresholds
 
 PLOTS = ("traffic.png", "drift.png", "classes.png")
 WINDOW_COLUMNS = ["window", "start (UTC)", "end", "images", "requests", "p50 ms", "p99 ms", "verdict", "features"]
-FEATURE_COLUMNS = ["test", "figures", "verdict"]
+FEATURE_COLUMNS = ["test", "figures", "verdict", "decided by"]
+DPI = 90
 
 
-def plot_traffic(windows: list[dict], path: Path) -> None:
+def plot_traffic(windows: list[dict], path: Path) -> Figure:
     x = [w["index"] for w in windows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = new_figure(11, 3.8, 1, 2)
+    left, right = axes[0]
     left.bar(x, [w["requests"] for w in windows], color="#8ab")
-    left.set_title("requests per window")
+    label(left, "requests per window", "window", "requests", integer_x=True)
     right.plot(x, [w["latency_p50_ms"] for w in windows], marker="o", label="p50")
     right.plot(x, [w["latency_p99_ms"] for w in windows], marker="o", label="p99")
-    right.set_title("latency (queue + model), ms")
-    right.legend()
-    _finish(fig, (left, right), path)
+    label(right, "latency (queue + model)", "window", "ms", integer_x=True)
+    right.legend(loc="best", fontsize=8)
+    return save(fig, path, DPI)
 
 
-def plot_drift(windows: list[dict], limits: Thresholds, path: Path) -> None:
+def plot_drift(windows: list[dict], limits: Thresholds, path: Path) -> Figure:
+    """PSI per feature on top (log scale: 0.01 to 10 all occur; legend outside, so it never covers
+    a line), OOD rate and mean confidence, and the embedding shift below."""
     x = [w["index"] for w in windows]
-    fig, (psi_ax, rate_ax, shift_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = blank_figure(12, 6.8)
+    axes = fig.subplot_mosaic([["psi", "psi"], ["rate", "shift"]])
+    psi_ax, rate_ax, shift_ax = axes["psi"], axes["rate"], axes["shift"]
     tested = dict.fromkeys(n for w in windows for n, s in w["features"].items() if "psi" in s)
     for name in tested:  # a gap where a window could not measure the feature (no sizes from /v2 tensors)
         psi = [max(w["features"].get(name, {}).get("psi", np.nan), 1e-3) for w in windows]
         psi_ax.plot(x, psi, marker="o", label=name)
-    psi_ax.axhline(limits.psi_warn, color="orange", ls="--", lw=1)
-    psi_ax.axhline(limits.psi_alert, color="red", ls="--", lw=1)
+    psi_ax.axhline(limits.psi_warn, color="orange", ls="--", lw=1, label=f"warn (PSI {limits.psi_warn:g})")
+    psi_ax.axhline(limits.psi_alert, color="red", ls="--", lw=1, label=f"drift (PSI {limits.psi_alert:g})")
     psi_ax.set_yscale("log")
-    psi_ax.set_title("PSI per feature (dashed: warn, alert)")
-    psi_ax.legend(fontsize=7)
+    psi_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.05, 0.1, 0.2, 0.5: the levels
+    psi_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, not 10^-1
+    psi_ax.yaxis.set_minor_formatter(NullFormatter())
+    label(psi_ax, "PSI per feature", "window", "PSI (log scale)", integer_x=True)
+    legend_outside(psi_ax)
     rate_ax.plot(x, [w["features"]["ood_rate"]["rate"] for w in windows], marker="o", label="OOD rate")
     rate_ax.plot(x, [w["features"]["confidence_collapse"]["mean"] for w in windows], marker="o", label="confidence")
-    rate_ax.axhline(limits.ood_alert, color="red", ls="--", lw=1)
+    rate_ax.axhline(limits.ood_alert, color="red", ls="--", lw=1, label=f"OOD alert ({limits.ood_alert:g})")
     rate_ax.set_ylim(0, 1)
-    rate_ax.set_title("OOD rate (dashed: alert), mean confidence")
-    rate_ax.legend(fontsize=7)
+    label(rate_ax, "out-of-distribution rate, mean confidence", "window", "share / max-softmax", integer_x=True)
+    legend_outside(rate_ax)
     if "embedding" in windows[0]["features"]:
         shift_ax.plot(x, [w["features"]["embedding"]["shift"] for w in windows], marker="o", color="green")
         shift_ax.axhline(limits.embedding_alert, color="red", ls="--", lw=1)
-    shift_ax.set_title("embedding mean shift, reference std devs")
-    _finish(fig, (psi_ax, rate_ax, shift_ax), path)
+        label(shift_ax, "embedding mean shift (dashed: alert)", "window", "reference std devs", integer_x=True)
+    else:
+        shift_ax.set_title("embedding mean shift")
+        say(shift_ax, "no embedding in the reference profile (the model's last layer is not a Linear head)", 40)
+    return save(fig, path, DPI)
 
 
-def plot_classes(windows: list[dict], reference: list[float], classes: list[str], path: Path) -> None:
+def plot_classes(windows: list[dict], reference: list[float], classes: list[str], path: Path) -> Figure:
     shares = np.asarray([reference] + [np.asarray(w["class_counts"]) / w["images"] for w in windows])
     positions = [-1] + [w["index"] for w in windows]
-    fig, ax = plt.subplots(figsize=(11, 3.6))
+    fig, axes = new_figure(11, 3.8)
+    ax = axes[0, 0]
     bottom = np.zeros(len(shares))
-    colours = plt.get_cmap("tab20")
+    colours = matplotlib.colormaps["tab20"]
     for k, name in enumerate(classes[:20]):  # more than 20 would be an unreadable stack
         ax.bar(positions, shares[:, k], bottom=bottom, color=colours(k), label=name)
         bottom += shares[:, k]
-    ax.set_title("predicted-class mix per window (-1: the reference profile)")
-    ax.legend(fontsize=7, ncol=max(1, len(classes[:20]) // 10), bbox_to_anchor=(1.0, 1.0), loc="upper left")
-    _finish(fig, (ax,), path)
-
-
-def _finish(fig, axes, path: Path) -> None:
-    for ax in axes:
-        ax.set_xlabel("window")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    label(ax, "predicted-class mix per window (-1: the reference profile)", "window", "share", integer_x=True)
+    legend_outside(ax, ncol=max(1, len(classes[:20]) // 10))
+    return save(fig, path, DPI)
 
 
 def _window_rows(windows: list[dict]) -> list[list]:
@@ -103,7 +106,7 @@ def _feature_rows(window: dict) -> list[list]:
     for name, s in window["features"].items():
         if "psi" in s:
             figure = (
-                f"PSI {s['psi']:.3f}, KS {s['ks']:.3f} (p {s['ks_p']:.1e}), "
+                f"PSI {s['psi']:.3f} over {s['bins']} bins, KS {s['ks']:.3f} (p {s['ks_p']:.1e}), "
                 f"mean {s['mean']:.3f} vs {s['reference_mean']:.3f}"
             )
         elif s["drift"] == "unmeasured":
@@ -116,7 +119,7 @@ def _feature_rows(window: dict) -> list[list]:
             figure = f"{s['rate']:.1%} below confidence {s['threshold']:.3f} (expected {s['expected']:.0%})"
         else:
             figure = f"mean {s['mean']:.3f} vs {s['reference_mean']:.3f}"
-        rows.append([name, figure, s["drift"]])
+        rows.append([name, figure, s["drift"], s["reason"]])
     return rows
 
 
@@ -135,24 +138,24 @@ def write_report(out: Path, summary: dict, limits: Thresholds) -> Path:
         "prediction log": summary["log"],
         "reference": summary["reference"],
         "images logged": summary["images"],
-        "windows": f"{len(windows)} of {summary['window']} images, one every {summary['step']}",
+        "windows": f"{len(windows)} of {summary['window']} images, one every {summary['step']}; {summary['note']}",
         "thresholds": ", ".join(f"{k} {v:g}" for k, v in summary["thresholds"].items()),
     }
     verdicts = markdown_table(WINDOW_COLUMNS, _window_rows(windows))
     latest = markdown_table(FEATURE_COLUMNS, _feature_rows(windows[-1])) if windows else ""
     info = "\n".join(f"- **{k}**: {v}" for k, v in context.items())
-    empty = "" if windows else f"\nNo complete window yet: fewer than {summary['window']} images logged.\n"
+    empty = "" if windows else f"\nNo complete window yet: {summary['note']}.\n"
     md = (
         f"# {title}\n\n{info}\n{empty}\n## Verdict per window\n\n{verdicts}\n\n"
         + (f"## Latest window, test by test\n\n{latest}\n\n" if windows else "")
         + "".join(f"## {p[:-4].capitalize()}\n\n![{p}]({p})\n\n" for p in plots)
     )
     (out / "monitor.md").write_text(md)
-    (out / "monitor.html").write_text(_html(title, context, windows, plots, out))
+    (out / "monitor.html").write_text(_html(title, context, windows, plots, out, summary["note"]))
     return out / "monitor.html"
 
 
-def _html(title: str, context: dict, windows: list[dict], plots: list[str], folder: Path) -> str:
+def _html(title: str, context: dict, windows: list[dict], plots: list[str], folder: Path, summary_note: str) -> str:
     esc = html.escape
 
     def table(headers: list[str], rows: list[list]) -> str:
@@ -165,7 +168,11 @@ def _html(title: str, context: dict, windows: list[dict], plots: list[str], fold
         return f"<table><tr>{head}</tr>{body}</table>"
 
     verdicts = table(WINDOW_COLUMNS, _window_rows(windows))
-    latest = table(FEATURE_COLUMNS, _feature_rows(windows[-1])) if windows else "<p>No window yet.</p>"
+    latest = (
+        table(FEATURE_COLUMNS, _feature_rows(windows[-1]))
+        if windows
+        else f"<p>No complete window yet: {esc(summary_note)}.</p>"
+    )
     images, ctx = html_plots(folder, plots), html_context(context)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}

@@ -17,6 +17,17 @@ from modelcycle.monitor.windows import Traffic, open_traffic, score, windows
 DRIFT_EXIT = 1
 
 
+def progress_note(images: int, window: int, step: int) -> str:
+    """How far the log is from its next complete window, in images: what an empty report explains."""
+    complete = 0 if images < window else (images - window) // step + 1
+    next_end = complete * step + window
+    more = f"{next_end - images} more to go"
+    if not complete:
+        return f"{images} images so far; a window needs {window} (monitor.window), {more}"
+    plural = "s" * (complete != 1)
+    return f"{complete} complete window{plural} of {window} images; the next is complete at {next_end}, {more}"
+
+
 def summarize(traffic: Traffic, cfg: MonitorSection, limits: Thresholds, folder: str | Path) -> dict:
     """Everything the report shows, as JSON-ready data (``modelcycle monitor --json`` prints it)."""
     step = cfg.step or cfg.window
@@ -27,6 +38,7 @@ def summarize(traffic: Traffic, cfg: MonitorSection, limits: Thresholds, folder:
         "images": traffic.count,
         "window": cfg.window,
         "step": step,
+        "note": progress_note(traffic.count, cfg.window, step),
         "thresholds": dataclasses.asdict(limits),
         "classes": traffic.profile["classes"],
         "class_shares": traffic.profile["class_shares"],
@@ -53,14 +65,24 @@ def report(
     return summary
 
 
+def explain(summary: dict) -> list[str]:
+    """Lines under the CLI's table: why it is empty, or which test decided each warn and drift of
+    the latest window."""
+    if not summary["windows"]:
+        return [f"no complete window yet: {summary['note']}"]
+    latest = summary["windows"][-1]
+    lines = [
+        f"window {latest['index']}: {name} {s['drift']}: {s['reason']}"
+        for name, s in latest["features"].items()
+        if s["drift"] in ("warn", "drift")
+    ]
+    return [*lines, summary["note"]]
+
+
 def alert_line(window: dict) -> str:
-    """One line per drifted test of a window, naming the feature and its figure."""
-    parts = []
-    for name in window["drifted"]:
-        s = window["features"][name]
-        figure = next(f"{k} {s[k]:.3g}" for k in ("psi", "p", "shift", "rate", "mean") if k in s)
-        parts.append(f"{name} ({figure})")
-    return f"window {window['index']} ({window['start']} .. {window['end']}): drift in " + ", ".join(parts)
+    """One line per drifted test of a window, naming the feature and the test that decided."""
+    parts = [f"{name} ({window['features'][name]['reason']})" for name in window["drifted"]]
+    return f"window {window['index']} ({window['start']} .. {window['end']}): drift in " + "; ".join(parts)
 
 
 def printer(as_json: bool) -> Callable[[dict], None]:
@@ -97,6 +119,10 @@ def watch(
     traffic = open_traffic(folder, cfg, reference, model)
     step = cfg.step or cfg.window
     complete = max(0, (traffic.count - cfg.window) // step + 1)
+    if not complete:
+        from modelcycle.progress import info
+
+        info(f"no complete window yet: {progress_note(traffic.count, cfg.window, step)}")
     start = max(0, complete - 1)  # history before the latest window was judged by earlier runs
     deadline = None if duration_s is None else time.monotonic() + duration_s
     while True:

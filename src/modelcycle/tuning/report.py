@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import optuna
+from matplotlib.figure import Figure
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from optuna.study import StudyDirection  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+from modelcycle.config import Config
+from modelcycle.evaluation.plots import label, mark_best, new_figure, save, say
+from modelcycle.tuning.space import SearchSpace, apply
+from modelcycle.tuning.study import Tally, best_trials
 
-from modelcycle.config import Config  # noqa: E402
-from modelcycle.tuning.space import SearchSpace, apply  # noqa: E402
-from modelcycle.tuning.study import Tally, best_trials  # noqa: E402
+# fANOVA fits a random forest to (parameters -> objective): with fewer trials than this per
+# parameter, or fewer than MIN_TRIALS in all, its shares describe noise, not the parameters
+MIN_TRIALS, TRIALS_PER_PARAMETER = 5, 2
 
 
 def write(
@@ -39,7 +41,7 @@ def write(
         # trains as RUN_DIR/STUDY-best, beside the study rather than inside it
         apply(config, best.params, run__name=f"{folder.name}-best").save(best_yaml)
     plot_history(trials, direction, monitor, folder / "history.png")
-    importance = plot_importance(trials, direction, folder / "importance.png")
+    _, importance = plot_importance(trials, direction, folder / "importance.png")
     lines = [
         f"# Study {folder.name}",
         "",
@@ -129,9 +131,11 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def plot_history(trials: list[FrozenTrial], direction: StudyDirection, monitor: str, path: Path) -> None:
-    """The objective of each trial in order, pruned ones at their last reported value, and the best so far."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+def plot_history(trials: list[FrozenTrial], direction: StudyDirection, monitor: str, path: Path) -> Figure:
+    """The objective of each trial in order, pruned ones at their last reported value, the best so far
+    and the best trial starred."""
+    fig, axes = new_figure(7, 4)
+    ax = axes[0, 0]
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
     ax.plot([t.number for t in done], [t.value for t in done], "o", color="tab:blue", label="completed")
@@ -142,45 +146,56 @@ def plot_history(trials: list[FrozenTrial], direction: StudyDirection, monitor: 
         pick = max if direction == StudyDirection.MAXIMIZE else min
         running = [pick(t.value for t in done[: i + 1]) for i in range(len(done))]
         ax.step([t.number for t in done], running, where="post", color="tab:orange", label="best so far")
-    ax.set_xlabel("trial")
-    ax.set_ylabel(monitor)
-    ax.set_title(f"{monitor} per trial ({direction.name.lower()})")
-    ax.grid(alpha=0.3)
+        best = pick(done, key=lambda t: t.value)
+        mark_best(ax, best.number, best.value, f"best: trial {best.number} ({best.value:.4g})")
+    label(ax, f"{monitor} per trial ({direction.name.lower()})", "trial", monitor, integer_x=True)
     if done or pruned:
-        ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        ax.legend(loc="best", fontsize=8)
+    else:
+        say(ax, "no trial has reported a value yet")
+    return save(fig, path)
 
 
-def plot_importance(trials: list[FrozenTrial], direction: StudyDirection, path: Path) -> str:
-    """fANOVA importances of the completed trials; with too few, the figure says so. Returns a
-    sentence for study.md when the figure holds no bars."""
+def importance_reason(done: list[FrozenTrial]) -> str:
+    """Why the completed trials are too few to judge parameter importance by; "" when they are not."""
+    varied = sorted({k for t in done for k in t.params if len({repr(u.params.get(k)) for u in done}) > 1})
+    if len(varied) < 2:
+        which = f"only {varied[0]} varied" if varied else "no parameter took more than one value"
+        return (
+            f"too little to judge: {which} in the {len(done)} completed trials, and importance is a share "
+            "between parameters (one parameter always gets 1.0); history.png shows its effect"
+        )
+    needed = max(MIN_TRIALS, TRIALS_PER_PARAMETER * len(varied))
+    if len(done) < needed:
+        return (
+            f"too little to judge: {len(done)} completed trials for {len(varied)} parameters "
+            f"(at least {needed} are needed before the shares say more than noise)"
+        )
+    return ""
+
+
+def plot_importance(trials: list[FrozenTrial], direction: StudyDirection, path: Path) -> tuple[Figure, str]:
+    """fANOVA importances of the completed trials; when they are too few (or one parameter alone
+    varied) the figure says so in words. Returns the figure and that sentence ("" with bars)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     importances: dict[str, float] = {}
-    reason = ""
-    if len(done) < 2:
-        reason = f"needs at least 2 completed trials (the study has {len(done)})"
-    else:
+    reason = importance_reason(done)
+    if not reason:
         study = optuna.create_study(direction=direction)  # in memory: the evaluator wants a Study
         study.add_trials(done)
         try:
             evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
             importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
-        except (RuntimeError, ValueError) as exc:  # e.g. every parameter took one value only
+        except (RuntimeError, ValueError) as exc:
             reason = f"could not be computed: {exc}"
-        if not importances and not reason:
-            reason = "no parameter took more than one value in the completed trials"
-    fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(importances), 2) + 1.5))
+    fig, axes = new_figure(7, 0.5 * max(len(importances), 2) + 1.5)
+    ax = axes[0, 0]
     if importances:
         names = list(importances)[::-1]
         ax.barh(names, [importances[n] for n in names], color="tab:blue")
-        ax.set_xlabel("importance (fANOVA, share of the objective's variance)")
-        ax.set_title(f"parameter importance over {len(done)} completed trials")
+        title = f"parameter importance over {len(done)} completed trials"
+        label(ax, title, "share of the objective's variance (fANOVA)", "parameter")
     else:
-        ax.axis("off")
-        ax.text(0.5, 0.5, f"parameter importance {reason}", ha="center", va="center", wrap=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return reason
+        ax.set_title("parameter importance")
+        say(ax, f"{reason[0].upper()}{reason[1:]}.", width=70)
+    return save(fig, path), reason
