@@ -184,8 +184,8 @@ def score_window(profile: dict, window: dict[str, np.ndarray], limits: Threshold
         "reference_mean": reference,
         "test": "mean confidence",
         "drift": "drift" if confidence <= reference - limits.confidence_drop else "ok",
-        "reason": f"fell {_above(reference - confidence, limits.confidence_drop)} (mean {confidence:.3f}, "
-        f"reference {reference:.3f})",
+        "reason": f"mean {confidence:.3f}, reference {reference:.3f}: "
+        + (f"fell {_above(reference - confidence, limits.confidence_drop)}" if confidence < reference else "no fall"),
     }
     threshold = profile["ood"]["threshold"]
     rate = float((window["confidence"] < threshold).mean())
