@@ -122,3 +122,8 @@ def test_a_plugin_of_ones_own_predicts_as_before_and_refuses_a_batch_size(tmp_pa
     assert [r["input"] for r in modelcycle.predict(tmp_path, ["a", "b"])] == ["a", "b"]
     with pytest.raises(modelcycle.UserError, match="predict_echo_task: its predict takes no batch size"):
         modelcycle.predict(tmp_path, ["a"], batch_size=4)
+
+
+def test_a_language_model_package_is_refused_by_name(sft_policy: Path):
+    with pytest.raises(modelcycle.UserError, match="cannot be used with `modelcycle predict`"):
+        modelcycle.predict(sft_policy, ["Hello"])

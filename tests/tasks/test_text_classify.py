@@ -143,6 +143,13 @@ def test_evaluate_and_predict_a_text_run(finetuned):
     assert [t["label"] for t in result["topk"]][0] == result["label"] and len(result["topk"]) == 2
     with pytest.raises(DataError, match="text 2 is empty"):
         modelcycle.predict(finetuned, [PROBE[0], "  "])
+    # --batch-size is the texts per forward pass: it changes nothing in the answers
+    two = [PROBE[0], "A class definition is an executable statement."]
+    one_by_one, together = (modelcycle.predict(finetuned, two, batch_size=size) for size in (1, 2))
+    assert [r["label"] for r in one_by_one] == [r["label"] for r in together]
+    assert [r["probability"] for r in one_by_one] == pytest.approx([r["probability"] for r in together], abs=1e-5)
+    with pytest.raises(DataError, match="--batch-size 0"):
+        modelcycle.predict(finetuned, PROBE, batch_size=0)
 
 
 def test_evaluate_a_text_package_on_a_jsonl_file(finetuned, tmp_path: Path):
