@@ -47,7 +47,7 @@ def iter_predict(
 ) -> Iterator[dict]:
     """One dict per file ``inputs`` name, in order, as soon as its batch is done: ``path``,
     ``label``, ``probability`` and ``topk`` (label, probability), or ``path`` and ``error``.
-    ``progress`` draws a bar on stderr when it is a terminal."""
+    ``progress``: show how far it is on stderr (:func:`modelcycle.progress.progress_bar`)."""
     if topk < 1:
         raise DataError(f"--topk {topk}: ask for at least 1 class per image")
     if batch_size < 1:
@@ -55,7 +55,7 @@ def iter_predict(
     predictor = load_predictor(run, backend)
     files = expand_image_args(inputs)
     reader = _Reader(predictor)
-    threads = DECODE_THREADS
+    threads = DECODE_THREADS  # read once: the benchmark varies it between calls
     pool = ThreadPoolExecutor(threads, thread_name_prefix="predict-decode")
     queued: deque[Future] = deque()
     pending = iter(files)
