@@ -23,9 +23,9 @@ LAYERS = {
     ),
     2: ("engine", "models", "data", "lm", "track", "packages"),
     3: ("tasks",),
-    4: ("training", "evaluation", "export", "compress", "tuning", "serve", "monitor"),
+    4: ("training", "evaluation", "export", "compress", "tuning", "serve", "monitor", "ui"),
     5: ("api", ""),  # "": the package's __init__ (the public names)
-    6: ("cli", "cli_lm", "cli_runs", "cli_deploy", "cli_config", "cli_help", "__main__"),
+    6: ("cli", "cli_lm", "cli_runs", "cli_deploy", "cli_config", "cli_help", "cli_ui", "__main__"),
 }
 
 # (importer, imported) arrows that point up today; to be removed by issue 15's steps.

@@ -343,7 +343,7 @@ def _excerpt(text: str, width: int = 60) -> str:
     return repr(text if len(text) <= width else text[: width - 1] + "…")
 
 
-from modelcycle import cli_deploy, cli_runs  # noqa: E402  (their verbs; registered here, so --help lists them in order)
+from modelcycle import cli_deploy, cli_runs, cli_ui  # noqa: E402  (their verbs; registered here, so --help lists them in order)
 
 app.command()(cli_deploy.export)
 app.command()(cli_deploy.compress)
@@ -355,6 +355,7 @@ app.command("runs")(cli_runs.list_runs)
 app.command()(cli_runs.compare)
 app.command()(cli_runs.crossval)
 app.command()(cli_runs.tune)
+app.command()(cli_ui.ui)
 
 
 from modelcycle.cli_config import config_app  # noqa: E402

@@ -52,5 +52,6 @@ def run(app, cfg: ServeSection, lines: list[str], endpoints: str, keyed: bool) -
             timeout_keep_alive=30,
         )
     )
+    app.state.server = server  # long-lived responses (the dashboard's event streams) end when it stops
     # uvicorn re-raises SIGTERM/SIGINT once shut down, so the exit status says what stopped it
     server.run(sockets=[sock])

@@ -1,0 +1,48 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, which `make
+test` installs): the runs table shows the runs, and a running run that finishes an epoch while
+the page is open gets its new point without a reload."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import epoch_line
+from serve.test_serve_playground import browser  # noqa: F401  (the fixture: skips only without chromium)
+
+
+def test_a_new_epoch_appears_on_the_open_page_without_a_reload(browser, ui, ui_runs: Path, trained: Path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(ui.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.run"))
+    rows = {r.get_attribute("data-run"): r.text for r in browser.find_elements(By.CSS_SELECTOR, "tr.run")}
+    assert "running" in rows["live"] and "finished" in rows["shapes"] and "train.lr=0.0123" in rows["live"]
+    curves = browser.find_element(By.ID, "curves")
+    wait.until(lambda d: curves.get_attribute("data-points") == "2")  # the running run is shown first
+    assert "live" in browser.find_element(By.ID, "run-title").text
+    browser.execute_script("window.stillTheSamePage = true")
+    with open(ui_runs / "live" / "metrics.jsonl", "a") as handle:
+        handle.write(epoch_line(trained, 3))
+    wait.until(lambda d: curves.get_attribute("data-points") == "3")
+    assert curves.get_attribute("data-last-x") == "3"
+    assert browser.execute_script("return window.stillTheSamePage") is True  # no reload
+    losses = browser.find_element(By.CSS_SELECTOR, "svg[data-chart=loss]")
+    assert losses.get_attribute("data-points") == "3"
+    assert len(losses.find_elements(By.TAG_NAME, "circle")) == 3 * 2  # train_loss and val_loss, 3 epochs each
+    assert browser.find_element(By.ID, "error").text == ""
+
+
+def test_a_runs_report_shows_on_the_page(browser, ui):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(ui.url + "/#run=shapes")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: "shapes" in d.find_element(By.ID, "run-title").text)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#report img"))
+    images = browser.find_elements(By.CSS_SELECTOR, "#report img")
+    wait.until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images))
+    links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#report .links a")]
+    assert "report.html" in links
