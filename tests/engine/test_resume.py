@@ -96,7 +96,9 @@ def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["train.checkpoint_every=7", "train.log_every=3"]], ids=["defaults", "mid-epoch"]
+    "extra",
+    [[], ["train.checkpoint_every=7", "train.log_every=3", "train.weight_decay=0.01"]],
+    ids=["defaults", "mid-epoch"],
 )
 def test_sigkill_and_resume_is_bit_identical(digits_data, tmp_path, extra):
     runs = tmp_path / "runs"
