@@ -124,3 +124,16 @@ def test_a_checkpoint_with_the_old_group_layout_is_refused_with_the_switch_named
     again = build_optimizer(model, TrainSection(weight_decay=0.05, decay_norm_and_bias=True))
     check_groups(again, old, "last.pt")
     again.load_state_dict(old)
+
+
+def test_resuming_a_run_of_the_old_layout_says_which_switch_resumes_it(tiny_config):
+    import modelcycle
+
+    old = tiny_config("train.weight_decay=0.01", "train.decay_norm_and_bias=true", train__epochs=1)
+    modelcycle.train(old, progress=False)
+    more = tiny_config("train.weight_decay=0.01", train__epochs=2)
+    with pytest.raises(CheckpointError, match=r"checkpoints/last\.pt.*train\.decay_norm_and_bias=true"):
+        modelcycle.train(more, resume=True, progress=False)
+    again = tiny_config("train.weight_decay=0.01", "train.decay_norm_and_bias=true", train__epochs=2)
+    run = modelcycle.train(again, resume=True, progress=False)
+    assert "resumed from step=" in (run.path / "events.log").read_text()
