@@ -385,9 +385,10 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
     class TrackSection(Section):
-        """Optional experiment tracking in MLflow (``pip install 'modelcycle[mlflow]'``). The run
-        folder stays the source of truth; MLflow gets a copy so runs from many machines can be
-        searched, compared and promoted through its model registry in one place."""
+        """Optional experiment tracking: TensorBoard event files in the run folder, and MLflow
+        (``pip install 'modelcycle[mlflow]'``). The run folder stays the source of truth; MLflow
+        gets a copy so runs from many machines can be searched, compared and promoted through its
+        model registry in one place."""
 
         mlflow_uri: str | None = Field(
             None,
@@ -402,6 +403,11 @@ with warnings.catch_warnings():
         )
         artifact_location: str | None = Field(
             None, description="where a NEW experiment keeps artifacts; None: MLflow's (./mlruns)"
+        )
+        tensorboard: bool | None = Field(
+            None,
+            description="event files in RUN/tensorboard for `tensorboard --logdir runs`; None: when tensorboard is "
+            "installed (pip install 'modelcycle[tensorboard]'), true: required, false: off",
         )
 
 

@@ -13,16 +13,20 @@ from modelcycle import track
 from modelcycle.config import load_config
 from modelcycle.errors import UserError
 from modelcycle.track.status import StatusFile
+from modelcycle.track.tensorboard import TensorBoardTracker
 
 
-def test_every_run_writes_its_status_and_mlflow_is_opt_in(monkeypatch):
+def test_every_run_writes_its_status_tensorboard_when_installed_and_mlflow_is_opt_in(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
-    assert [type(c) for c in track.callbacks(load_config(), resume=False)] == [StatusFile]
+    # tensorboard is installed with [dev]: left unset, track.tensorboard uses it
+    assert [type(c) for c in track.callbacks(load_config(), resume=False)] == [StatusFile, TensorBoardTracker]
+    off = load_config(None, ["track.tensorboard=false"])
+    assert [type(c) for c in track.callbacks(off, resume=False)] == [StatusFile]
 
 
 def test_other_ranks_of_a_distributed_run_track_nothing(monkeypatch):
     monkeypatch.setenv("RANK", "1")  # as torchrun sets it; MLflow is not even imported
-    config = load_config(None, ["track.mlflow_uri=sqlite:///never-created.db"])
+    config = load_config(None, ["track.mlflow_uri=sqlite:///never-created.db", "track.tensorboard=true"])
     assert track.callbacks(config, resume=False) == []
 
 

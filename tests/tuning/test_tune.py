@@ -59,6 +59,10 @@ def test_cli_study_makes_a_run_per_trial_and_the_report_then_resumes(tmp_path, p
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert_mentions(result.stderr, "trial 1/2", "trial 2/2", "best trials", "2 trials finished", "study.md")
+    # inside each trial: what it tries, then a line per epoch; plain lines in a pipe, no bar redraws
+    assert_mentions(result.stderr, "trial #0 started: train.lr=", "trial #1 started: train.lr=")
+    assert_mentions(result.stderr, "#0 epoch 1/2", "#0 epoch 2/2", "#1 epoch 2/2", "val_accuracy=")
+    assert "\r" not in result.stderr and "\x1b[" not in result.stderr
 
     folder = tmp_path / "runs" / "cnn-tune"
     study = _study(folder, "cnn-tune")

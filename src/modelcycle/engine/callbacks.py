@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.progress import TextColumn
@@ -31,9 +32,18 @@ Trainer = Loop  # the name the hooks' annotations used before there were other l
 
 
 class Callback:
+    takes_media = False  # True: on_media gets the pictures and texts tasks publish (TensorBoard)
+
     def on_fit_start(self, trainer: Trainer) -> None: ...
 
     def on_epoch_start(self, trainer: Trainer) -> None: ...
+
+    def on_train_batch(self, trainer: Trainer, batch: Any) -> None:
+        """Each training batch as the loader gave it (on the CPU), before the step computes."""
+
+    def on_media(self, trainer: Trainer, tag: str, value: Any) -> None:
+        """A picture (a matplotlib figure, or an (N,) C, H, W float array in 0..1) or a text (str)
+        a task published with :func:`publish`, at ``trainer.state.step``."""
 
     def on_step_end(self, trainer: Trainer) -> None: ...
 
@@ -47,6 +57,16 @@ class Callback:
     def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None: ...
 
     def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+def publish(loop: Loop, tag: str, make: Callable[[], Any]) -> None:
+    """Hand what a task can show (a confusion matrix, sample generations) to the callbacks that
+    take media; ``make`` builds it only if one does, so a run without them pays nothing."""
+    takers = [cb for cb in loop.callbacks if cb.takes_media]
+    if takers:
+        value = make()
+        for cb in takers:
+            cb.on_media(loop, tag, value)
 
 
 class Tracker(Callback):
@@ -85,14 +105,16 @@ class ProgressDisplay(Callback):
         self.progress.update(self.task, stats=stats)
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
-        shown = {k: v for k, v in metrics.items() if k not in ("step", "epoch", "lr")}
-        console.print(
-            f"epoch {metrics['epoch']}/{trainer.cfg.epochs}  " + "  ".join(_fmt(k, v) for k, v in shown.items()),
-            highlight=False,
-        )
+        console.print(epoch_line(metrics, trainer.cfg.epochs), highlight=False)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.progress.stop()
+
+
+def epoch_line(metrics: dict, epochs: int) -> str:
+    """``epoch 2/5  train_loss=0.41  val_accuracy=0.87 ...``: an epoch's end-of-epoch metrics."""
+    shown = {k: v for k, v in metrics.items() if k not in ("step", "epoch", "lr")}
+    return f"epoch {metrics['epoch']}/{epochs}  " + "  ".join(_fmt(k, v) for k, v in shown.items())
 
 
 def _fmt(key: str, value) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import os
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -165,20 +166,27 @@ def check_settings(cfg: TrainSection, world: int) -> None:
 # ---------------------------------------------------------------- collectives
 
 
-def reduce_sums(sums: Sums) -> dict[str, float]:
-    """Sums over all ranks, as host floats (the engine's only sync point, at log intervals).
+def reduce_sums(sums: Sums) -> dict[str, Any]:
+    """Sums over all ranks, as host floats (the engine's only sync point, at log intervals); a
+    sum of more than one number (a confusion matrix's counts) comes back as a nested list.
 
     In float64 so that counts stay exact integers. Every rank must pass the same keys: a task
     returns the same sums for every batch, and stand-in batches add zeros, not nothing."""
     if not active():
-        return {k: float(v) for k, v in sums.items()}
+        return {k: float(v) if v.numel() == 1 else v.double().tolist() for k, v in sums.items()}
     keys = sorted(sums)
     if not keys:
         return {}
     device = _comm_device()
-    buffer = torch.stack([sums[k].detach().to(device=device, dtype=torch.float64).reshape(()) for k in keys])
+    buffer = torch.cat([sums[k].detach().to(device=device, dtype=torch.float64).reshape(-1) for k in keys])
     dist.all_reduce(buffer)
-    return dict(zip(keys, buffer.tolist(), strict=True))
+    host, out, start = buffer.cpu(), {}, 0  # one copy to the host
+    for key in keys:
+        shape = sums[key].shape
+        part = host[start : start + sums[key].numel()]
+        out[key] = part.item() if part.numel() == 1 else part.reshape(shape).tolist()
+        start += part.numel()
+    return out
 
 
 def first_bad_step(bad: torch.Tensor) -> int:

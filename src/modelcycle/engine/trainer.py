@@ -216,6 +216,8 @@ class Trainer:
         micro = 0
         share = getattr(self.train_loader.sampler, "loss_weight", None)
         for index, batch in enumerate(self._epoch_batches(), start=state.batch_in_epoch):
+            for cb in self.callbacks:
+                cb.on_train_batch(self, batch)
             batch = to_device(batch, self.device, cfg.channels_last)
             micro += 1
             ends_step = micro % accumulate == 0 or index + 1 >= total

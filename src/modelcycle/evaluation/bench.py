@@ -13,6 +13,7 @@ from modelcycle.evaluation.inference import predict_items, preprocess
 from modelcycle.evaluation.speed import latency_ms, throughput
 from modelcycle.export.export import export
 from modelcycle.export.runtime import load_predictor
+from modelcycle.progress import StepBar
 from modelcycle.runs import Run, read_manifest
 
 REFERENCE = "reference (PyTorch weights)"
@@ -27,17 +28,25 @@ def bench(
 ) -> list[dict]:
     """One row per (package, backend). Missing exports are attempted; a failure is a row, not a crash."""
     rows = []
-    for path in map(Path, paths):
-        manifest = read_manifest(path)
-        primary = manifest.get("backend", "torch")
-        backends = ["torch", "torchscript", "onnx"] if primary == "torch" else [primary]
-        run = Run.open(path) if (path / "config.yaml").is_file() else None
-        items = items_for(run, manifest, "val", data)
-        labels = np.array([label for _, label in items])
-        images = preprocess(manifest, items[:256]).numpy()
-        for backend in backends:
-            rows.append(_row(path, manifest, backend, primary, items, labels, images, data, seconds, calls))
+    manifests = {path: read_manifest(path) for path in map(Path, paths)}
+    with StepBar("bench", sum(len(_backends(m)) for m in manifests.values())) as bar:
+        for path, manifest in manifests.items():
+            primary = manifest.get("backend", "torch")
+            run = Run.open(path) if (path / "config.yaml").is_file() else None
+            items = items_for(run, manifest, "val", data)
+            labels = np.array([label for _, label in items])
+            images = preprocess(manifest, items[:256]).numpy()
+            for backend in _backends(manifest):
+                bar.update(status=f"{path.name}: {backend}")
+                rows.append(_row(path, manifest, backend, primary, items, labels, images, data, seconds, calls))
+                bar.line(f"bench {len(rows)}/{bar.total}  {path.name} {backend}: {rows[-1]['status']}")
+                bar.update(completed=len(rows))
     return rows
+
+
+def _backends(manifest: dict) -> list[str]:
+    primary = manifest.get("backend", "torch")
+    return ["torch", "torchscript", "onnx"] if primary == "torch" else [primary]
 
 
 def _row(path, manifest, backend, primary, items, labels, images, data, seconds, calls) -> dict:

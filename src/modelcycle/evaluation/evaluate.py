@@ -38,7 +38,7 @@ def evaluate(run: str | Path | Run, split: str = "val", data: str | Path | None 
     manifest = predictor.manifest
     items = items_for(run_obj, manifest, split, data)
     cfg = run_obj.config if run_obj else None
-    probs = predict_items(predictor, items, batch_size=cfg.eval.batch_size if cfg else 256)
+    probs = predict_items(predictor, items, batch_size=cfg.eval.batch_size if cfg else 256, progress="evaluating")
     labels = np.array([label for _, label in items])
     classes = manifest["classes"]
     metrics = classification_metrics(labels, probs, classes, k=cfg.eval.topk if cfg else 5)

@@ -129,7 +129,13 @@ def sample_answers(lm: LanguageModel, files: list[str], count: int, tokens: int)
         prompts.append(ids)
         if len(chosen) >= count:
             break
-    answers = lm.generate(prompts, Sampling(temperature=0, max_new_tokens=tokens)) if prompts else []
+    answers = []
+    if prompts:  # token by token, so that a bar can say how far the answers are
+        stream = lm.stream(prompts, Sampling(temperature=0, max_new_tokens=tokens))
+        with progress_bar(f"sample answers ({len(prompts)} prompts, tokens)", tokens) as advance:
+            for step, _ in enumerate(stream):
+                advance(step < tokens)  # the last piece is what the decoder held back, not a step
+        answers = stream.results
     return [
         {"prompt": m[-1]["content"], "answer": a.text, "reference": ref, "ended": a.finish_reason == "stop"}
         for (m, ref), a in zip(chosen, answers, strict=True)

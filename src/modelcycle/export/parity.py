@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from modelcycle.errors import UserError
+from modelcycle.progress import progress_bar
 
 # fp32 exports must match eager closely; the tolerance is on softmax probabilities
 PROB_TOLERANCE = 1e-4
+PARITY_BATCH = 32
 
 
 def parity_report(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -34,11 +36,18 @@ def check_parity(
     min_agreement: float = 1.0,
     unit: str = "images",
 ) -> dict:
-    """Run both on ``images``; raise a UserError naming the figures when they disagree."""
-    with torch.no_grad():
-        reference = model.eval()(images).float().numpy()
-    candidate = run_candidate(images.numpy())
-    report = parity_report(reference, candidate)
+    """Run both on ``images``; raise a UserError naming the figures when they disagree. In
+    batches of about ``PARITY_BATCH`` (never of one: a pt2 export fixes a batch of 1 as special),
+    counted on a progress bar."""
+    reference, candidate = [], []
+    chunks = np.array_split(np.arange(len(images)), max(1, len(images) // PARITY_BATCH))
+    with torch.no_grad(), progress_bar(f"parity check ({what})", len(images)) as advance:
+        for rows in chunks:
+            batch = images[torch.from_numpy(rows)]
+            reference.append(model.eval()(batch).float().numpy())
+            candidate.append(run_candidate(batch.numpy()))
+            advance(len(rows))
+    report = parity_report(np.concatenate(reference), np.concatenate(candidate))
     report[unit] = report.pop("images")  # what was compared: images, or texts
     report["passed"] = report["max_abs_diff"] <= tolerance and report["top1_agreement"] >= min_agreement
     if not report["passed"]:

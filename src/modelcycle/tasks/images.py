@@ -21,6 +21,7 @@ from modelcycle.errors import ConfigError
 from modelcycle.models import hf_vision, pretrained, transfer
 from modelcycle.models.registry import build_model
 from modelcycle.progress import info
+from modelcycle.tasks.media import CONFUSION_CLASSES, BatchPictures, ConfusionPicture
 from modelcycle.tasks.plugin import SetupContext, TaskParts
 
 
@@ -31,6 +32,8 @@ class ClassifyTask:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.k = min(5, num_classes)
+        self.counts_confusion = num_classes <= CONFUSION_CLASSES
+        self.confusion: list | None = None  # the last validation pass's, all ranks' (tasks/media.py shows it)
         if self.k < 5:  # said once: with so few classes val_top5 is top-k, 1.0 when k is every class
             info(f"val_top5 is top-{self.k} accuracy here: {num_classes} classes, fewer than 5")
 
@@ -47,14 +50,20 @@ class ClassifyTask:
         logits = model(images).float()
         loss = F.cross_entropy(logits, labels, reduction="sum")
         topk = logits.topk(self.k, dim=1).indices
-        return {
+        sums = {
             "loss": loss,
             "correct": (topk[:, 0] == labels).sum(),
             "correct_top5": (topk == labels[:, None]).any(1).sum(),
             "count": torch.tensor(labels.numel()),
         }
+        if self.counts_confusion:  # true x predicted counts, added and all-reduced like the others
+            cells = labels * self.num_classes + topk[:, 0]
+            sums["confusion"] = torch.bincount(cells, minlength=self.num_classes**2).view(self.num_classes, -1)
+        return sums
 
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+    def summarize(self, sums: dict) -> dict[str, float]:
+        if "confusion" in sums:
+            self.confusion = sums["confusion"]
         count = max(sums.get("count", 0.0), 1.0)
         out = {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count}
         if "correct_top5" in sums:
@@ -215,9 +224,15 @@ def run_setup(config: Config, ctx: SetupContext, attach: Attach | None = None) -
         parts.val_loader,
         meta,
         runs.write_package,
-        tuning.callbacks,
+        [*tuning.callbacks, *pictures(parts)],
         tuning.lines,
     )
+
+
+def pictures(parts: ClassifySetup) -> list:
+    """What an image classifier shows in TensorBoard (tasks/media.py)."""
+    pre = parts.preprocessing
+    return [BatchPictures(pre["mean"], pre["std"]), ConfusionPicture(parts.task, parts.data.classes)]
 
 
 def _hugging_face_parts(config: Config, ctx: SetupContext, parts: ClassifySetup, meta: dict) -> TaskParts:
@@ -240,6 +255,6 @@ def _hugging_face_parts(config: Config, ctx: SetupContext, parts: ClassifySetup,
         parts.val_loader,
         {**meta, "layout": "transformers", "fine_tuning": fine_tuning},
         hf_vision.package_writer(parts.model, parts.hf_folder),
-        transfer.unfreeze_callbacks(config, ctx.progress),
+        [*transfer.unfreeze_callbacks(config, ctx.progress), *pictures(parts)],
         [f"{config.model.name}: {tuning_line(parts.tuning)}"],
     )

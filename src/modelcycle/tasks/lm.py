@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from modelcycle.config import Config
 from modelcycle.data.lm_data import IGNORE, lm_loader, pack, packed_rows, token_stream
 from modelcycle.engine import distributed
-from modelcycle.engine.callbacks import Callback, ProgressDisplay
+from modelcycle.engine.callbacks import Callback, ProgressDisplay, publish
 from modelcycle.errors import ConfigError
 from modelcycle.lm.chat_template import ChatTemplateError, chat_ids, encode_text
 from modelcycle.lm.end_of_turn import TurnEnd, give_default_template, inherited_override, turn_end
@@ -303,9 +303,16 @@ class SampleLog(Callback):
                 handle.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
         for line in lines:
             trainer.event(f"sample step={step}: {line['prompt']!r} -> {line['text']!r}")
+        publish(trainer, "samples", lambda: _markdown(lines))
         if any(isinstance(cb, ProgressDisplay) for cb in trainer.callbacks):  # progress=False: quiet
             for line in lines:
                 info(f"  step {step}: {line['prompt']} -> {' '.join(line['text'].split())[:120]}")
+
+
+def _markdown(lines: list[dict]) -> str:
+    """Samples as TensorBoard's text tab shows them: a markdown table, one prompt a row."""
+    rows = [" | ".join(" ".join(str(v).split()).replace("|", "\\|") for v in (s["prompt"], s["text"])) for s in lines]
+    return "\n".join(["prompt | continuation", "--- | ---", *rows])
 
 
 # What a causal-LM plugin declares (lm, and sft on the same model and package); the defaults are

@@ -20,6 +20,7 @@ from modelcycle.errors import ConfigError
 from modelcycle.models import transfer
 from modelcycle.progress import info
 from modelcycle.tasks.images import ClassifyTask
+from modelcycle.tasks.media import ConfusionPicture
 from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
 
 
@@ -112,7 +113,10 @@ def _refuse_image_only_settings(config: Config) -> None:
 
 def _setup(config: Config, ctx: SetupContext) -> TaskParts:
     parts = setup(config)  # applies model.freeze or LoRA itself
-    callbacks = transfer.unfreeze_callbacks(config, ctx.progress)
+    callbacks = [
+        *transfer.unfreeze_callbacks(config, ctx.progress),
+        ConfusionPicture(parts.task, parts.meta["classes"]),
+    ]
     return TaskParts(
         parts.task, parts.model, parts.train_loader, parts.val_loader, parts.meta, parts.write_package, callbacks
     )

@@ -1,5 +1,6 @@
-"""Tracking: what a run's folder says about it (status, listing, comparison) and, optionally,
-a copy of the run in MLflow. Imports nothing heavy: ``api.train`` calls :func:`callbacks` on every run."""
+"""Tracking: what a run's folder says about it (status, listing, comparison), TensorBoard event
+files when the package is installed and, optionally, a copy of the run in MLflow. Imports
+nothing heavy: ``api.train`` calls :func:`callbacks` on every run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from modelcycle.engine.callbacks import Callback, Tracker
+from modelcycle.track import tensorboard
 from modelcycle.track.status import StatusFile
 
 if TYPE_CHECKING:
@@ -22,6 +24,8 @@ def callbacks(config: Config, resume: bool) -> list[Callback]:
     if not _is_main_process():
         return []  # in a distributed run only rank 0 writes the run folder and reports
     out: list[Callback] = [StatusFile()]
+    if tensorboard.wanted(config):
+        out.append(tensorboard.TensorBoardTracker(config))
     if config.track.mlflow_uri:
         from modelcycle.track.mlflow import MlflowTracker
 

@@ -21,10 +21,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from modelcycle.config import Config
 from modelcycle.data.manifest import PreparedData
-from modelcycle.engine.callbacks import Callback
+from modelcycle.engine.callbacks import Callback, epoch_line
 from modelcycle.engine.trainer import Trainer, TrainingInterrupted
 from modelcycle.errors import ConfigError, UserError
-from modelcycle.progress import console, info
+from modelcycle.progress import StepBar, console, info
 from modelcycle.tasks import registry
 from modelcycle.training.service import train
 from modelcycle.tuning import report
@@ -105,9 +105,21 @@ class PruningCallback(Callback):
         self.best = trainer.state.best
 
 
+class EpochLines(Callback):
+    """The running trial's epochs, one line each (its own bar would fight the trials' bar)."""
+
+    def __init__(self, bar: StepBar, trial: str):
+        self.bar, self.trial = bar, trial
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict) -> None:
+        self.bar.line(f"  {self.trial} {epoch_line(metrics, trainer.cfg.epochs)}")
+
+
 class Objective:
-    def __init__(self, base: Config, space: SearchSpace, folder: Path, worker: int, budget: int):
+    def __init__(self, base: Config, space: SearchSpace, folder: Path, worker: int, budget: int, bar: StepBar):
         self.base, self.space, self.folder, self.worker, self.budget = base, space, folder, worker, budget
+        self.bar = bar
+        self.tag = f" (worker {worker})" if base.tune.workers > 1 else ""
 
     def _surplus(self, trial: optuna.Trial) -> bool:
         """Do the trials numbered before this one already fill the budget (finished or running)?
@@ -127,11 +139,15 @@ class Objective:
         trial.set_user_attr("run", str(run_dir))
         trial.set_user_attr("worker", self.worker)
         watch = PruningCallback(trial, self.base.train.monitor)
+        shown = params_line(params)
+        self.bar.line(f"trial #{trial.number}{self.tag} started: {shown}")
+        self.bar.update(status=f"{best_so_far(trial.study)}running #{trial.number}: {shown}")
+        lines = EpochLines(self.bar, f"#{trial.number}{self.tag}")
         try:
             config = apply(self.base, params, run__dir=str(self.folder), run__name=run_dir.name)
             trial.set_user_attr("epochs_planned", config.train.epochs)
             # a folder of the same name is left from a study whose database was deleted: start it afresh
-            train(config, overwrite=True, progress=False, callbacks=[watch])
+            train(config, overwrite=True, progress=False, callbacks=[watch, lines])
         except TrainingInterrupted:
             trial.set_user_attr("interrupted", True)
             raise
@@ -165,8 +181,14 @@ def _work(job: Job, index: int) -> None:
     # worker k of the n-th session draws its own stream: a resumed study does not replay trial 0
     seed = int(np.random.SeedSequence([tune.seed, index, len(study.trials)]).generate_state(1)[0])
     study.sampler = make_sampler(tune, space, seed)
-    objective = Objective(config, space, Path(job.folder), index, job.budget)
-    tag = f" (worker {index})" if tune.workers > 1 else ""
+    # several workers share the terminal: each prints its lines, none draws a bar
+    done = Tally.of(study.get_trials(deepcopy=False)).finished
+    with StepBar("trials", job.budget, completed=done, live=tune.workers == 1) as bar:
+        _trials(study, Objective(config, space, Path(job.folder), index, job.budget, bar), job)
+
+
+def _trials(study: optuna.Study, objective: Objective, job: Job) -> None:
+    monitor = objective.base.train.monitor
     while True:
         optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -187,13 +209,22 @@ def _work(job: Job, index: int) -> None:
                 objective,
                 n_trials=1,
                 catch=(TrialFailed,),
-                callbacks=[lambda s, t: _progress_line(s, t, job.budget, config.train.monitor, tag)],
+                callbacks=[lambda s, t: _progress_line(s, t, job.budget, monitor, objective)],
             )
         except TrainingInterrupted:  # its own message says `train --resume`, which is not how a study goes on
             raise TrainingInterrupted(STOPPED) from None
 
 
-def _progress_line(study: optuna.Study, trial: FrozenTrial, budget: int, monitor: str, tag: str) -> None:
+def params_line(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def best_so_far(study: optuna.Study) -> str:
+    best = best_trials(study.get_trials(deepcopy=False), study.direction, 1)
+    return f"best {best[0].value:.4f} (#{best[0].number})  " if best else ""
+
+
+def _progress_line(study: optuna.Study, trial: FrozenTrial, budget: int, monitor: str, objective: Objective) -> None:
     if trial.user_attrs.get("surplus"):
         return
     trials = study.get_trials(deepcopy=False)
@@ -206,10 +237,11 @@ def _progress_line(study: optuna.Study, trial: FrozenTrial, budget: int, monitor
         )
     else:
         outcome = f"failed: {trial.user_attrs.get('error', 'see the run folder')}"
-    best = best_trials(trials, study.direction, 1)
-    shown = f"  best {best[0].value:.4f} (#{best[0].number})" if best else ""
+    best = best_so_far(study)
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0.0
-    info(f"trial {Tally.of(trials).finished}/{budget}  #{trial.number}{tag}  {outcome}{shown}  {seconds:.1f}s")
+    finished = Tally.of(trials).finished
+    objective.bar.line(f"trial {finished}/{budget}  #{trial.number}{objective.tag}  {outcome}  {best}{seconds:.1f}s")
+    objective.bar.update(completed=finished, status=best)
 
 
 def _worker_main(job: Job, index: int, threads: int) -> None:
