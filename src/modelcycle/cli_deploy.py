@@ -21,7 +21,7 @@ def export(
     fmt: str = typer.Option(
         "onnx", "--format", help="onnx (ONNX Runtime, any language), torchscript (C++) or pt2 (torch.export)."
     ),
-    opset: int = typer.Option(18, help="ONNX opset (recorded in modelcycle.json)."),
+    opset: int | None = typer.Option(None, help="ONNX opset, 18 if not given (recorded in modelcycle.json)."),
     data: Path | None = typer.Option(None, help="Manifest of images for the parity check (default: the val split)."),
     images: int = typer.Option(64, help="How many validation images the parity check uses."),
 ):

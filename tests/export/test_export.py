@@ -106,6 +106,11 @@ def test_unknown_format_is_a_clear_error(trained: Path):
     assert_user_error(result, "tflite", "onnx", "torchscript", "pt2")
 
 
+def test_an_opset_for_a_format_without_one_is_refused(trained: Path):
+    with pytest.raises(UserError, match="--opset 17 is an ONNX setting; --format pt2 has no opset"):
+        modelcycle.export_model(trained, "pt2", opset=17)
+
+
 @pytest.fixture(scope="module")
 def branchy(tmp_path_factory, shapes_data: Path) -> Path:
     """A run of BRANCHY_MODEL (one epoch on the shared shapes data: 6 validation images)."""

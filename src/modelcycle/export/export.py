@@ -42,13 +42,15 @@ def parity_images(path: Path, manifest: dict, data: str | Path | None, count: in
 def export(
     run: str | Path,
     fmt: str = "onnx",
-    opset: int = formats.DEFAULT_OPSET,
+    opset: int | None = None,
     data: str | Path | None = None,
     count: int = 64,
 ) -> dict:
     """Export into the package folder; the file is recorded in modelcycle.json only if it matches."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if opset is not None and fmt != "onnx":
+        raise UserError(f"--opset {opset} is an ONNX setting; --format {fmt} has no opset: leave --opset out")
     path = Path(run)
     package = open_package(path)
     plugin = registry.for_package(path)
@@ -71,7 +73,7 @@ def export(
     out = folder / filename
     tmp = out.with_name(f"tmp-{os.getpid()}-{out.name}")  # torch.export.save wants the .pt2 ending
     try:
-        options = {"opset": opset} if fmt == "onnx" else {}
+        options = {"opset": opset or formats.DEFAULT_OPSET} if fmt == "onnx" else {}
         details = write(model, inputs[:2], tmp, describe(manifest), **options)
         parity = check_parity(model, runner(tmp), inputs, f"the {fmt} export", unit=unit)
         os.replace(tmp, out)
