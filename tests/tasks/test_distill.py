@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 import modelcycle
 from helpers import InterruptAt, assert_mentions, assert_user_error, make_image_folder, run_cli, tiny_overrides
+from modelcycle.engine import distributed
 from modelcycle.engine.trainer import TrainingInterrupted
 from modelcycle.errors import ConfigError, UserError
 from modelcycle.tasks.distill import DistillTask
@@ -68,7 +69,7 @@ def test_loss_matches_the_formula(logits, temperature, alpha, smoothing):
     loss, sums = task.training_step(Fixed(student), (torch.zeros(6, 1, 4, 4), labels))
     want, kl, ce = reference_loss(student, teacher, labels, temperature, alpha, smoothing)
     assert loss.item() == pytest.approx(want, abs=1e-6)
-    metrics = task.summarize({k: float(v) for k, v in sums.items()})
+    metrics = task.summarize(distributed.reduce_sums(sums))  # as the engine adds them up
     # the sums are float32 and T^2 scales the KL up: relative tolerance for the parts
     assert metrics["kl"] == pytest.approx(kl, rel=1e-6) and metrics["ce"] == pytest.approx(ce, rel=1e-6)
     assert metrics["loss"] == pytest.approx(want, rel=1e-6)
@@ -99,7 +100,7 @@ def test_validation_reports_agreement_with_the_teacher():
     task = DistillTask(Fixed(teacher), 3)
     with torch.no_grad():  # as the engine validates
         sums = task.validation_step(Fixed(student), (torch.zeros(4, 1, 4, 4), labels))
-    metrics = task.summarize({k: float(v) for k, v in sums.items()})
+    metrics = task.summarize(distributed.reduce_sums(sums))  # as the engine adds them up
     assert metrics["accuracy"] == 1.0  # the student's own metrics, as ClassifyTask names them
     assert metrics["agreement"] == 0.5  # rows 0 and 1 agree
     assert metrics["teacher_accuracy"] == 0.5
