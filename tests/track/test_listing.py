@@ -97,6 +97,15 @@ def test_one_folder_written_two_ways_is_no_difference(tmp_path: Path, monkeypatc
     assert c.differs == {"data.root": str(tmp_path / "other")}
 
 
+def test_the_search_settings_a_trial_records_are_no_difference():
+    """A study's trials record its tune.* settings (the space, the trial budget); a run trained
+    on its own has the defaults. How a study searched says nothing about a trial's model."""
+    trial = _summary("study/trial-0000", {"train.lr": 0.1, "tune.space": "space.yaml", "tune.trials": 2})
+    alone = _summary("alone", {"train.lr": 0.2, "tune.space": None, "tune.trials": 20})
+    mark_differences([trial, alone])
+    assert trial.differs == {"train.lr": "0.1"} and alone.differs == {"train.lr": "0.2"}
+
+
 def test_cli_table_and_json(runs_dir: Path):
     table = run_cli("runs", runs_dir)
     assert table.returncode == 0, table.stderr

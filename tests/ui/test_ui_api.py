@@ -94,6 +94,13 @@ def read_event(lines, timeout_note: str) -> dict:
 def test_the_stream_sends_each_line_appended_to_metrics_jsonl(ui, ui_runs: Path, trained: Path):
     run = ui_runs / "streamed"
     shutil.copytree(ui_runs / "live", run)
+    try:
+        follow_a_growing_file(ui, run, trained)
+    finally:
+        shutil.rmtree(run)  # the other tests see the runs folder as conftest made it
+
+
+def follow_a_growing_file(ui, run: Path, trained: Path) -> None:
     first = (run / "metrics.jsonl").read_text().splitlines()
     timeout = httpx.Timeout(5, read=20)  # a stream that never sends fails the test instead of hanging it
     with httpx.stream("GET", ui.url + "/api/stream", params={"run": "streamed"}, timeout=timeout) as response:

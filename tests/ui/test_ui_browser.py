@@ -14,13 +14,13 @@ def test_a_new_epoch_appears_on_the_open_page_without_a_reload(browser, ui, ui_r
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(ui.url + "/")
+    browser.get(ui.url + "/#run=live")
     wait = WebDriverWait(browser, 30)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.run"))
     rows = {r.get_attribute("data-run"): r.text for r in browser.find_elements(By.CSS_SELECTOR, "tr.run")}
     assert "running" in rows["live"] and "finished" in rows["shapes"] and "train.lr=0.0123" in rows["live"]
     curves = browser.find_element(By.ID, "curves")
-    wait.until(lambda d: curves.get_attribute("data-points") == "2")  # the running run is shown first
+    wait.until(lambda d: curves.get_attribute("data-points") == "2")
     assert "live" in browser.find_element(By.ID, "run-title").text
     browser.execute_script("window.stillTheSamePage = true")
     with open(ui_runs / "live" / "metrics.jsonl", "a") as handle:
@@ -46,3 +46,22 @@ def test_a_runs_report_shows_on_the_page(browser, ui):  # noqa: F811
     wait.until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images))
     links = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#report .links a")]
     assert "report.html" in links
+
+
+def test_the_studies_and_monitoring_tabs(browser, ui):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(ui.url + "/")
+    wait = WebDriverWait(browser, 30)
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=studies]").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#studies tr.run"))
+    assert [r.get_attribute("data-run") for r in browser.find_elements(By.CSS_SELECTOR, "#studies tr.run")] == [
+        "study/trial-0000"
+    ]
+    assert browser.find_element(By.CSS_SELECTOR, "#studies img").get_attribute("alt") == "study/history.png"
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=monitoring]").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#monitoring tbody tr"))
+    rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#monitoring tbody tr")]
+    assert len(rows) == 2 and "drift" in rows[1] and "brightness" in rows[1]  # the shifted second window
+    assert "pets: 450 images logged, 2 windows of 200" in browser.find_element(By.ID, "monitoring").text

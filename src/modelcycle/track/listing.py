@@ -33,6 +33,7 @@ NOISE = (
     "eval.",
     "serve.",
     "track.",
+    "tune.",  # how the study searched, which its trials record; not a setting of the trial's model
     "data.workers",
     "data.cache",
     "data.cache_max_mb",

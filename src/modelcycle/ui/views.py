@@ -35,7 +35,7 @@ def runs(root: Path) -> dict:
     run with ``id`` (its folder relative to ``root``: what the other calls take), ``ended`` and
     its report files."""
     listing = list_runs(root, judge=task_view)
-    return finite({"root": str(root), "groups": _groups(listing, root)})
+    return finite({"root": str(root.resolve()), "groups": _groups(listing, root)})
 
 
 def _groups(listing: Listing, root: Path) -> list[dict]:
