@@ -36,8 +36,10 @@ TARGET = 3.0
 TOPICS = ["the for statement", "the with statement", "classes", "exceptions", "generators", "decorators", "modules"]
 
 
-def write_package(folder: Path, hidden: int, layers: int) -> Path:
-    tokenizer = build_tokenizer(vocab=2000, chars=200_000)
+def write_package(folder: Path, hidden: int, layers: int, vocab: int = 2000, chars: int = 200_000) -> Path:
+    """The chat model's package in ``folder/model``: a BPE of ``vocab`` tokens trained on ``chars``
+    characters of the pydocs text, a random Llama of ``hidden`` width and ``layers`` layers."""
+    tokenizer = build_tokenizer(vocab=vocab, chars=chars)
     model = build_model(tokenizer, hidden=hidden, layers=layers, heads=8, context=512)
     manifest = {"task": "sft", "backend": "transformers", "metrics": {}, "source_run": str(folder)}
     package_writer(model, tokenizer, None)(folder / "model", model.state_dict(), manifest)
