@@ -152,6 +152,40 @@ def test_rng_state_round_trips_and_loads_weights_only(tmp_path: Path):
     assert [random.random() for _ in range(3)] == expected[2]
 
 
+class FakeGPUs:
+    """torch.cuda's random-stream calls on a machine with ``count`` GPUs, this process on ``current``."""
+
+    def __init__(self, monkeypatch, count: int, current: int):
+        self.count, self.current = count, current
+        self.set: dict[int, torch.Tensor] = {}  # GPU index: the stream set on it
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(
+            torch.cuda, "get_rng_state", lambda device="cuda": torch.tensor([self.current])
+        )  # names its GPU
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set_rng_state)
+
+    def set_rng_state(self, state: torch.Tensor, device="cuda") -> None:
+        index = self.current if device == "cuda" else torch.device(device).index
+        if index >= self.count:  # what torch raises for a GPU that is not there
+            raise IndexError("tuple index out of range")
+        self.set[index] = state
+
+
+def test_cuda_stream_is_the_current_gpus_and_resumes_where_fewer_are_visible(monkeypatch):
+    """A checkpoint written on GPU 1 of a 2-GPU machine resumes on a 1-GPU machine (GPU 0), and
+    one of 0.1.0's (every visible GPU's stream) puts back the current GPU's and no other."""
+    writer = FakeGPUs(monkeypatch, count=2, current=1)
+    saved = checkpoint.rng_state()
+    assert torch.equal(saved["cuda"], torch.tensor([1]))
+    writer.count, writer.current = 1, 0
+    checkpoint.set_rng_state(saved)
+    assert list(writer.set) == [0] and torch.equal(writer.set[0], torch.tensor([1]))
+    writer.set.clear()
+    checkpoint.set_rng_state({**saved, "cuda": [torch.tensor([10]), torch.tensor([11])]})
+    assert list(writer.set) == [0] and torch.equal(writer.set[0], torch.tensor([10]))
+
+
 def test_disk_full_during_training_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
     calls = {"n": 0}
     real_save = torch.save

@@ -198,7 +198,9 @@ def rng_state() -> dict:
         "python": _to_lists(random.getstate()),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # this process's GPU only (each process trains on one): with every visible GPU's stream, a
+        # checkpoint resumed where fewer GPUs are visible failed on the first one that is not there
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -215,8 +217,13 @@ def set_rng_state(state: dict) -> None:
         )
     )
     random.setstate(_to_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, list):  # written by 0.1.0: one stream per visible GPU; ours is the current one's
+            device = torch.cuda.current_device()
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def _to_lists(value):
