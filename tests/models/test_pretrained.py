@@ -6,6 +6,7 @@ torchvision's."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from modelcycle.errors import ConfigError, UserError
 from modelcycle.models import pretrained
 from modelcycle.models.registry import build_model
 from modelcycle.packages import load_model
+from modelcycle.tasks import registry
 
 CLASSES = ["cat", "dog", "fox"]
 # modelcycle 0.1.0's ResNet keys (blocks under features.N.body, a head), a few of each kind
@@ -146,3 +148,14 @@ def test_stem_is_checked():
         build_model("resnet18", 3, 3, 32, {"stem": "big"})
     assert isinstance(build_model("resnet18", 3, 3, 65).maxpool, torch.nn.MaxPool2d)  # auto: over 64 px
     assert isinstance(build_model("resnet18", 3, 3, 64).maxpool, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("task", ["lm", "sft", "text_classify", "reward", "dpo", "ppo"])
+def test_text_tasks_refuse_model_weights_instead_of_ignoring_it(task: str):
+    config = registry.apply_defaults(load_config(None, [f"run.task={task}", "model.weights=resnet18-f37072fd.pth"]))
+    with pytest.raises(ConfigError) as error:
+        registry.check_reads(config)
+    text = str(error.value)
+    assert f"model.weights=resnet18-f37072fd.pth: run.task={task} does not read it" in text
+    # tasks other tests register may read the whole model section too
+    assert re.search(r"\(run\.task=classify or distill( or \w+)* reads model\.weights\)", text), text

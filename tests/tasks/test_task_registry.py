@@ -145,7 +145,10 @@ def _checked(*overrides: str, base: dict | None = None):
         (["run.task=classify", "model.lora.r=8"], ["model.lora.r=8: run.task=classify"]),  # a nested section
         (["run.task=text_classify", "distill.teacher=runs/t"], ["distill.teacher=runs/t: run.task=text_classify"]),
         (["run.task=text_classify", "data.image_size=32"], ["data.image_size=32: run.task=text_classify"]),
-        (["run.task=sft", "data.root=data/x"], ["data.root=data/x: run.task=sft", "reads model.*, lm.*"]),
+        (
+            ["run.task=sft", "data.root=data/x"],
+            ["data.root=data/x: run.task=sft", "reads model.{name,args,init_from,freeze,lora}, lm.*"],
+        ),
         (["run.task=reward", "lm.tokenizer=runs/tok"], ["lm.tokenizer=runs/tok: run.task=reward"]),
         (["run.task=dpo", "lm.sample_every=5"], ["lm.sample_every=5: run.task=dpo"]),
         (["run.task=ppo", "ppo.policy=a", "ppo.reward=b", "model.init_from=runs/x"], ["model.init_from=runs/x"]),

@@ -25,7 +25,7 @@ from modelcycle.lm.load import open_lm
 from modelcycle.lm.model import package_writer
 from modelcycle.progress import info, progress_bar
 from modelcycle.tasks.lm import prepare_model
-from modelcycle.tasks.plugin import TaskPlugin, parts_of
+from modelcycle.tasks.plugin import TEXT_MODEL_KEYS, TaskPlugin, parts_of
 from modelcycle.tasks.preference_loss import REFERENCE_FREE, PairLogps, dpo_loss, response_logps
 from modelcycle.tasks.reward import PairSetup, preference_loaders
 
@@ -151,7 +151,7 @@ PLUGIN = TaskPlugin(
     # value), and what `modelcycle evaluate` reads of the run (lm.val_files, lm.eval_*); not lm.train_files
     # nor lm.sample_*
     reads=(
-        *("dpo", "data.root", "data.train_files", "data.val_files", "data.max_length", "model"),
+        *("dpo", "data.root", "data.train_files", "data.val_files", "data.max_length", *TEXT_MODEL_KEYS),
         *("lm.tokenizer", "lm.size", "lm.context_length", "lm.val_files", "lm.eval_samples", "lm.eval_tokens"),
         *("lm.end_of_turn", "lm.save_dtype", "lm.tokenizer_mismatch_ok"),
     ),

@@ -34,7 +34,7 @@ from modelcycle.lm.sampling import Sampling
 from modelcycle.models import hub
 from modelcycle.models.hf_files import save_dtype
 from modelcycle.progress import info
-from modelcycle.tasks.plugin import TaskPlugin, parts_of
+from modelcycle.tasks.plugin import TEXT_MODEL_KEYS, TaskPlugin, parts_of
 
 
 def next_token_sums(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +326,7 @@ LM_PLUGIN_FIELDS = {
     "serve_protocols": ("openai",),
     # no data.*: the text comes from lm.train_files / lm.val_files. lm.packing is SFT's choice;
     # pretraining always packs, so the one value that differs from the default is what lm does
-    "reads": ("model", "lm"),
+    "reads": (*TEXT_MODEL_KEYS, "lm"),
     "model_from": ("model.init_from",),  # a run, package, folder or Hub id to start from: no model.name=llama
 }
 

@@ -34,6 +34,11 @@ CAPABILITIES = frozenset(
 VIEWS = ("metrics", "classification", "language_model", "pairs")  # how `modelcycle evaluate` shows evaluate's result
 
 
+# what the Hugging Face text tasks read of ``model``: all of it but model.weights (a checkpoint file of
+# plain tensors, which only image runs read), so that a text run refuses it instead of ignoring it
+TEXT_MODEL_KEYS = ("model.name", "model.args", "model.init_from", "model.freeze", "model.lora")
+
+
 @dataclass
 class SetupContext:
     """What the training service knows about the run beyond its config."""

@@ -24,7 +24,7 @@ from modelcycle.data.preferences import open_pairs, pair_sources
 from modelcycle.engine import distributed
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info
-from modelcycle.tasks.plugin import TaskPlugin, parts_of
+from modelcycle.tasks.plugin import TEXT_MODEL_KEYS, TaskPlugin, parts_of
 from modelcycle.tasks.preference_loss import bradley_terry_loss
 
 METRICS = ("loss", "accuracy", "margin")
@@ -189,7 +189,7 @@ PLUGIN = TaskPlugin(
     # a sequence classifier (model.*) over the pairs of data.root or data.train_files/val_files cut to
     # lm.context_length; data.max_length only to refuse a value that disagrees with it (pair_length)
     reads=(
-        *("reward", "data.root", "data.train_files", "data.val_files", "data.max_length", "model"),
+        *("reward", "data.root", "data.train_files", "data.val_files", "data.max_length", *TEXT_MODEL_KEYS),
         "lm.context_length",
     ),
     description="a reward model: a scalar score for (prompt, answer) from preference pairs",

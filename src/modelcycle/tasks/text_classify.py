@@ -21,7 +21,7 @@ from modelcycle.models import transfer
 from modelcycle.progress import info
 from modelcycle.tasks.images import ClassifyTask
 from modelcycle.tasks.media import ConfusionPicture
-from modelcycle.tasks.plugin import SetupContext, TaskParts, TaskPlugin
+from modelcycle.tasks.plugin import TEXT_MODEL_KEYS, SetupContext, TaskParts, TaskPlugin
 
 
 def logits_of(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
@@ -132,6 +132,6 @@ PLUGIN = TaskPlugin(
     package_kind="hf_sequence_classifier",
     serve_protocols=("predict_v1", "kserve_v2"),
     export_formats=("onnx",),
-    reads=("data.root", "data.max_length", "model"),  # model.init_from only to refuse it, with what to do instead
+    reads=("data.root", "data.max_length", *TEXT_MODEL_KEYS),  # model.init_from only to refuse it, with what to do
     description="text classification: a Hugging Face encoder with a classifier head on JSONL texts",
 )
