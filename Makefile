@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo demo-lm test lint bench venv clean browser postgres
+.PHONY: demo demo-lm test lint bench bench-peers venv clean browser postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,24 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+
+# modelcycle against Lightning, the HF Trainer, TRL, LitServe and plain transformers (docs/benchmarks.md),
+# about 25 minutes on 2 idle cores; not part of `make test`. A venv of its own, torch pinned as ours, with
+# modelcycle installed in it: each side runs in a fresh process of the same Python.
+# Options: make bench-peers PEERS_ARGS="--only dpo --rounds 5" (--help lists them)
+PEERS       := .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+$(PEERS_STAMP): pyproject.toml constraints.txt benchmarks/peers/constraints.txt
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q torch==2.13.0
+	$(PEERS)/bin/python -m pip install -q -c constraints.txt -c benchmarks/peers/constraints.txt -e . \
+	  pytorch-lightning trl litserve
+	$(PEERS)/bin/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+	$(PEERS)/bin/python benchmarks/peers/run_peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) data runs

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from modelcycle.config import MonitorSection
 
@@ -76,6 +75,8 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 def class_mix(reference_shares: list[float], labels: np.ndarray) -> tuple[float, float]:
     """Chi-squared statistic and p-value of the window's predicted classes against the reference mix."""
+    from scipy import stats  # a second or more to import: not for the profile training writes
+
     ref = np.asarray(reference_shares, np.float64)
     ref = (ref + 0.5 / max(len(labels), 1)) / (ref + 0.5 / max(len(labels), 1)).sum()  # no zero expectation
     observed = np.bincount(labels, minlength=len(ref)).astype(np.float64)
@@ -136,6 +137,8 @@ def score_window(profile: dict, window: dict[str, np.ndarray], limits: Threshold
 
     Returns ``{"features": {name: {...scores, "drift": ok|warn|drift|unmeasured}}, "drifted": [names],
     "verdict"}``."""
+    from scipy import stats  # see class_mix
+
     out: dict[str, dict] = {}
     rows = len(window["label"])
     for name, ref in profile["features"].items():
