@@ -117,8 +117,9 @@ def test_new_classes_get_a_new_head_and_a_frozen_backbone_stays_bit_identical(di
     assert "head replaced (head.weight, head.bias)" in events and "rows copied from the source for none" in events
     assert "freeze=backbone:" in events and "train.head_lr_mult=10" in events
 
-    # the head's group runs at 10x the body's, through the schedule; the logged lr is the body's
-    assert all(lrs[1] == pytest.approx(10 * lrs[0]) for lrs in recorder.lrs.values())
+    # the head's groups run at 10x the body's, through the schedule; the logged lr is the body's. With
+    # weight decay each part has two groups: its decayed weights, then its 1-D parameters undecayed
+    assert all(lrs == pytest.approx([lrs[0], lrs[0], 10 * lrs[0], 10 * lrs[0]]) for lrs in recorder.lrs.values())
     logged = [m for m in read_jsonl(run.path / "metrics.jsonl") if "train_loss" in m and "epoch_time_s" not in m]
     assert logged and all(m["lr"] == recorder.lrs[m["step"]][0] for m in logged)
 
