@@ -176,6 +176,29 @@ def test_other_options_run(tiny_config):
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])
 
 
+def test_channels_last_relayout_happens_on_the_target_device():
+    """A batch goes to the device first and into channels_last there: on a GPU that takes
+    microseconds, on the host it held the loop up. The meta device stands in for a GPU."""
+    from torch.overrides import TorchFunctionMode
+
+    from modelcycle.engine.trainer import to_device
+
+    where: list[str] = []
+
+    class Relayouts(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.contiguous and kwargs.get("memory_format") is torch.channels_last:
+                where.append(args[0].device.type)
+            return func(*args, **kwargs)
+
+    with Relayouts():
+        images, labels = to_device((torch.rand(2, 3, 8, 8), torch.tensor([0, 1])), torch.device("meta"), True)
+    assert where == ["meta"]
+    assert images.device.type == "meta" and images.is_contiguous(memory_format=torch.channels_last)
+    assert labels.device.type == "meta"
+
+
 def test_unknown_monitor_is_refused(tiny_config):
     with pytest.raises(ConfigError) as info:
         _train(tiny_config, train__monitor="val_acc")

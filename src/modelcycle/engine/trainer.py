@@ -51,9 +51,13 @@ class TrainState:
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     if isinstance(batch, torch.Tensor):
+        if batch.device != device:
+            batch = batch.to(device, non_blocking=True)
+        # after the copy: on a GPU the relayout takes microseconds; on the host it held up the
+        # training loop (0.1 s a step for 128 x 3 x 224 x 224 on one busy core here) while the GPU waited
         if channels_last and batch.dim() == 4 and batch.is_floating_point():
             batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch.to(device, non_blocking=True) if batch.device != device else batch
+        return batch
     if isinstance(batch, list | tuple):
         return type(batch)(to_device(b, device, channels_last) for b in batch)
     if isinstance(batch, dict):
