@@ -29,15 +29,16 @@ def _state(value: float) -> dict:
 def test_what_is_written_is_the_state_at_the_save_not_after(tmp_path: Path, monkeypatch):
     ctx = RunContext(tmp_path)
     release = threading.Event()
-    real_save = checkpoint.atomic_save
+    real_finish = checkpoint.finish_save
 
-    def held_back(obj, path):  # the write starts only after training has changed the tensors
+    def held_back(pending):  # the fsync and rename wait until training has changed the tensors
         release.wait(10)
-        real_save(obj, path)
+        real_finish(pending)
 
-    monkeypatch.setattr(checkpoint, "atomic_save", held_back)
+    monkeypatch.setattr(checkpoint, "finish_save", held_back)
     state = _state(1.0)
     ctx.save(state, step=1, what="step=1")
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # not in place before its fsync
     state["model"]["w"].add_(41)  # the next optimizer step, in place
     state["state"]["step"] = 2
     release.set()
@@ -52,18 +53,20 @@ def test_a_failed_background_write_is_an_error_at_the_next_save_and_the_previous
     ctx = RunContext(tmp_path)
     ctx.save(_state(1.0), step=1, what="step=1")
     ctx.flush()
-    real = torch.save
+    fail = threading.Event()
+    real_fsync = os.fsync
 
-    def full_disk_at_step_2(obj, handle, *args, **kwargs):
-        if obj["state"]["step"] != 2:
-            return real(obj, handle, *args, **kwargs)
-        handle.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full_disk(fd):  # the file system finds no room when it writes the data out (delayed allocation)
+        if fail.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.torch, "save", full_disk_at_step_2)
+    monkeypatch.setattr(os, "fsync", full_disk)
+    fail.set()
     ctx.save(_state(2.0), step=2, what="step=2")  # returns: the write fails on the other thread
     with pytest.raises(CheckpointError, match=r"disk is full.*; the previous last.pt is intact"):
         ctx.save(_state(3.0), step=3, what="step=3")
+    fail.clear()
     ctx.flush()  # the error was raised once; the third checkpoint was never submitted
     saved = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
     assert saved["state"]["step"] == 1
@@ -121,3 +124,26 @@ def test_in_the_foreground_the_file_is_there_when_save_returns(tmp_path: Path, m
     ctx.save(_state(5.0), step=5, what="step=5", best=True)
     assert checkpoint.load(tmp_path / "checkpoints" / "best.pt")["state"]["step"] == 5
     assert ctx.writer.written_s > 0
+
+
+def test_torchs_own_error_on_top_of_a_full_disk_is_still_the_full_disk(tmp_path: Path, monkeypatch):
+    """torch's zip writer, closing after the write that found the disk full, raises
+    RuntimeError("unexpected pos ...") with the OSError as its context (seen on a full tmpfs)."""
+
+    def zip_writer_on_a_full_disk(obj, handle, *args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0") from None
+
+    monkeypatch.setattr(checkpoint.torch, "save", zip_writer_on_a_full_disk)
+    with pytest.raises(CheckpointError, match="disk is full"):
+        checkpoint.atomic_save({"w": torch.zeros(2)}, tmp_path / "last.pt")
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+    def another_bug(obj, handle, *args, **kwargs):
+        raise RuntimeError("not a disk problem")
+
+    monkeypatch.setattr(checkpoint.torch, "save", another_bug)
+    with pytest.raises(RuntimeError, match="not a disk problem"):
+        checkpoint.atomic_save({"w": torch.zeros(2)}, tmp_path / "last.pt")

@@ -165,23 +165,24 @@ class RunContext:
 
     def save(self, state: dict, step: int, what: str, best: bool = False) -> None:
         """Every rank calls it (with the state it gathered); rank 0 writes ``last.pt``, a
-        step-numbered hard link (``train.keep_checkpoints`` kept) and, if ``best``, ``best.pt``,
-        in the background (``checkpoint.Writer``): :meth:`flush` waits for them. The event is
-        logged once the files are in place."""
+        step-numbered hard link (``train.keep_checkpoints`` kept) and, if ``best``, ``best.pt``.
+        The state is serialised before this returns; the fsync, renames and links finish in the
+        background (``checkpoint.Writer``), and :meth:`flush` waits for them. The event is logged
+        once the files are in place."""
         if self.ckpt_dir is None or not distributed.is_main():
             return
         folder, keep = self.ckpt_dir, self.keep_checkpoints
+        last = folder / "last.pt"
 
-        def write(copy: object) -> None:
-            last = folder / "last.pt"
-            checkpoint.atomic_save(copy, last)
+        def finish(pending: checkpoint.PendingSave) -> None:
+            checkpoint.finish_save(pending)
             checkpoint.atomic_link(last, folder / f"step-{step:09d}.pt")
             checkpoint.prune_numbered(folder, keep)
             if best:
                 checkpoint.atomic_link(last, folder / "best.pt")
             self.event(f"checkpoint {what}{' (best)' if best else ''}")
 
-        self.writer.submit(state, write)
+        self.writer.submit(lambda: checkpoint.start_save(state, last), finish)
 
     def flush(self) -> None:
         """Wait until every checkpoint saved so far is on disk (a callback that reads the files
