@@ -142,7 +142,8 @@ def _checked(*overrides: str, base: dict | None = None):
             ["distill.temperature=3.0: run.task=lm does not read it", "run.task=classify or distill reads"],
         ),
         (["run.task=classify", "lm.context_length=64"], ["lm.context_length=64: run.task=classify does not read it"]),
-        (["run.task=classify", "model.lora.r=8"], ["model.lora.r=8: run.task=classify"]),  # a nested section
+        (["run.task=text_classify", "model.weights=x.pth"], ["model.weights=x.pth: run.task=text_classify"]),
+        (["run.task=lm", "lm.end_of_turn=x", "model.weights=x.pth"], ["model.weights=x.pth: run.task=lm"]),
         (["run.task=text_classify", "distill.teacher=runs/t"], ["distill.teacher=runs/t: run.task=text_classify"]),
         (["run.task=text_classify", "data.image_size=32"], ["data.image_size=32: run.task=text_classify"]),
         (
