@@ -323,9 +323,9 @@ STEPS: dict[str, tuple[Callable[[Setup], tuple[str, str]], int]] = {  # name: (s
     "digits-fp16": (partial(digits, wanted="fp16"), 60),
     "resnet18-224": (resnet18, 100),
     "lm-small": (lm_pretrain, 90),
-    "ddp": (partial(torchrun, strategy="ddp"), 60),
-    "fsdp": (partial(torchrun, strategy="fsdp"), 60),
-    "lm-serve-16": (lm_serve, 60),
+    "ddp": (partial(torchrun, strategy="ddp"), 75),  # torchrun: a launcher and workers to start
+    "fsdp": (partial(torchrun, strategy="fsdp"), 75),
+    "lm-serve-16": (lm_serve, 90),  # a tokenizer to train, a server to start
 }
 
 
