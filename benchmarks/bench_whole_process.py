@@ -7,7 +7,7 @@ process into:
 
 * start-up: process start -> imports done -> the first epoch starts (data, model, optimizer)
 * training loop: the epochs' steps; validation: the validation passes
-* checkpoints: what training waited for (the copy; with the old behaviour, the whole write),
+* checkpoints: what training waited for (serialising the state; with the old behaviour, the whole write),
   and what the writes took wherever they ran (``checkpoint.Writer``)
 * reference profile (monitor/profile.py), the package (model.safetensors + modelcycle.json)
 * other: everything else (loader workers, the end of the process)
