@@ -452,7 +452,8 @@ def refuse_without_cuda() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU, tiny and short")
-    parser.add_argument("--only", default=",".join(STEPS), help="comma-separated steps to run, in this order")
+    steps = ",".join(STEPS)
+    parser.add_argument("--only", default=steps, help=f"comma-separated steps to run, in this order (all: {steps})")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per step (default: each step's own)")
     parser.add_argument("--workdir", type=Path, default=None, help="parent folder of the check's temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (it is kept after a FAIL)")
