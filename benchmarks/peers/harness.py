@@ -158,29 +158,35 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-# ---------------------------------------------------------------- the modelcycle side of a training row
+# ---------------------------------------------------------------- the two sides of a training row
 
 
-def modelcycle_train(cli_args: list[str], run_dir: Path) -> list[dict]:
-    """``modelcycle train CLI_ARGS --overwrite`` in this process, as a user runs it; returns the
-    run's epoch lines from metrics.jsonl (each has ``epoch_time_s``, the epoch's training loop)."""
-    from modelcycle import cli
+def modelcycle_training(metric: str):
+    """The modelcycle side of a training row: ``modelcycle train CLI_ARGS --overwrite`` in this
+    process, as a user runs it (``cli_args`` and ``samples`` from the case's settings); samples/s
+    over the epochs' ``epoch_time_s`` (each epoch's training loop), quality the last epoch's ``metric``."""
 
-    sys.argv = [
-        "modelcycle",
-        "train",
-        *cli_args,
-        f"run.dir={run_dir.parent}",
-        f"run.name={run_dir.name}",
-        "--overwrite",
-    ]
-    try:
-        cli.main()
-    except SystemExit as exc:
-        if exc.code:
-            raise
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [m for m in lines if "epoch_time_s" in m]
+    def side(case: str, root: Path) -> dict:
+        from modelcycle import cli
+
+        s = settings(root)
+        run_dir = root / "runs" / f"modelcycle-{case}"
+        sys.argv = ["modelcycle", "train", *s["cli_args"], f"run.dir={run_dir.parent}", f"run.name={run_dir.name}"]
+        sys.argv.append("--overwrite")
+        try:
+            cli.main()
+        except SystemExit as exc:
+            if exc.code:
+                raise
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        epochs = [m for m in lines if "epoch_time_s" in m]
+        return {
+            "samples": s["samples"],
+            "seconds": sum(m["epoch_time_s"] for m in epochs),
+            "quality": epochs[-1][metric],
+        }
+
+    return side
 
 
 def settings(root: Path) -> dict:
@@ -188,9 +194,18 @@ def settings(root: Path) -> dict:
     return json.loads((root / "settings.json").read_text())
 
 
-def trainer_clock():
-    """A transformers ``TrainerCallback`` (the HF Trainer's and TRL's) timing the training loop as
-    the modelcycle side does: each epoch's start to its last step's end, evaluation left out."""
+def trainer_args(output_dir: Path, **kwargs) -> dict:
+    """The Hugging Face Trainer's (and TRL's) arguments every peer row shares: evaluation and a
+    checkpoint (one kept) per epoch, as the modelcycle side does, no reporting, CPU, seed 0."""
+    per_epoch = {"eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limit": 1, "logging_strategy": "epoch"}
+    quiet = {"report_to": "none", "disable_tqdm": True}
+    return {"output_dir": str(output_dir), **per_epoch, **quiet, "use_cpu": True, "seed": 0, **kwargs}
+
+
+def trainer_side(trainer, output_dir: Path, metric: str, samples: int) -> dict:
+    """Train with a Hugging Face Trainer (or TRL's), save the final model as a user would, and
+    report as the modelcycle side does: samples/s over the training loop (epoch start to last
+    step, evaluation left out), quality the last evaluation's ``metric``."""
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
@@ -205,4 +220,9 @@ def trainer_clock():
         def on_epoch_end(self, args, state, control, **kwargs) -> None:
             self.seconds += self.last - self.start
 
-    return Clock()
+    clock = Clock()
+    trainer.add_callback(clock)
+    trainer.train()
+    trainer.save_model(str(output_dir / "model"))
+    last = [m for m in trainer.state.log_history if metric in m][-1]
+    return {"samples": samples, "seconds": clock.seconds, "quality": last[metric]}

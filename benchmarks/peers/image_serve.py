@@ -50,7 +50,8 @@ def serve(side: str, case: str, root: Path, threads: int) -> dict:
         command += ["serve.max_batch_size=32", "serve.max_batch_delay_ms=5", "serve.max_queue=1024"]
         health = "/v2/health/ready"
     else:
-        command, health = [sys.executable, __file__, "litserve", s["run"], str(port), str(threads)], "/health"
+        script = Path(__file__).with_name("litserve_server.py")  # its own file: LitServe pickles the API
+        command, health = [sys.executable, str(script), s["run"], str(port), str(threads)], "/health"
     items = PreparedData.open(root / "data").split("val")
     bodies = [json.dumps({"images": [base64.b64encode(p.read_bytes()).decode()]}).encode() for p, _ in items]
     server = harness.Server(command, port, health, threads, root / f"server-{side}.log")
@@ -72,55 +73,3 @@ def served_accuracy(url: str, bodies: list[bytes], labels: list[int]) -> float:
         answers = [client.post("/v1/predict", content=b, headers={"Content-Type": "application/json"}) for b in bodies]
     right = sum(a.json()["predictions"][0]["index"] == label for a, label in zip(answers, labels, strict=True))
     return right / len(labels)
-
-
-def litserve_main(run: Path, port: int, threads: int) -> None:
-    """The peer: a LitServe server over the same ONNX file."""
-    import base64
-    import io
-    import json
-
-    import litserve as ls
-    import numpy as np
-    import onnxruntime as ort
-    from PIL import Image
-
-    manifest = json.loads((run / "model" / "modelcycle.json").read_text())
-    pre, classes = manifest["preprocessing"], manifest["classes"]
-    mean = np.asarray(pre["mean"], np.float32)[:, None, None]
-    std = np.asarray(pre["std"], np.float32)[:, None, None]
-    mode = "L" if pre["channels"] == 1 else "RGB"
-
-    class Classifier(ls.LitAPI):
-        def setup(self, device) -> None:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            onnx = next((run / "model").glob("*.onnx"))
-            self.session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
-            self.input = self.session.get_inputs()[0].name
-
-        def decode_request(self, request):
-            image = Image.open(io.BytesIO(base64.b64decode(request["images"][0]))).convert(mode)
-            image = image.resize((pre["image_size"], pre["image_size"]), Image.BILINEAR)
-            pixels = np.asarray(image, np.float32).reshape(image.height, image.width, -1).transpose(2, 0, 1)
-            return (pixels / 255.0 - mean) / std
-
-        def batch(self, inputs):
-            return np.stack(inputs).astype(np.float32)
-
-        def predict(self, x):
-            return self.session.run(None, {self.input: x})[0]
-
-        def unbatch(self, output):
-            return list(output)
-
-        def encode_response(self, logits):
-            index = int(np.argmax(logits))
-            return {"predictions": [{"label": classes[index], "index": index}]}
-
-    api = Classifier(max_batch_size=32, batch_timeout=0.005, api_path="/v1/predict")
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(port=port, generate_client_file=False)
-
-
-if __name__ == "__main__":
-    litserve_main(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

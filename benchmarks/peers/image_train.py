@@ -45,14 +45,7 @@ def prepare(case: str, root: Path, quick: bool) -> dict:
     return {"cli_args": args, "samples": train_count * epochs, "what": f"{sizes}, {epochs} epochs"}
 
 
-def modelcycle(case: str, root: Path) -> dict:
-    s = harness.settings(root)
-    epochs = harness.modelcycle_train(s["cli_args"], root / "runs" / f"mc-{case}")
-    return {
-        "samples": s["samples"],
-        "seconds": sum(m["epoch_time_s"] for m in epochs),
-        "quality": epochs[-1]["val_accuracy"],
-    }
+modelcycle = harness.modelcycle_training("val_accuracy")
 
 
 def peer(case: str, root: Path) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import harness
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,28 @@ def policy_and_pairs(root: Path, sft_epochs: int) -> tuple[Path, Path]:
         write_prefs(prefs)
         policy = build_sft_policy(root / "sft", prefs, epochs=sft_epochs, shape="{}")
     return policy, prefs
+
+
+def case_settings(task: str, policy: Path, prefs: Path, epochs: int, rows: int, extra: list[str], **shape) -> dict:
+    """A DPO or SFT case: the modelcycle side's `modelcycle train` arguments (the recipe both sides
+    share: ``shape`` holds max_length, lr, batch; a constant learning rate, no weight decay,
+    clipping at 1.0 as TRL's defaults) and what both sides read."""
+    args = [
+        f"run.task={task}",
+        f"model.init_from={policy}",
+        f"lm.context_length={shape['max_length']}",
+        f"train.lr={shape['lr']}",
+        f"train.batch_size={shape['batch']}",
+        f"train.epochs={epochs}",
+        "train.schedule=none",
+        "train.weight_decay=0",
+        "train.clip_grad=1.0",
+        *extra,
+    ]
+    what = f"{rows} {'pairs' if task == 'dpo' else 'chats'}, {epochs} epoch(s), batch {shape['batch']}, "
+    what += f"{shape['max_length']} tokens, tiny Llama (hidden 128, 4 layers)"
+    shared = {"policy": str(policy), "prefs": str(prefs), "epochs": epochs, "samples": rows * epochs}
+    return {"cli_args": args, **shared, "what": what}
 
 
 def trl_rows(path: Path, kind: str) -> list[dict]:
@@ -48,3 +72,34 @@ def write_chats(path: Path, out: Path) -> int:
     rows = trl_rows(path, "completion")
     out.write_text("".join(json.dumps({"messages": r["prompt"] + r["completion"]}) + "\n" for r in rows))
     return len(rows)
+
+
+def trl_side(root: Path, config_class, trainer_class, kind: str, metric: str, **config) -> dict:
+    """The TRL side of the DPO and SFT rows: ``trainer_class`` on the pairs as ``kind`` rows
+    (``trl_rows``), from the same start policy, with the arguments every peer row shares, a
+    constant learning rate and ``config``. TRL's own defaults of bf16 autocast and gradient
+    checkpointing are switched off: the modelcycle side trains in float32 without recomputation,
+    and the row compares the trainers, not those two switches."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    s = harness.settings(root)
+    prefs, out = Path(s["prefs"]), root / "trl"
+    set_seed(0)
+    args = config_class(
+        **harness.trainer_args(out),
+        lr_scheduler_type="constant",
+        num_train_epochs=s["epochs"],
+        per_device_eval_batch_size=32,
+        bf16=False,
+        gradient_checkpointing=False,
+        **config,
+    )
+    trainer = trainer_class(
+        model=AutoModelForCausalLM.from_pretrained(s["policy"]),
+        args=args,
+        train_dataset=Dataset.from_list(trl_rows(prefs / "prefs-train.jsonl", kind)),
+        eval_dataset=Dataset.from_list(trl_rows(prefs / "prefs-val.jsonl", kind)),
+        processing_class=AutoTokenizer.from_pretrained(s["policy"]),
+    )
+    return harness.trainer_side(trainer, out, metric, s["samples"])

@@ -39,13 +39,19 @@ def run_case(module, case: str, root: Path, args) -> dict:
     common.console.print(f"{module.CASES[case]}: preparing ...", style="dim")
     prepared = module.prepare(case, root, args.quick)
     (root / "settings.json").write_text(json.dumps(prepared))
-    sides = {side: (lambda side=side: measure(module, case, root, side, args.threads)) for side in harness.SIDES}
-    results: dict[str, list[dict]] = {side: [] for side in harness.SIDES}
-    for r in range(args.rounds):
-        for side in harness.SIDES if r % 2 == 0 else reversed(harness.SIDES):
-            common.console.print(f"{module.CASES[case]}: round {r + 1}, {side} ...", style="dim")
-            results[side].append(sides[side]())
-    return {"module": module, "case": case, "what": prepared.get("what", ""), "results": results}
+    label = module.CASES[case]
+
+    def side_of(side: str):
+        def run() -> dict:
+            common.console.print(f"{label}: {side} ...", style="dim")
+            return measure(module, case, root, side, args.threads)
+
+        return run
+
+    results = common.alternate({side: side_of(side) for side in harness.SIDES}, args.rounds)
+    found = {"module": module, "case": case, "what": prepared.get("what", ""), "results": results}
+    common.console.print(" | ".join(map(str, row(found))), style="dim")  # the row now, in case a later one fails
+    return found
 
 
 def summary(values: list[float]) -> str:
@@ -90,19 +96,25 @@ def main() -> None:
     )
     parser.set_defaults(threads=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
+    modules = [importlib.import_module(name) for name in COMPARISONS]
+    rows = [(m, case) for m in modules for case in m.CASES]
     wanted = {w for w in args.only.split(",") if w}
+    if unknown := wanted - {*COMPARISONS, *(case for _, case in rows)}:
+        cases = ", ".join(case for _, case in rows)
+        parser.error(
+            f"--only {','.join(sorted(unknown))}: no such comparison or row; comparisons: "
+            f"{', '.join(COMPARISONS)}; rows: {cases}"
+        )
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: give 1 or more (3 or more for a spread worth reading)")
     load = os.getloadavg()[0]
     common.console.print(common.environment_line(args.threads))
-    found = []
     with common.temp_dir("peers", args.workdir, args.keep) as tmp:
-        for name in COMPARISONS:
-            module = importlib.import_module(name)
-            for case in module.CASES:
-                if wanted and name not in wanted and case not in wanted:
-                    continue
-                found.append(run_case(module, case, tmp / f"{name}-{case}", args))
-    if not found:
-        raise SystemExit(f"--only {args.only}: no such comparison; choose from {', '.join(COMPARISONS)}")
+        found = [
+            run_case(module, case, tmp / f"{module.__name__}-{case}", args)
+            for module, case in rows
+            if not wanted or module.__name__ in wanted or case in wanted
+        ]
     columns = ["row", "peer", "samples/s ours", "peer", "x"]
     for what in ("wall s", "CPU s", "peak MB"):
         columns += [f"{what} ours", "peer", "x"]

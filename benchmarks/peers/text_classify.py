@@ -44,14 +44,7 @@ def prepare(case: str, root: Path, quick: bool) -> dict:
     }
 
 
-def modelcycle(case: str, root: Path) -> dict:
-    s = harness.settings(root)
-    epochs = harness.modelcycle_train(s["cli_args"], root / "runs" / "mc-text")
-    return {
-        "samples": s["samples"],
-        "seconds": sum(m["epoch_time_s"] for m in epochs),
-        "quality": epochs[-1]["val_accuracy"],
-    }
+modelcycle = harness.modelcycle_training("val_accuracy")
 
 
 def peer(case: str, root: Path) -> dict:
@@ -83,7 +76,7 @@ def peer(case: str, root: Path) -> dict:
 
     train = tokenized("train")
     args = transformers.TrainingArguments(
-        output_dir=str(root / "hf-trainer"),
+        **harness.trainer_args(root / "hf-trainer", seed=t.seed),
         num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=config.eval.batch_size,
@@ -91,16 +84,7 @@ def peer(case: str, root: Path) -> dict:
         weight_decay=t.weight_decay,
         lr_scheduler_type="cosine",
         warmup_steps=int(t.warmup_epochs * -(-len(train) // t.batch_size)),
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
-        logging_strategy="epoch",
-        report_to="none",
-        use_cpu=True,
-        seed=t.seed,
-        disable_tqdm=True,
     )
-    clock = harness.trainer_clock()
     trainer = Trainer(
         model=model,
         args=args,
@@ -108,12 +92,8 @@ def peer(case: str, root: Path) -> dict:
         eval_dataset=tokenized("val"),
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=accuracy,
-        callbacks=[clock],
     )
-    trainer.train()
-    trainer.save_model(str(root / "hf-trainer" / "model"))
-    last_eval = [m for m in trainer.state.log_history if "eval_accuracy" in m][-1]
-    return {"samples": s["samples"], "seconds": clock.seconds, "quality": last_eval["eval_accuracy"]}
+    return harness.trainer_side(trainer, root / "hf-trainer", "eval_accuracy", s["samples"])
 
 
 if __name__ == "__main__":
