@@ -10,13 +10,13 @@ from modelcycle.ui import DEFAULT_PORT
 
 
 def ui(
-    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder of run folders to show (run.dir; default runs)."),
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder of run folders to show (run.dir)."),
     host: str = typer.Option(
         "127.0.0.1",
-        help="Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network, "
-        "which warns unless an API key is set).",
+        help="Address to listen on: 127.0.0.1 is this machine only; 0.0.0.0 opens it to the network, "
+        "which warns unless an API key is set.",
     ),
-    port: int = typer.Option(DEFAULT_PORT, help=f"Port (default {DEFAULT_PORT}; 0 picks a free one and prints it)."),
+    port: int = typer.Option(DEFAULT_PORT, help="Port; 0 picks a free one and prints it."),
     api_key_env: str | None = typer.Option(
         None,
         help="Environment variable holding an API key, as for `serve`; the page then asks for it once "

@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -164,3 +165,21 @@ def test_with_an_api_key_every_route_but_the_page_needs_it(ui_runs: Path):
             assert browser.get("/api/runs").status_code == 200
     finally:
         server.stop()
+
+
+def test_streams_over_the_limit_are_told_to_retry(ui, monkeypatch):
+    from modelcycle.ui import app
+
+    monkeypatch.setattr(app, "MAX_STREAMS", 1)
+    with httpx.stream("GET", ui.url + "/api/stream", params={"run": "live"}, timeout=20) as first:
+        lines = first.iter_lines()  # kept: a dropped iterator closes the connection, and the stream with it
+        assert read_event(lines, "the first line")  # the first stream is open and counted
+        second = get(ui, "/api/stream", params={"run": "live"})
+        assert second.status_code == 503 and second.headers["retry-after"] == "5"
+    deadline = time.monotonic() + 20  # the server notices the closed stream at its next look and frees its slot
+    while True:
+        with httpx.stream("GET", ui.url + "/api/stream", params={"run": "live"}, timeout=20) as third:
+            if third.status_code == 200:
+                break
+        assert time.monotonic() < deadline, "a stream whose client went away still holds its slot"
+        time.sleep(0.1)

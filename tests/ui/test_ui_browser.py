@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import epoch_line
+from conftest import UiServer, epoch_line
 from serve.test_serve_playground import browser  # noqa: F401  (the fixture: skips only without chromium)
 
 
@@ -65,3 +65,28 @@ def test_the_studies_and_monitoring_tabs(browser, ui):  # noqa: F811
     rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#monitoring tbody tr")]
     assert len(rows) == 2 and "drift" in rows[1] and "brightness" in rows[1]  # the shifted second window
     assert "pets: 450 images logged, 2 windows of 200" in browser.find_element(By.ID, "monitoring").text
+
+
+def test_with_an_api_key_the_page_asks_for_it_once(browser, ui_runs: Path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    keyed = UiServer(ui_runs, api_key="s3cret")
+    try:
+        browser.get(keyed.url + "/#run=shapes")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda d: d.find_element(By.ID, "login").is_displayed())
+        assert not browser.find_elements(By.CSS_SELECTOR, "tr.run")  # nothing shown without the key
+        browser.find_element(By.ID, "key").send_keys("wrong\n")
+        wait.until(lambda d: d.find_element(By.ID, "error").text == "wrong API key")
+        key = browser.find_element(By.ID, "key")
+        key.clear()
+        key.send_keys("s3cret\n")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#report img"))  # images come with the cookie
+        image = browser.find_element(By.CSS_SELECTOR, "#report img")
+        wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", image) > 0)
+        wait.until(lambda d: d.find_element(By.ID, "curves").get_attribute("data-points") == "4")  # the stream too
+        assert not browser.find_element(By.ID, "login").is_displayed()
+    finally:
+        browser.delete_all_cookies()
+        keyed.stop()
