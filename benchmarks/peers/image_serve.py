@@ -5,8 +5,8 @@ model) on 127.0.0.1, with dynamic batching up to 32 images and a 5 ms wait to fi
 get the same load: a warm-up, then a fixed number of ``POST /v1/predict`` requests of one PNG
 each (JSON base64) from 64 concurrent keep-alive connections (bench_serve.py's load generator).
 The LitServe side is a LitAPI as its docs write one: decode the base64 PNG with Pillow, resize,
-normalise with the package's mean and std, batch with numpy, run an ONNX Runtime session with the
-same thread count. Quality: accuracy of the served answers on the 360 validation digits.
+normalise with the package's mean and std, batch with numpy, run an ONNX Runtime session (both
+sides keep its default thread count). Quality: accuracy of the served answers on the 360 validation digits.
 Whole process: the server's start, the load, the accuracy pass, until it is stopped.
 """
 
@@ -51,7 +51,7 @@ def serve(side: str, case: str, root: Path, threads: int) -> dict:
         health = "/v2/health/ready"
     else:
         script = Path(__file__).with_name("litserve_server.py")  # its own file: LitServe pickles the API
-        command, health = [sys.executable, str(script), s["run"], str(port), str(threads)], "/health"
+        command, health = [sys.executable, str(script), s["run"], str(port)], "/health"
     items = PreparedData.open(root / "data").split("val")
     bodies = [json.dumps({"images": [base64.b64encode(p.read_bytes()).decode()]}).encode() for p, _ in items]
     server = harness.Server(command, port, health, threads, root / f"server-{side}.log")

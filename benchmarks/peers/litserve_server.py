@@ -1,7 +1,9 @@
 """The LitServe side of the image-serving row: a LitAPI over the ONNX export of a modelcycle run,
 written as LitServe's docs write one (Pillow decode, numpy preprocessing, an ONNX Runtime session).
 
-    python benchmarks/peers/litserve_server.py RUN PORT THREADS
+    python benchmarks/peers/litserve_server.py RUN PORT
+
+The session keeps ONNX Runtime's default thread count, as `modelcycle serve` does.
 
 LitServe pickles the API into its worker process, so the class lives at module level.
 """
@@ -20,9 +22,9 @@ from PIL import Image
 
 
 class OnnxClassifier(ls.LitAPI):
-    def __init__(self, run: Path, threads: int, **kwargs):
+    def __init__(self, run: Path, **kwargs):
         super().__init__(**kwargs)
-        self.run, self.threads = run, threads
+        self.run = run
         manifest = json.loads((run / "model" / "modelcycle.json").read_text())
         self.pre, self.classes = manifest["preprocessing"], manifest["classes"]
         self.mean = np.asarray(self.pre["mean"], np.float32)[:, None, None]
@@ -32,10 +34,8 @@ class OnnxClassifier(ls.LitAPI):
     def setup(self, device) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
         onnx = next((self.run / "model").glob("*.onnx"))
-        self.session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def decode_request(self, request):
@@ -60,7 +60,7 @@ class OnnxClassifier(ls.LitAPI):
 
 
 if __name__ == "__main__":
-    run, port, threads = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    api = OnnxClassifier(run, threads, max_batch_size=32, batch_timeout=0.005, api_path="/v1/predict")
+    run, port = Path(sys.argv[1]), int(sys.argv[2])
+    api = OnnxClassifier(run, max_batch_size=32, batch_timeout=0.005, api_path="/v1/predict")
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
     server.run(host="127.0.0.1", port=port, log_level="warning", generate_client_file=False)

@@ -95,6 +95,8 @@ def main() -> None:
         "--only", default="", help="comma-separated comparisons or rows (" + ", ".join(COMPARISONS) + "; or a case)"
     )
     parser.set_defaults(threads=min(2, os.cpu_count() or 1))
+    threads = next(a for a in parser._actions if a.dest == "threads")
+    threads.help = "torch threads of each side's process (OMP_NUM_THREADS; image servers: ONNX Runtime's default)"
     args = parser.parse_args()
     modules = [importlib.import_module(name) for name in COMPARISONS]
     rows = [(m, case) for m in modules for case in m.CASES]
