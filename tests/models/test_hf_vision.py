@@ -231,3 +231,21 @@ def test_a_downloaded_folder_is_fine_tuned_before_predict_or_export(sources, pic
         modelcycle.predict(sources["vit"], pictures[:1])
     with pytest.raises(UserError, match="fine-tune it first"):
         modelcycle.export_model(sources["vit"], "onnx")
+
+
+def test_distilling_a_hugging_face_teacher_takes_its_processor_preprocessing(runs, tmp_path):
+    """The teacher's run recipe leaves data.* at their defaults (its image processor decided them):
+    the student's recipe takes the package's preprocessing, so teacher and student see one picture."""
+    from modelcycle.tasks.distill import student_config
+
+    config = student_config(runs["resnet"], "simple_cnn", tmp_path / "student")
+    pre = json.loads((runs["resnet"] / "model" / "modelcycle.json").read_text())["preprocessing"]
+    assert pre["image_size"] != load_config(None).data.image_size  # what made the bug visible
+    for key in ("image_size", "channels", "mean", "std", "resize_to", "keep_aspect"):
+        assert getattr(config.data, key) == pre[key], key
+
+
+def test_pruning_a_hugging_face_package_is_refused_with_what_to_do_instead(runs, tmp_path):
+    with pytest.raises(UserError, match="Hugging Face image model .*Quantize it .* or distill it"):
+        modelcycle.prune_model(runs["vit"], tmp_path / "pruned", 0.5)
+    assert not (tmp_path / "pruned").exists()

@@ -146,6 +146,13 @@ def prune_model(
         VISION, "{folder} holds a {task} model; pruning takes image classifiers only"
     )
     manifest = package.manifest
+    if manifest["architecture"].get("layout") == "transformers":  # its package must stay a transformers folder
+        raise UserError(
+            f"{manifest['_dir']} holds a Hugging Face image model ({manifest['architecture'].get('class')}); "
+            "pruning writes modelcycle's own package layout, so it takes modelcycle's image architectures only. "
+            "Quantize it (`modelcycle compress RUN --quantize int8`) or distill it into one of ours "
+            "(`modelcycle distill`)"
+        )
     if manifest.get("backend", "torch") != "torch":
         raise UserError(
             f"{manifest['_dir']} is not a PyTorch package (backend {manifest['backend']!r}), so it cannot be "

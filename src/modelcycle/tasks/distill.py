@@ -130,7 +130,16 @@ def student_config(
     base["distill"] = {**base.get("distill", {}), "teacher": str(Path(manifest["_dir"]).resolve())}
     if manifest.get("data_root"):  # absolute: the teacher's recipe may name it relative to another folder
         base["data"]["root"] = manifest["data_root"]
+    # the package's preprocessing is what the teacher saw: a Hugging Face teacher's came from its image
+    # processor, not from its recipe's data.* (left at their defaults there)
+    pre = dict(manifest.get("preprocessing", {}))
+    if pre.get("resize_to") == pre.get("image_size"):  # no resize of its own: follow an image_size override
+        pre.pop("resize_to", None)
+    base["data"].update({k: pre[k] for k in PREPROCESSING_KEYS if pre.get(k) is not None})
     return load_config(None, overrides, base=base)
+
+
+PREPROCESSING_KEYS = ("image_size", "channels", "mean", "std", "resize_to", "keep_aspect")
 
 
 def _teacher_recipe(teacher: Path, manifest: dict) -> Config:
