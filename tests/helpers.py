@@ -122,11 +122,15 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def cli_command() -> list[str]:
+    """The installed ``modelcycle`` command (the checkout's .venv), else this Python's module."""
+    return [str(VENV_CLI)] if VENV_CLI.exists() else [sys.executable, "-m", "modelcycle"]
+
+
 def run_cli(*args: str | Path, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the installed ``modelcycle`` command in a fresh process."""
-    command = [str(VENV_CLI)] if VENV_CLI.exists() else [sys.executable, "-m", "modelcycle"]
     return subprocess.run(
-        [*command, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=cli_env(), timeout=timeout
+        [*cli_command(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=cli_env(), timeout=timeout
     )
 
 

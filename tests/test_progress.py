@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from helpers import VENV_CLI, cli_env, copy_run
+from helpers import cli_command, cli_env, copy_run
 from modelcycle import progress
 
 
@@ -34,7 +34,7 @@ def test_quick_work_says_nothing_and_work_that_ends_short_says_where(monkeypatch
 def test_evaluate_shows_progress_on_stderr_and_json_on_stdout(trained, tmp_path):
     run = copy_run(trained, tmp_path)  # evaluate writes the run's report
     env = {**cli_env(), "MODELCYCLE_PROGRESS_EVERY_S": "0"}
-    result = subprocess.run([str(VENV_CLI), "evaluate", str(run), "--json"], capture_output=True, text=True, env=env)
+    result = subprocess.run([*cli_command(), "evaluate", str(run), "--json"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["accuracy"] >= 0  # stdout is the JSON and nothing else
     lines = [line for line in result.stderr.splitlines() if line.startswith("evaluating ")]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import VENV_CLI, assert_mentions, class_image, cli_env, run_cli
+from helpers import assert_mentions, class_image, cli_command, cli_env, run_cli
 
 CLASSES = ("class_0", "class_1", "class_2")
 
@@ -112,7 +112,7 @@ def test_json_stays_on_stdout_while_the_bar_draws_on_a_terminal(trained: Path, p
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     env = {**cli_env(), "TERM": "xterm", "COLUMNS": "100"}
-    args = [str(VENV_CLI), "predict", str(trained), str(photos["folder"]), "--json", "--batch-size", "1"]
+    args = [*cli_command(), "predict", str(trained), str(photos["folder"]), "--json", "--batch-size", "1"]
     try:
         result = subprocess.run(args, stdout=subprocess.PIPE, stderr=follower, env=env, timeout=300, text=True)
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import modelcycle
-from helpers import VENV_CLI, assert_user_error, cli_env, run_cli, tiny_overrides
+from helpers import assert_user_error, cli_command, cli_env, run_cli, tiny_overrides
 from modelcycle.config import load_config
 from modelcycle.runlock import LOCK_FILE, RunLock, RunLocked
 from modelcycle.runs import read_manifest, verified_weights
@@ -67,13 +67,9 @@ def args_config(args: list[str], *more: str):
     return load_config(None, [*args, *more])
 
 
-def _command() -> list[str]:
-    return [str(VENV_CLI)] if VENV_CLI.exists() else [sys.executable, "-m", "modelcycle"]
-
-
 def _start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [*_command(), "train", *args], env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*cli_command(), "train", *args], env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
 
 

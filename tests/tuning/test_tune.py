@@ -166,6 +166,7 @@ def test_a_trial_asked_when_earlier_ones_fill_the_budget_gives_way_unrun(tmp_pat
     """The race of two workers at the last trial, played out by hand: three finished trials and
     one running leave no room in a budget of 4 for trial 4 (a budget of 5 would); a trial that
     gives way fails without suggesting or training, and stays out of the count."""
+    from modelcycle.progress import StepBar
     from modelcycle.tuning.search import Objective
     from modelcycle.tuning.study import Tally
 
@@ -175,9 +176,10 @@ def test_a_trial_asked_when_earlier_ones_fill_the_budget_gives_way_unrun(tmp_pat
     study.ask()  # another worker's trial, still running
     config = load_config(None, [f"run.dir={tmp_path}"])
     trial = study.ask()
-    assert not Objective(config, None, tmp_path, 1, budget=5)._surplus(trial)
-    assert Objective(config, None, tmp_path, 1, budget=4)._surplus(trial)
-    study.optimize(Objective(config, None, tmp_path, 1, budget=4), n_trials=1, catch=(Exception,))
+    bar = StepBar("trials", 4, live=False)
+    assert not Objective(config, None, tmp_path, 1, budget=5, bar=bar)._surplus(trial)
+    assert Objective(config, None, tmp_path, 1, budget=4, bar=bar)._surplus(trial)
+    study.optimize(Objective(config, None, tmp_path, 1, budget=4, bar=bar), n_trials=1, catch=(Exception,))
     last = study.trials[-1]
     assert last.state.name == "FAIL" and last.user_attrs == {"surplus": True} and last.params == {}
     assert Tally.of(study.trials).finished == 3 and not list(tmp_path.glob("trial-*"))
