@@ -70,7 +70,7 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 # modelcycle against Lightning, the HF Trainer, TRL, LitServe and plain transformers (docs/benchmarks.md),
-# about 80 minutes on the shared 2-core VM; not part of `make test`. A venv of its own, torch pinned as ours, with
+# about 70 minutes on the shared 2-core VM; not part of `make test`. A venv of its own, torch pinned as ours, with
 # modelcycle installed in it: each side runs in a fresh process of the same Python.
 # Options: make bench-peers PEERS_ARGS="--only dpo --rounds 5" (--help lists them)
 PEERS       := .venv-peers
