@@ -203,3 +203,13 @@ def test_no_task_names_are_compared_outside_tasks():
 def test_the_task_name_check_sees_comparisons_and_defaults():
     code = 'a = task == "lm"\nb = t in ("sft", "x")\nc = m.get("task", "classify")\nd = view == "pairs"'
     assert sorted(name for _, name in _task_name_uses(ast.parse(code))) == ["classify", "lm", "sft"]
+
+
+MAX_MODULE_LINES = 420  # "no module over about 400 lines" (issue 15): past that, split by what it holds
+
+
+def test_no_module_is_over_about_400_lines():
+    long = {
+        name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by what they hold): {long}"
