@@ -5,7 +5,8 @@ plot that would mislead.
 
 Figures are made with ``matplotlib.figure.Figure``, not pyplot: no global figure list to leak
 from a long-lived server, and each ``plot_*`` function can return the Figure it saved, so tests
-read the very axes that went into the PNG.
+read the very axes that went into the PNG. The blank figure and the confusion matrix live in
+``track/figures.py``, a layer below, because TensorBoard draws them from a training task too.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from modelcycle.track.figures import blank_figure  # the figure every plot starts from, shared with tasks/media.py
 
 BEST = "best"  # the gid of the best point's marker (tests and readers of the SVG find it by this)
 BEST_STYLE = {
@@ -28,13 +30,6 @@ BEST_STYLE = {
     "linestyle": "none",
     "zorder": 5,
 }
-
-
-def blank_figure(width: float, height: float) -> Figure:
-    """A figure with an Agg canvas, so it can be drawn and its text measured before it is saved."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs) -> tuple[Figure, np.ndarray]:

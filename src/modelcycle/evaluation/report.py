@@ -7,34 +7,18 @@ import html
 import json
 from pathlib import Path
 
-import numpy as np
 from matplotlib.figure import Figure
 
 from modelcycle.data.images import load_image
 from modelcycle.evaluation.metrics import top5_label
 from modelcycle.evaluation.plots import label, mark_best, new_figure, save, say, wrap
+from modelcycle.track.figures import confusion_figure
 
 TITLE_CHARS = 22  # a mistake's title line at font size 8 fits a 2.2-inch column with room to spare
 
 
 def plot_confusion(matrix: list[list[int]], classes: list[str], path: Path) -> Figure:
-    m = np.asarray(matrix)
-    size = max(4.0, 0.5 * len(classes) + 2)
-    fig, axes = new_figure(size, size)
-    ax = axes[0, 0]
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(classes) <= 30:
-        threshold = m.max() / 2 if m.size else 0
-        for (i, j), value in np.ndenumerate(m):
-            ax.text(
-                j, i, str(value), ha="center", va="center", fontsize=8, color="white" if value > threshold else "black"
-            )
-    ax.set_title("Confusion matrix")
-    return save(fig, path)
+    return save(confusion_figure(matrix, classes), path)
 
 
 def best_epoch(epochs: list[dict], monitor: tuple[str, str] | None) -> tuple[str, int, float] | None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from modelcycle.engine.callbacks import Callback, publish
+from modelcycle.track.figures import confusion_figure  # imports matplotlib only when it draws
 
 CONFUSION_CLASSES = 100  # more classes make a picture nobody reads, and K*K counts per validation batch
+CONFUSION_INCHES = 12.0  # drawn every epoch: a side of at most 1200 pixels, however many classes
 PICTURES = 16  # images of the training batch shown
 
 
@@ -42,22 +43,4 @@ class ConfusionPicture(Callback):
     def on_epoch_end(self, trainer: Any, metrics: dict) -> None:
         matrix = self.task.confusion
         if matrix is not None:
-            publish(trainer, "val/confusion_matrix", lambda: confusion_figure(np.asarray(matrix), self.classes))
-
-
-def confusion_figure(matrix: np.ndarray, classes: list[str]):
-    from matplotlib.figure import Figure  # only when something shows it
-
-    size = min(12.0, max(4.0, 0.4 * len(classes) + 2))
-    fig = Figure(figsize=(size, size), layout="constrained")
-    ax = fig.add_subplot()
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if len(classes) <= 20:  # counts in the cells while they have room
-        for (i, j), value in np.ndenumerate(matrix.astype(int)):
-            light = value > matrix.max() / 2
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color="white" if light else "black")
-    return fig
+            publish(trainer, "val/confusion_matrix", lambda: confusion_figure(matrix, self.classes, CONFUSION_INCHES))
