@@ -160,11 +160,18 @@ def test_crossval_two_folds(flow):
     base = runs / "cv-crossval"
     summary = json.loads((base / "crossval.json").read_text())
     assert summary["folds"] == 2 and len(summary["per_fold"]) == 2
+    # 3 classes: eval.topk=5 scores the top 3, and the table says so as evaluate's does
+    assert (summary["topk"], summary["num_classes"]) == (3, 3)
+    assert_mentions(result.stderr, "top5 (of 3 classes: top-3)")
     assert set(summary["mean"]) == set(summary["std"]) == {"accuracy", "top5", "macro_f1", "weighted_f1"}
     for fold in (0, 1):
         assert (base / f"fold-{fold}" / "model" / "modelcycle.json").is_file()
     assert summary["mean"]["accuracy"] == pytest.approx(np.mean([f["accuracy"] for f in summary["per_fold"]]))
     assert_mentions(result.stderr, "2-fold cross-validation", "fold 0", "fold 1")
+    # eval.topk reaches the folds' scoring as it reaches evaluate's
+    result = _ok(run_cli("crossval", *_fast(flow["data"], runs, "cv", "train.epochs=1", "eval.topk=2"), "--folds", "2"))
+    assert json.loads((base / "crossval.json").read_text())["topk"] == 2
+    assert_mentions(result.stderr, "top5 (eval.topk=2: top-2)")
 
 
 @pytest.mark.slow

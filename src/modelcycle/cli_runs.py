@@ -98,16 +98,19 @@ def crossval(
 ):
     """k-fold cross-validation over train+val; prints mean and std of each metric."""
     from modelcycle.api import crossval as run_crossval
+    from modelcycle.evaluation.metrics import top5_label
 
     path, overrides = split_config(config, overrides)
     summary = run_crossval(path, overrides, folds=folds)
+    names = {"top5": top5_label(summary["topk"], summary["num_classes"])}  # what top5 means with few classes
     table = Table(title=f"{folds}-fold cross-validation ({summary['runs']})")
     table.add_column("metric")
     for i in range(folds):
         table.add_column(f"fold {i}", justify="right")
     table.add_column("mean ± std", justify="right")
     for key, mean in summary["mean"].items():
-        table.add_row(key, *[f"{f[key]:.4f}" for f in summary["per_fold"]], f"{mean:.4f} ± {summary['std'][key]:.4f}")
+        cells = [f"{f[key]:.4f}" for f in summary["per_fold"]]
+        table.add_row(names.get(key, key), *cells, f"{mean:.4f} ± {summary['std'][key]:.4f}")
     console.print(table)
 
 

@@ -59,13 +59,15 @@ def crossval(config: Config | str | Path, overrides=(), folds: int = 5, progress
             val_items=val_items,
         )
         probs = predict_items(load_predictor(run.path), val_items)
-        metrics = classification_metrics(labels[val_idx], probs, data.classes)
+        metrics = classification_metrics(labels[val_idx], probs, data.classes, k=config.eval.topk)
         per_fold.append({k: metrics[k] for k in REPORTED})
     summary = {
         "folds": folds,
         "per_fold": per_fold,
         "mean": {k: float(np.mean([f[k] for f in per_fold])) for k in REPORTED},
         "std": {k: float(np.std([f[k] for f in per_fold])) for k in REPORTED},
+        "topk": metrics["topk"],  # the k of top5 (min(eval.topk, classes), the same in every fold)
+        "num_classes": len(data.classes),
         "runs": str(base),
     }
     (base / "crossval.json").write_text(json.dumps(summary, indent=2))
