@@ -334,17 +334,70 @@ def test_text_files_and_unnamed_files_keep_their_old_reading(tmp_path):
     assert read_conversations(named) == [[user("Hi?"), assistant("Hello.")]]
 
 
-def test_tool_calls_are_refused_with_their_line_rather_than_trained_wrong(tmp_path):
-    call = {"type": "function", "function": {"name": "mul", "arguments": {"a": 6, "b": 7}}}
+MUL = {"type": "function", "function": {"name": "mul", "description": "a times b", "parameters": {"type": "object"}}}
+
+
+def tool_chat(arguments: object = '{"a": 6, "b": 7}') -> list[dict]:
+    """A conversation in OpenAI's form: a call whose arguments are JSON text, its result, the answer."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "mul", "arguments": arguments}}
     chat = [user("6 x 7?"), {"role": "assistant", "content": None, "tool_calls": [call]}]
-    chat += [{"role": "tool", "content": "42"}, assistant("42.")]
-    path = write_jsonl(tmp_path / "tools.jsonl", [{"messages": TOOL_CHAT}, {"messages": chat}])
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:2: an assistant turn calls a tool"):
+    return [*chat, {"role": "tool", "tool_call_id": "call_1", "content": "42"}, assistant("42.")]
+
+
+def test_tool_calls_and_tools_are_read_for_sft(tmp_path):
+    path = write_jsonl(tmp_path / "tools.jsonl", [{"messages": tool_chat(), "tools": [MUL]}])
+    [read] = read_conversations(path)
+    call = {"type": "function", "function": {"name": "mul", "arguments": {"a": 6, "b": 7}}, "id": "call_1"}
+    assert read[1] == {"role": "assistant", "content": "", "tool_calls": [call]}  # arguments: an object
+    assert read[2] == {"role": "tool", "content": "42", "tool_call_id": "call_1"}
+    assert (read.tools, read.where) == ([MUL], f"{path}:1")  # for the template, and for errors found later
+    # LLaMA-Factory's ShareGPT: function_call and observation turns, "tools" as JSON text of bare functions
+    turns = [{"from": "human", "value": "6 x 7?"}, {"from": "function_call", "value": json.dumps(call["function"])}]
+    turns += [{"from": "observation", "value": "42"}, {"from": "gpt", "value": "42."}]
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": turns, "tools": json.dumps([MUL["function"]])}])
+    [shared] = read_conversations(path)
+    assert shared.tools == [MUL] and shared[1]["tool_calls"] == [{"type": "function", "function": call["function"]}]
+
+
+def test_tool_calls_are_refused_with_their_line_where_they_are_not_trained(tmp_path):
+    """PPO prompts and preference pairs are read as text: a call there, or "tools", is refused
+    with its line and why, as is a malformed call or definition in SFT data."""
+    path = write_jsonl(tmp_path / "ppo.jsonl", [{"messages": TOOL_CHAT}, {"messages": tool_chat()}])
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:2: an assistant turn calls a tool .*SFT trains"):
+        read_prompts([path])
+    path = write_jsonl(tmp_path / "prompt.jsonl", [{"prompt": "6 x 7?", "tools": [MUL]}])
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:1: \"tools\" .* SFT conversations only"):
+        read_prompts([path])
+    pairs = [
+        {"prompt": "6 x 7?", "chosen": "42.", "rejected": "41.", "tools": [MUL]},
+        {"chosen": tool_chat()[:2], "rejected": [user("6 x 7?"), assistant("41.")]},
+    ]
+    path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    with pytest.raises(DataError) as refused:
+        read_pairs(path)
+    assert re.search(rf"{re.escape(str(path))}:1: \"tools\" .* SFT conversations only", str(refused.value))
+    assert re.search(rf"{re.escape(str(path))}:2: .*tool_calls; preference pairs are read as text", str(refused.value))
+    bad = [
+        {"messages": tool_chat("{not json")},
+        {"messages": tool_chat("[6, 7]")},
+        {"messages": tool_chat(), "tools": [{"type": "function", "function": {"description": "no name"}}]},
+        {"messages": tool_chat(), "tools": "[not json"},
+        {"messages": [user("6 x 7?"), {"role": "assistant", "content": None, "tool_calls": []}]},
+    ]
+    path = write_jsonl(tmp_path / "bad.jsonl", bad)
+    with pytest.raises(DataError) as refused:
         read_conversations(path)
-    sharegpt = [{"from": "human", "value": "6 x 7?"}, {"from": "function_call", "value": json.dumps(call["function"])}]
-    path = write_jsonl(tmp_path / "sharegpt.jsonl", [{"conversations": [*sharegpt, {"from": "gpt", "value": "42."}]}])
-    with pytest.raises(DataError, match=rf"{re.escape(str(path))}:1: an assistant turn calls a tool"):
-        read_conversations(path)
+    for line, problem in enumerate(
+        (
+            'the call\'s "arguments" string is not JSON',
+            'a call\'s "arguments" must be a JSON object',
+            '"tools"[0] is not a tool definition',
+            'the "tools" string is not JSON',
+            '"tool_calls" must be a non-empty list',
+        ),
+        1,
+    ):
+        assert re.search(rf"{re.escape(str(path))}:{line}: [^\n]*{re.escape(problem)}", str(refused.value))
 
 
 def test_preference_file_lists_and_folders(tmp_path):

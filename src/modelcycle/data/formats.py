@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from modelcycle.data.record_formats import Format, Pair, detect, given
+from modelcycle.data.record_formats import Conversation, Format, Pair, detect, given
 from modelcycle.data.sources import DataFile, data_files, records
 from modelcycle.errors import DataError
 from modelcycle.progress import info, warn
@@ -106,10 +106,15 @@ def _why_not(fmt: Format | None, record: object, stage: Stage) -> str:
 
 def _value(fmt: Format, value: object, stage: Stage, number: int) -> object:
     """What the stage takes of a record read by its format."""
-    if fmt.kind in ("conversation", "prompt") and any("tool_calls" in m for m in value):
+    if stage is PROMPTS and fmt.kind in ("conversation", "prompt") and any("tool_calls" in m for m in value):
         raise ValueError(
-            "an assistant turn calls a tool (tool_calls): not trained yet, since the loss covers an answer's "
-            "text and a chat template renders the call apart from it (ChatML drops it); leave such records out"
+            "an assistant turn calls a tool (tool_calls): SFT trains such conversations, but PPO's prompts are "
+            "read as text and its answers carry no tool calls yet; leave such records out of PPO's data"
+        )
+    if stage is PROMPTS and getattr(value, "tools", None):
+        raise ValueError(
+            '"tools" (tool definitions for the chat template): SFT renders them, but PPO prompts are rendered '
+            "without them; drop the key, or leave such records out of PPO's data"
         )
     if fmt.kind == "pair":
         return replace(value, line=number) if stage is PAIRS else value.messages
@@ -134,6 +139,8 @@ def read_file(file: DataFile, stage: Stage) -> list:
         except ValueError as exc:
             problems.append(f"{file.where(number)}: {exc}")
             continue
+        if stage is CONVERSATIONS:  # where it was read, for problems found when it is tokenised
+            value = Conversation(value, getattr(value, "tools", None), file.where(number))
         if isinstance(value, Pair) and value.chosen.strip() == value.rejected.strip():
             same.append(number)
             continue

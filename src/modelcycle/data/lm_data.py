@@ -13,6 +13,9 @@ gets the same treatment: a token is trained on when it starts inside an assistan
 in the end-of-turn token that closes it (the template's own, not assumed to be ``eos_token``:
 ``lm/end_of_turn.py``), so the model learns to stop. Message content is
 tokenised as text: a control token written in a message is not a turn (``lm/chat_template.py``).
+An assistant turn that calls a tool is trained whole, as the template writes it: its content,
+its calls (as text too) and its end of turn (``lm/tool_turns.py``); a record's ``tools`` are
+given to the template.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from modelcycle.data.datasets import memory_loader
 from modelcycle.data.formats import is_chat_file as is_chat_file  # the readers, where callers found them
 from modelcycle.data.formats import read_conversations as read_conversations
 from modelcycle.data.formats import read_documents
-from modelcycle.errors import DataError
+from modelcycle.errors import DataError, UserError
 from modelcycle.lm.chat_template import encode_chat
 from modelcycle.lm.end_of_turn import TurnEnd, turn_end
 from modelcycle.lm.tokenizer import ENDOFTEXT
+from modelcycle.lm.tool_turns import tool_turns
 
 IGNORE = -100  # label of a token that is not trained on (cross_entropy's ignore_index)
 
@@ -91,22 +95,25 @@ def encode_conversation(tokenizer, messages: list[dict], end: TurnEnd | None = N
     writes, ``lm/end_of_turn.py``; where the template writes none after an answer, ``end`` is
     inserted there). Content is tokenised as text (a control token written in a message stays
     characters) and the assistant spans come from where the template put each message, so no
-    message can forge a turn or move the loss mask (``lm/chat_template.py``)."""
+    message can forge a turn or move the loss mask (``lm/chat_template.py``). A turn that calls a
+    tool is trained whole, as the template writes it (``lm/tool_turns.py``), its calls as text too;
+    the conversation's ``tools`` (a :class:`Conversation`'s) are given to the template."""
     end = end or turn_end(tokenizer)
-    encoded = encode_chat(tokenizer, messages, add_generation_prompt=False)
-    text, spans, inserts = encoded.text, [], []
+    tools = getattr(messages, "tools", None)
+    encoded = encode_chat(tokenizer, messages, add_generation_prompt=False, tools=tools)
+    text, spans = encoded.text, []
+    calls = tool_turns(tokenizer, messages, text, end, tools=tools)
     for index, start, stop in encoded.spans:
-        if messages[index]["role"] != "assistant":
+        if messages[index]["role"] != "assistant" or index in calls:
             continue
         closing = len(text) - len(text[stop:].lstrip())  # whitespace may sit between answer and end of turn
-        if end is not None and text.startswith(end.token, closing):
-            stop = closing + len(end.token)
-        elif end is not None:
-            inserts.append(stop)
-        spans.append((start, stop))
+        closed = end is not None and text.startswith(end.token, closing)
+        spans.append((start, closing + len(end.token) if closed else stop, closed))
+    spans = sorted(spans + list(calls.values()))
+    inserts = [stop for _, stop, closed in spans if end is not None and not closed]
     ids, starts = list(encoded.ids), list(encoded.starts)
     labels = [
-        token if any(a <= first < b for a, b in spans) else IGNORE for token, first in zip(ids, starts, strict=True)
+        token if any(a <= first < b for a, b, _ in spans) else IGNORE for token, first in zip(ids, starts, strict=True)
     ]
     for position in reversed(inserts):  # after the answer's last token, before the template's text
         at = bisect.bisect_left(starts, position)
@@ -130,7 +137,12 @@ def encode_chats(
     rows, truncated, dropped = [], 0, 0
     end = turn_end(tokenizer, end_of_turn)
     for messages in conversations:
-        ids, labels = encode_conversation(tokenizer, messages, end)
+        try:
+            ids, labels = encode_conversation(tokenizer, messages, end)
+        except UserError as exc:  # a conversation read from a file: say where
+            if not getattr(messages, "where", ""):
+                raise
+            raise type(exc)(f"{messages.where}: {exc}") from None
         if len(ids) > length:
             truncated += 1
             ids, labels = ids[:length], labels[:length]

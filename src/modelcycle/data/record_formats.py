@@ -4,16 +4,18 @@ prompt (a message list the policy answers) or a preference :class:`Pair`.
 
 Messages are ``{"role", "content"}`` with the roles system, user, assistant and tool; an assistant
 message may carry ``tool_calls`` (its content then may be null) and a tool message its
-``tool_call_id`` or ``name``: these are kept for the chat template. A key whose value is null
-counts as absent (a Parquet file has every column in every row). Each reader raises a
+``tool_call_id`` or ``name``: these are kept for the chat template (data/tool_records.py reads
+calls and a record's ``tools``, which ride on its :class:`Conversation`). A key whose value is
+null counts as absent (a Parquet file has every column in every row). Each reader raises a
 ValueError that says what is wrong with the record; the file reader (data/formats.py) adds where.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from modelcycle.data.tool_records import function_call, no_tools, tool_calls, tools
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
@@ -23,7 +25,18 @@ SHAREGPT_ROLES = {
     **{name: "tool" for name in ("observation", "tool", "function_response")},
     "function_call": "assistant",  # LLaMA-Factory: the value is the call as JSON
 }
-KEPT = ("tool_calls", "tool_call_id", "name")  # what a message carries besides role and content
+KEPT = ("tool_call_id", "name")  # what a message carries besides role, content and tool_calls
+
+
+class Conversation(list):
+    """A conversation's messages (a list: every reader of conversations takes it as one), with
+    the tool definitions its record gives the chat template (``tools``, None for none) and where
+    it was read (``where``: file and line, for the problems found when it is tokenised)."""
+
+    def __init__(self, messages, tools: list[dict] | None = None, where: str = ""):
+        super().__init__(messages)
+        self.tools = tools
+        self.where = where
 
 
 @dataclass(frozen=True)
@@ -53,15 +66,6 @@ def _text(record: dict, key: str, what: str = "", required: bool = True) -> str:
     return value
 
 
-def _tool_calls(value: object, where: str) -> list[dict]:
-    if not isinstance(value, list) or not all(
-        isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
-        for c in value
-    ):
-        raise ValueError(f'{where}: "tool_calls" must be a list of {{"type": "function", "function": {{"name", ...}}}}')
-    return value
-
-
 def message(item: object, where: str, role_key: str = "role", content_key: str = "content", roles=None) -> dict:
     """One message, its role mapped through ``roles`` (ShareGPT's names) when given."""
     if not isinstance(item, dict) or not isinstance(item.get(role_key), str):
@@ -71,27 +75,22 @@ def message(item: object, where: str, role_key: str = "role", content_key: str =
         known = ", ".join(roles or ROLES)
         raise ValueError(f"{where} has the role {item[role_key]!r}; the roles are {known}")
     content, out = item.get(content_key), {}
-    if item.get("tool_calls") is not None and role == "assistant":
-        out["tool_calls"] = _tool_calls(item["tool_calls"], where)
+    if item.get("tool_calls") is not None and role != "assistant":
+        raise ValueError(f'{where} is a {role} message with "tool_calls"; only the assistant calls tools')
+    if item.get("tool_calls") is not None:
+        out["tool_calls"] = tool_calls(item["tool_calls"], where)
         content = "" if content is None else content
     elif roles is not None and item[role_key] == "function_call":  # LLaMA-Factory's call: JSON text
-        out["tool_calls"] = _function_call(content, where)
+        out["tool_calls"] = function_call(content, where)
         content = ""
     if not isinstance(content, str):
         raise ValueError(f'{where} is not an object with "{role_key}" and "{content_key}" strings')
-    out.update((key, item[key]) for key in KEPT if key not in out and item.get(key) is not None and role != "user")
+    for key in KEPT:
+        if key not in out and item.get(key) is not None and role != "user":
+            if not isinstance(item[key], str):
+                raise ValueError(f'{where}: "{key}" must be a string')
+            out[key] = item[key]
     return {"role": role, "content": content, **out}
-
-
-def _function_call(value: object, where: str) -> list[dict]:
-    try:
-        call = json.loads(value) if isinstance(value, str) else None
-    except json.JSONDecodeError:
-        call = None
-    calls = call if isinstance(call, list) else [call]
-    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
-        raise ValueError(f'{where}: a function_call\'s value must be JSON such as {{"name": ..., "arguments": ...}}')
-    return [{"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for c in calls]
 
 
 def messages(value: object, key: str) -> list[dict]:
@@ -106,14 +105,6 @@ def _conversation(turns: list[dict]) -> list[dict]:
     return turns
 
 
-def _no_tools(record: dict) -> None:
-    if record.get("tools"):
-        raise ValueError(
-            '"tools" (tool definitions for the chat template) is not read yet, and leaving it out would train '
-            "on conversations rendered without them; drop the key to train without tool definitions"
-        )
-
-
 def _system(record: dict) -> list[dict]:
     text = _text(record, "system", required=False)
     return [{"role": "system", "content": text}] if text else []
@@ -122,13 +113,11 @@ def _system(record: dict) -> list[dict]:
 # ---------------------------------------------------------------- the formats
 
 
-def read_messages(record: dict) -> list[dict]:
-    _no_tools(record)
-    return _conversation(messages(record["messages"], "messages"))
+def read_messages(record: dict) -> Conversation:
+    return Conversation(_conversation(messages(record["messages"], "messages")), tools(record))
 
 
 def _sharegpt_turns(record: dict) -> list[dict]:
-    _no_tools(record)
     turns = record["conversations"]
     if not isinstance(turns, list) or not turns:
         raise ValueError('"conversations" must be a non-empty list of {"from", "value"} objects')
@@ -139,8 +128,8 @@ def _sharegpt_turns(record: dict) -> list[dict]:
     return out
 
 
-def read_sharegpt(record: dict) -> list[dict]:
-    return _conversation(_sharegpt_turns(record))
+def read_sharegpt(record: dict) -> Conversation:
+    return Conversation(_conversation(_sharegpt_turns(record)), tools(record))
 
 
 def _alpaca_prompt(record: dict) -> list[dict]:
@@ -176,7 +165,11 @@ def _prompt(value: object) -> list[dict]:
     return messages(value, "prompt")
 
 
-def read_prompt_completion(record: dict) -> list[dict]:
+def read_prompt_completion(record: dict) -> Conversation:
+    return Conversation(_prompt_completion(record), tools(record))  # TRL's tool-calling rows carry "tools"
+
+
+def _prompt_completion(record: dict) -> list[dict]:
     prompt, completion = record["prompt"], record["completion"]
     if isinstance(prompt, str) != isinstance(completion, str):
         raise ValueError('"prompt" and "completion" must both be strings or both be message lists')
@@ -191,6 +184,7 @@ def read_prompt_completion(record: dict) -> list[dict]:
 
 
 def read_prompt_only(record: dict) -> list[dict]:
+    no_tools(record, "a PPO prompt")
     prompt = _prompt(record["prompt"])
     if prompt[-1]["role"] == "assistant":
         raise ValueError('"prompt" ends with an assistant message; a prompt ends where the answer starts')
@@ -207,7 +201,10 @@ def _turns(value: list, key: str) -> list[tuple[str, str]]:
     for i, item in enumerate(value):
         turn = message(item, f'"{key}"[{i}]')
         if extra := sorted(set(turn) - {"role", "content"}):
-            raise ValueError(f'"{key}"[{i}] carries {", ".join(extra)}; pairs are read as text')
+            raise ValueError(
+                f'"{key}"[{i}] carries {", ".join(extra)}; preference pairs are read as text, so tool calls are '
+                "not compared yet (SFT trains them)"
+            )
         out.append((turn["role"], turn["content"]))
     return out
 
@@ -230,6 +227,7 @@ def read_preference(record: dict) -> Pair:
     for key in ("chosen", "rejected"):
         if record.get(key) is None:
             raise ValueError(f'no "{key}" key (keys: {", ".join(map(str, record)) or "none"})')
+    no_tools(record, "a preference pair")
     prompt = record.get("prompt")
     chosen, rejected = record["chosen"], record["rejected"]
     if isinstance(chosen, str) and isinstance(rejected, str):
@@ -266,10 +264,14 @@ def _answer(record: dict, key: str) -> str:
 
 
 def _as_pair(record: dict, prompt: list[dict]) -> Pair:
+    no_tools(record, "a preference pair")
     if prompt[-1]["role"] == "assistant":
         raise ValueError("the prompt ends with an assistant turn; a pair's prompt ends where the answers start")
     if any(set(m) - {"role", "content"} for m in prompt):
-        raise ValueError("the prompt carries tool calls; pairs are read as text")
+        raise ValueError(
+            "the prompt carries tool calls; preference pairs are read as text, so tool calls are not compared yet "
+            "(SFT trains them)"
+        )
     context = [(m["role"], m["content"]) for m in prompt]
     return _pair(record, context, _answer(record, "chosen"), _answer(record, "rejected"))
 

@@ -11,6 +11,11 @@ tokens are the tokenizer's special tokens and the added tokens the template's so
 Where a message's content lies in the rendered text is found by rendering the conversation a
 second time with a random sentinel in place of each content: the text between sentinels is the
 template's, the rest is content (taken as it is, or stripped, as templates that ``trim`` do).
+A tool call's name, id and arguments (each key and string of them) and a tool result's name and
+call id are people's text too, marked the same way (found as they are or JSON-escaped, as
+``tojson`` writes them); tool definitions (``tools``) are the template's text, so a control
+string in them is refused, and a call the template does not write at all is refused rather than
+trained as if it were not there.
 When no control token lies in content, the ids are exactly those of tokenising the rendered text
 whole, as the model's authors did; only text that holds a control string is split around it.
 The same offsets give SFT's loss mask its assistant spans, so a message cannot move the mask
@@ -30,6 +35,7 @@ import weakref
 from dataclasses import dataclass
 
 from modelcycle.errors import UserError
+from modelcycle.lm.chat_marks import marked, renderings, strings
 
 _controls: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _controls_lock = threading.Lock()
@@ -237,9 +243,12 @@ def encode_text(tokenizer, text: str, add_special_tokens: bool = False) -> list[
     return ids
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool, name: str = "the model") -> str:
-    """The chat template's text; a template that fails (syntax, sandbox, its own
-    ``raise_exception``) raises ``ChatTemplateError`` that says so, never a traceback."""
+def render(
+    tokenizer, messages: list[dict], add_generation_prompt: bool, name: str = "the model", tools: list | None = None
+) -> str:
+    """The chat template's text (``tools``: tool definitions it is given); a template that fails
+    (syntax, sandbox, its own ``raise_exception``) raises ``ChatTemplateError`` that says so,
+    never a traceback."""
     import jinja2
 
     if not template_source(tokenizer):
@@ -248,7 +257,9 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool, name: s
             "use plain prompts (modelcycle lm generate --no-chat, or /v1/completions)"
         )
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
     except jinja2.TemplateError as exc:
         kind = {
             "SecurityError": "does something the template sandbox refuses",
@@ -262,53 +273,81 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool, name: s
         raise ChatTemplateError(f"{name}: the chat template failed on this conversation: {exc}") from None
 
 
-def _slots(tokenizer, messages, add_generation_prompt, text, name) -> list[tuple[int, int, int]] | None:
-    """(message, start, end) of every content in ``text``, from a rendering with sentinels; None
-    when the template changes content beyond stripping it (then content cannot be told apart)."""
+def _slots(tokenizer, messages, add_generation_prompt, text, name, tools):
+    """(slots, values, written): ``slots`` the (value, start, end) of every string people wrote
+    in ``text``, found from a rendering with sentinels (None when the template changes one beyond
+    stripping or escaping it: then they cannot be told apart); ``values`` what each stands for
+    (``chat_marks.marked``); ``written`` the values the template wrote at all."""
     nonce = secrets.token_hex(8)
-    marked = [{**m, "content": f"\ue000{nonce}:{i}\ue001"} for i, m in enumerate(messages)]
-    parts = re.split(f"\ue000{nonce}:(\\d+)\ue001", render(tokenizer, marked, add_generation_prompt, name))
+    copies, values = marked(messages, lambda k: f"\ue000{nonce}:{k}\ue001")
+    parts = re.split(f"\ue000{nonce}:(\\d+)\ue001", render(tokenizer, copies, add_generation_prompt, name, tools))
+    written = {int(index) for index in parts[1::2]}
     slots, position = [], 0
     for k in range(0, len(parts) - 1, 2):
         template, index, following = parts[k], int(parts[k + 1]), parts[k + 2]
         if not text.startswith(template, position):
-            return None
+            return None, values, written
         position += len(template)
-        content = messages[index]["content"]
-        for candidate in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
+        for candidate in renderings(*values[index][1:]):
             end = position + len(candidate)
             if text.startswith(candidate, position) and text.startswith(following, end):
                 slots.append((index, position, end))
                 position = end
                 break
         else:
-            return None
-    return slots if position + len(parts[-1]) == len(text) and text.endswith(parts[-1]) else None
+            return None, values, written
+    whole = position + len(parts[-1]) == len(text) and text.endswith(parts[-1])
+    return (slots if whole else None), values, written
+
+
+def _check_tools(tools: list, pattern: re.Pattern | None, name: str) -> None:
+    """Tool definitions are written as the template's own text: no control string may be in
+    them (nor spelled across two of their strings, as a template may write them side by side)."""
+    found = strings(tools)
+    for text in (*found, "".join(found)):
+        _check_text(text, "the tool definitions (tools)")
+        if pattern is not None and (control := pattern.search(text)):
+            raise UserError(
+                f"the tool definitions (tools) hold {control.group()!r}, a control token of {name}'s chat template, "
+                "and they are written as the template's own text; remove it from them"
+            )
 
 
 def encode_chat(
-    tokenizer, messages: list[dict], add_generation_prompt: bool = True, name: str = "the model"
+    tokenizer, messages: list[dict], add_generation_prompt: bool = True, name: str = "the model", tools=None
 ) -> Encoded:
-    """The chat template applied to ``messages`` (dicts with string ``role`` and ``content``) and
-    tokenised: control tokens where the template wrote them, content always as text."""
+    """The chat template applied to ``messages`` (dicts with string ``role`` and ``content``, an
+    assistant's ``tool_calls``) and ``tools``, tokenised: control tokens where the template wrote
+    them; content and tool calls always as text."""
     pattern, _ = _control(tokenizer)
     for i, message in enumerate(messages):
-        _check_text(message["role"] + message["content"], f"message {i}")
+        _check_text(message["role"], f"message {i}")
         if pattern is not None and pattern.search(message["role"]):
             raise UserError(f"message {i}: the role {message['role']!r} holds a control token; use a plain role name")
-    text = render(tokenizer, messages, add_generation_prompt, name)
-    slots = _slots(tokenizer, messages, add_generation_prompt, text, name)
-    if slots is None:  # content rewritten by the template: safe only when it holds no control string
-        for i, message in enumerate(messages):
-            if pattern is not None and (found := pattern.search(message["content"])):
+    if tools:
+        _check_tools(tools, pattern, name)
+    text = render(tokenizer, messages, add_generation_prompt, name, tools)
+    slots, values, written = _slots(tokenizer, messages, add_generation_prompt, text, name, tools)
+    for k, (i, kind, value) in enumerate(values):
+        _check_text(value, f"message {i}")
+        if kind == "name" and k not in written:
+            raise UserError(
+                f"message {i} calls the tool {value!r}, but {name}'s chat template does not write tool calls (the "
+                "call is missing from its text), so training would leave it out; use a model whose template "
+                "renders tool_calls (as Qwen2.5's and Llama 3.1's do), or give the tokenizer such a chat_template"
+            )
+    if slots is None:  # text rewritten by the template: safe only when it holds no control string
+        for i, kind, value in values:
+            if pattern is not None and (found := pattern.search(value)):
+                what = f"message {i}" if kind == "content" else f"a tool call field of message {i}"
                 raise UserError(
-                    f"message {i} holds {found.group()!r}, a control token of {name}'s chat template, and this "
-                    "template changes message text, so it cannot be kept as plain text; remove it"
+                    f"{what} holds {found.group()!r}, a control token of {name}'s chat template, and this template "
+                    "changes message text, so it cannot be kept as plain text; remove it"
                 )
         ids, spans = _tokens(tokenizer, text)
         return Encoded(ids, [start for start, _ in spans], text, _found_spans(messages, text))
     ids, starts = encode_guarded(tokenizer, text, [(a, b) for _, a, b in slots if b > a])
-    return Encoded(ids, starts, text, slots)
+    return Encoded(ids, starts, text, [(values[k][0], a, b) for k, a, b in slots if values[k][1] == "content"])
 
 
 def _found_spans(messages: list[dict], text: str) -> list[tuple[int, int, int]]:
