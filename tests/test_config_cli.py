@@ -77,6 +77,22 @@ def test_config_show_applies_the_recipe_the_overrides_and_the_task_defaults(tmp_
     assert re.search(r"^distill:\s+# not read by this task", result.stdout, re.M)
 
 
+def test_config_show_warns_of_what_train_would_refuse_and_still_shows_it(tmp_path: Path):
+    """dpo.beta on a classify run: train refuses it (a key its task does not read would do nothing);
+    show names it in train's own words, as a warning, and shows the config with exit code 0."""
+    import modelcycle
+
+    with pytest.raises(ConfigError) as refused:
+        modelcycle.train(load_config(None, ["dpo.beta=0.2", f"run.dir={tmp_path}"]), progress=False)
+    assert not any(tmp_path.iterdir())  # refused before any work
+    result = _invoke("config", "show", "dpo.beta=0.2")
+    assert_mentions(result.stderr, f"warning: train and tune would refuse this config: {refused.value}")
+    assert "dpo.beta=0.2: run.task=classify does not read it" in str(refused.value)
+    assert yaml.safe_load(result.stdout)["dpo"]["beta"] == 0.2  # stdout still the whole config, a recipe
+    # the same key on a task that reads it: nothing to warn of
+    assert "warning" not in _invoke("config", "show", "dpo.beta=0.2", "--task", "dpo").stderr
+
+
 def test_config_keys_lists_type_default_and_description():
     lines = {line.split()[0]: line for line in _invoke("config", "keys").stdout.splitlines() if line.strip()}
     assert set(lines) == dict(_fields()).keys()

@@ -1,8 +1,8 @@
 """`modelcycle config ...`: every setting, findable from the command line. `show` prints the config a
 run would get (recipe, overrides and the task's defaults applied) as a recipe with each key's
-description; `keys` lists every key with what it expects, its default and its description. Both
-read the descriptions from the pydantic fields (config_sections.py), so the text cannot drift
-from the code."""
+description, and warns of any key train would refuse; `keys` lists every key with what it expects,
+its default and its description. Both read the descriptions from the pydantic fields
+(config_sections.py), so the text cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -40,11 +40,28 @@ def show(
     task: str | None = TASK,
 ):
     """Print the resolved config (task defaults and overrides applied) as YAML, a description beside each key;
-    the output is itself a recipe (`config show ... > my.yaml`)."""
+    the output is itself a recipe (`config show ... > my.yaml`). A key train would refuse (set in a section
+    the task does not read) is named in a warning on stderr, and the config is still shown."""
     cfg, read = _resolve(config, overrides, task)
+    _warn_refused(cfg)
     lines = [f"# the config of a run.task={cfg.run.task} run: recipe, overrides and the task's defaults applied"]
     lines += _render(type(cfg), cfg.model_dump(mode="json"), "", read)
     stdout.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+def _warn_refused(cfg) -> None:
+    """train's and tune's own check (registry.check_reads), as a warning: `show` is where a user looks at a
+    config to find what is wrong with it, so it shows the whole config and says what train would refuse."""
+    from rich.markup import escape
+
+    from modelcycle.errors import ConfigError
+    from modelcycle.progress import warn
+    from modelcycle.tasks import registry
+
+    try:
+        registry.check_reads(cfg)
+    except ConfigError as exc:
+        warn(f"train and tune would refuse this config: {escape(str(exc))}")
 
 
 def _render(model: type[BaseModel], values: dict, prefix: str, read: set[str]) -> list[str]:
