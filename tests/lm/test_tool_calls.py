@@ -21,6 +21,7 @@ from modelcycle.data.formats import read_conversations
 from modelcycle.data.lm_data import IGNORE, encode_chats, encode_conversation
 from modelcycle.data.record_formats import Conversation
 from modelcycle.errors import UserError
+from modelcycle.evaluation.lm import evaluate_lm
 from modelcycle.lm.chat_template import encode_chat
 from modelcycle.lm.end_of_turn import turn_end
 
@@ -283,3 +284,14 @@ def test_sft_on_tool_calling_conversations_runs_and_its_loss_falls(tmp_path):
     run = modelcycle.train(load_config(None, overrides), progress=False)
     losses = [epoch["train_loss"] for epoch in run.epoch_metrics()]
     assert len(losses) == 6 and losses[-1] < losses[0] * 0.8
+
+    # evaluate on held-out chats with and without tools: every turn counts in the answer loss, and
+    # the sample answers are drawn from the plain chats only (a tool call is no text answer)
+    plain = [
+        {"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": w}]} for w in "ab"
+    ]
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps(row) + "\n" for row in [rows[0], *plain]))
+    result = evaluate_lm(run, data=held_out, samples=3, report=False)
+    assert result["answer_loss"] > 0
+    assert [s["reference"] for s in result["samples"]] == ["a", "b"]

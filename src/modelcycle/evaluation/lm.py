@@ -117,12 +117,18 @@ def evaluate_lm(
 
 def sample_answers(lm: LanguageModel, files: list[str], count: int, tokens: int) -> list[dict]:
     """Greedy answers to the first held-out prompts with distinct reference answers (those that
-    leave the model room to answer); ``ended``: the answer ended with the end-of-turn token."""
+    leave the model room to answer); ``ended``: the answer ended with the end-of-turn token.
+    Conversations with tools are left out: a sample is a plain text answer to a plain chat (their
+    turns still count in the answer loss)."""
     chosen, prompts, seen = [], [], set()
     for messages in (c for f in files for c in read_conversations(f)):
+        if _uses_tools(messages):
+            continue
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        if not messages[last]["content"] or messages[last]["content"] in seen:
+            continue
         ids = lm.chat_ids(messages[:last])
-        if messages[last]["content"] in seen or len(ids) >= lm.context_length:
+        if len(ids) >= lm.context_length:
             continue
         seen.add(messages[last]["content"])
         chosen.append((messages[:last], messages[last]["content"]))
@@ -140,6 +146,10 @@ def sample_answers(lm: LanguageModel, files: list[str], count: int, tokens: int)
         {"prompt": m[-1]["content"], "answer": a.text, "reference": ref, "ended": a.finish_reason == "stop"}
         for (m, ref), a in zip(chosen, answers, strict=True)
     ]
+
+
+def _uses_tools(messages: list[dict]) -> bool:
+    return bool(getattr(messages, "tools", None)) or any("tool_calls" in m or m["role"] == "tool" for m in messages)
 
 
 def _write_samples(path: Path, samples: list[dict]) -> None:
