@@ -14,14 +14,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from modelcycle import config_sections
 from modelcycle.config_keys import KeyIndex
 from modelcycle.config_sections import (  # the sections live there; their names stay importable from here
     DataSection,
     DistillSection,
     DPOSection,
     EvalSection,
+    FreezeMode,  # noqa: F401 -- these three are re-exported only (__all__)
     LMSection,
-    LoraSection,
+    LoraSection,  # noqa: F401
     ModelSection,
     MonitorSection,
     PPOSection,
@@ -32,29 +34,15 @@ from modelcycle.config_sections import (  # the sections live there; their names
     TrackSection,
     TrainSection,
     TuneSection,
+    parse_freeze,  # noqa: F401
 )
 from modelcycle.errors import ConfigError
 from modelcycle.progress import info
 from modelcycle.runfiles import read_text
 
-__all__ = [
+__all__ = [  # the sections (config_sections' names), importable from here too
     "Config",
-    "Section",
-    "RunSection",
-    "DataSection",
-    "LoraSection",
-    "ModelSection",
-    "TrainSection",
-    "EvalSection",
-    "DistillSection",
-    "TuneSection",
-    "ServeSection",
-    "MonitorSection",
-    "TrackSection",
-    "LMSection",
-    "RewardSection",
-    "DPOSection",
-    "PPOSection",
+    *config_sections.__all__,
     "KEYS",
     "load_config",
     "valid_keys",
