@@ -30,15 +30,13 @@ NAME = "stub_regression"
 
 
 def write_data(root: Path, train: int = 240, val: int = 64) -> Path:
-    """``root/train.json`` and ``root/val.json`` ({"x": rows of 4, "y": numbers}); ``val=0``: no
-    validation file, so the run has no validation split."""
+    """``root/train.json`` and ``root/val.json``: {"x": rows of 4 numbers, "y": a number each}."""
     root.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
     for split, n in (("train", train), ("val", val)):
-        if n:
-            x = torch.randn(n, 4, generator=gen)
-            y = torch.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2] + 0.05 * torch.randn(n, generator=gen)
-            (root / f"{split}.json").write_text(json.dumps({"x": x.tolist(), "y": y.tolist()}))
+        x = torch.randn(n, 4, generator=gen)
+        y = torch.sin(x[:, 0]) + 0.5 * x[:, 1] * x[:, 2] + 0.05 * torch.randn(n, generator=gen)
+        (root / f"{split}.json").write_text(json.dumps({"x": x.tolist(), "y": y.tolist()}))
     return root
 
 
@@ -114,9 +112,7 @@ def setup(config, ctx) -> TaskParts:
     model = build(config.model.args)
     t, root = config.train, Path(config.data.root)
     train = memory_loader(Rows(*rows(root, "train")), collate, t.batch_size, True, seed=t.seed)
-    val = None
-    if (root / "val.json").exists():
-        val = memory_loader(Rows(*rows(root, "val")), collate, config.eval.batch_size, False, seed=t.seed)
+    val = memory_loader(Rows(*rows(root, "val")), collate, config.eval.batch_size, False, seed=t.seed)
     meta = {"task": NAME, "backend": "torch", "args": dict(config.model.args), "data_root": str(root)}
     task = Regression(float(config.model.args.get("step_sleep", 0.0)))
     return TaskParts(task, model, train, val, meta, runs.write_package)

@@ -186,7 +186,7 @@ def test_cuda_stream_is_the_current_gpus_and_resumes_where_fewer_are_visible(mon
     assert list(writer.set) == [0] and torch.equal(writer.set[0], torch.tensor([10]))
 
 
-def test_disk_full_during_training_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
+def test_disk_full_during_training_keeps_the_last_good_checkpoint(stub_config, monkeypatch):
     calls = {"n": 0}
     real_save = torch.save
 
@@ -198,7 +198,7 @@ def test_disk_full_during_training_keeps_the_last_good_checkpoint(tiny_config, m
         return real_save(obj, handle, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint.torch, "save", fills_the_disk)
-    config = tiny_config(train__epochs=3)
+    config = stub_config(train__epochs=3)
     with pytest.raises(CheckpointError) as info:
         api.train(config, progress=False)
     monkeypatch.undo()
