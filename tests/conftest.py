@@ -86,7 +86,7 @@ def images(trained: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def digits_data(tmp_path_factory) -> Path:
     """The bundled digits (1,797 pictures of 10 classes, written as PNGs under ../raw) prepared
-    with a 20 % validation split. Read-only: shared by the monitoring and resume tests."""
+    with a 20 % validation split. Read-only: shared by the monitoring tests."""
     import modelcycle
 
     root = tmp_path_factory.mktemp("digits")
