@@ -70,7 +70,7 @@ def test_completions_echo_the_prompt_with_its_logprobs(client, lm):
     assert choice.text == "def f(" + want.text
     prompt = lm.encode("def f(")
     scores = choice.logprobs
-    assert len(scores.tokens) == len(prompt) + len([t for t in want.token_ids if t not in lm.eos_ids])
+    assert len(scores.tokens) == len(prompt) + len(want.token_ids)  # a stop token has its entry, not its text
     assert scores.token_logprobs[0] is None and scores.top_logprobs[0] is None
     table = direct_logprobs(lm, prompt + want.token_ids)
     ids = prompt + want.token_ids
@@ -82,6 +82,77 @@ def test_completions_echo_the_prompt_with_its_logprobs(client, lm):
     scored = client.completions.create(model=MODEL, prompt="def f(", max_tokens=0, echo=True, logprobs=0)
     assert scored.choices[0].text == "def f(" and scored.usage.completion_tokens == 0
     assert scored.choices[0].logprobs.token_logprobs[1:] == pytest.approx(scores.token_logprobs[1 : len(prompt)])
+
+
+def harness_request(prompt) -> dict:
+    """What lm-evaluation-harness' local-completions sends to score a continuation (its default
+    ``tokenized_requests``: token ids, tokenised with the model's own tokenizer)."""
+    return {
+        "model": MODEL,
+        "prompt": prompt,
+        "temperature": 0,
+        "max_tokens": 1,
+        "logprobs": 1,
+        "seed": 1234,
+        "echo": True,
+    }
+
+
+def test_token_id_prompts_score_continuations_as_evaluation_harnesses_read_them(server, client, lm):
+    context, continuation = lm.encode("The with statement"), lm.encode(" opens a file", special_tokens=False)
+    other = lm.encode("class A:")
+    body = httpx.post(
+        server.url + "/v1/completions", json=harness_request([context + continuation, other]), timeout=120
+    )
+    assert body.status_code == 200, body.text
+    choices = sorted(body.json()["choices"], key=lambda c: c["index"])
+    for ids, ctxlen, answer in ((context + continuation, len(context), choices[0]), (other, 1, choices[1])):
+        scores = answer["logprobs"]
+        assert len(scores["token_logprobs"]) == len(ids) + 1  # the prompt, then the one generated token
+        assert answer["text"].startswith(lm.tokenizer.decode(ids))
+        # the harness' reading: the continuation's log-likelihood and whether greedy decoding gives it
+        table = direct_logprobs(lm, ids)
+        want = sum(float(table[i - 1, ids[i]]) for i in range(ctxlen, len(ids)))
+        assert sum(scores["token_logprobs"][ctxlen:-1]) == pytest.approx(want, abs=1e-3)
+        greedy = all(int(table[i - 1].argmax()) == ids[i] for i in range(ctxlen, len(ids)))
+        read = zip(scores["token_logprobs"][ctxlen:-1], scores["top_logprobs"][ctxlen:-1], strict=True)
+        assert all(logprob == max(top.values()) for logprob, top in read) == greedy
+    # one prompt of ids through the openai client answers as the same ids do in the model
+    made = client.completions.create(model=MODEL, prompt=other, max_tokens=6, temperature=0)
+    assert made.choices[0].text == lm.generate([other], Sampling(temperature=0, max_new_tokens=6))[0].text
+
+
+def prompt_whose_next_token_stops(lm) -> list[int]:
+    """Two token ids after which the model's greedy choice is a stop token: found by trying them
+    all at once (the tiny model's weights are fixed, so this is the same pair every run)."""
+    vocab = len(lm.tokenizer)
+    with torch.no_grad():
+        for first in (i for i in range(vocab) if i not in lm.eos_ids):
+            pairs = torch.stack([torch.full((vocab,), first), torch.arange(vocab)], 1)
+            hits = [i for i, n in enumerate(lm.model(pairs).logits[:, -1].argmax(-1).tolist()) if n in lm.eos_ids]
+            if hits:
+                return [first, hits[0]]
+    raise AssertionError("no two-token prompt of the tiny model is followed by a stop token")
+
+
+def test_echo_has_an_entry_for_the_generated_token_even_when_it_is_the_stop_token(server, lm):
+    ids = prompt_whose_next_token_stops(lm)
+    body = httpx.post(server.url + "/v1/completions", json=harness_request(ids), timeout=120).json()
+    [answer] = body["choices"]
+    assert answer["finish_reason"] == "stop" and body["usage"]["completion_tokens"] == 1
+    assert len(answer["logprobs"]["token_logprobs"]) == len(ids) + 1
+    stop = int(direct_logprobs(lm, ids)[-1].argmax())
+    assert answer["logprobs"]["tokens"][-1] == lm.tokenizer.decode([stop])
+    assert answer["text"] == lm.tokenizer.decode(ids)  # the stop token is no part of the text
+
+
+@pytest.mark.parametrize(
+    "prompt, fragment",
+    [([[1, 100_000]], "token id 100000"), ([[-1]], "greater than or equal to 0"), ([[]], "prompt"), ([], "empty list")],
+)
+def test_bad_token_id_prompts_are_400s(server, prompt, fragment):
+    reply = httpx.post(server.url + "/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 1})
+    assert reply.status_code == 400 and fragment in reply.json()["error"]["message"], reply.text
 
 
 def test_n_choices_and_seeds(client, lm):

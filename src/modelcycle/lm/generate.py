@@ -209,6 +209,21 @@ class LanguageModel:
             )
 
     @cached_property
+    def vocab_size(self) -> int:
+        """Token ids this model and its tokenizer both know: a prompt's ids must be below it."""
+        return min(len(self.tokenizer), self.model.get_input_embeddings().num_embeddings)
+
+    def check_ids(self, ids: list[int], index: int | None = None) -> None:
+        """A prompt given as token ids holds only ids of this vocabulary (an unknown id would
+        fail inside the model)."""
+        if (bad := next((i for i in ids if i >= self.vocab_size), None)) is not None:
+            which = "the prompt" if index is None else f"prompt {index}"
+            raise UserError(
+                f"{which} holds token id {bad}, but this model's vocabulary has ids 0 to {self.vocab_size - 1}; "
+                "tokenise with the model's own tokenizer"
+            )
+
+    @cached_property
     def chars_per_token(self) -> int:
         """The most characters one token can stand for (its vocabulary string, byte-level or
         SentencePiece, is never shorter than the text it decodes to; four times that where a

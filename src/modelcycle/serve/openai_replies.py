@@ -4,7 +4,11 @@ log-probabilities (chat's ``logprobs.content`` list; completions' legacy ``token
 
 A token is shown as its own text (special tokens included), and ``bytes`` are that text's UTF-8
 bytes, as vLLM does: a token that holds part of a character shows U+FFFD. The end-of-turn token
-an answer stopped at has no entry: its text is not part of the answer.
+an answer stopped at is not part of its text. Chat's log-probabilities leave it out with the text;
+completions' list it, as vLLM does, so that every generated token has its entry: with ``echo`` and
+``max_tokens=1`` there is always exactly one entry past the prompt, which evaluation harnesses
+slice on (lm-evaluation-harness drops the last entry as the generated one; without the stop
+token's entry it would drop the continuation's last token and score it wrong).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ Token = tuple[int, float | None, Top | None]  # id, log-probability (None: the f
 class Tokens:
     """Turns token ids into the texts the log-probabilities show, for one model."""
 
-    def __init__(self, tokenizer, eos_ids: Collection[int]):
+    def __init__(self, tokenizer, eos_ids: Collection[int], keep_stop: bool = False):
         self.tokenizer, self.eos_ids = tokenizer, set(eos_ids)
+        self.keep_stop = keep_stop  # completions: the stop token keeps its entry (see above)
 
     def text(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -29,11 +34,12 @@ class Tokens:
     def generated(
         self, ids: Sequence[int], logprobs: Sequence[float] | None, tops: Sequence[Top] | None
     ) -> list[Token]:
-        """The tokens of (part of) an answer with their figures, the end of turn left out."""
+        """The tokens of (part of) an answer with their figures, the end of turn left out unless
+        ``keep_stop``."""
         return [
             (token, logprobs[i] if logprobs else None, tops[i] if tops else [])
             for i, token in enumerate(ids)
-            if token not in self.eos_ids
+            if self.keep_stop or token not in self.eos_ids
         ]
 
     def of_answer(self, answer: Answer) -> list[Token]:

@@ -47,6 +47,7 @@ def _unicode(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_unicode)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]  # a prompt already tokenised
 Stop = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
@@ -181,7 +182,9 @@ class ChatRequest(SamplingRequest):
 class CompletionRequest(SamplingRequest):
     DEFAULT_TOKENS: ClassVar[int | None] = 16  # OpenAI's default for completions
 
-    prompt: Text | list[Text]
+    # text, texts, or token ids (one prompt or several), as OpenAI takes them: evaluation harnesses
+    # (lm-evaluation-harness' local-completions) send ids they tokenised with the model's tokenizer
+    prompt: Text | list[Text] | TokenIds | list[TokenIds]
     max_tokens: int | None = Field(None, ge=0)  # 0 only with echo: the prompt's log-probabilities alone
     echo: bool = False
     logprobs: int | None = Field(None, ge=0)
@@ -202,10 +205,11 @@ class CompletionRequest(SamplingRequest):
         return self.logprobs
 
     @property
-    def prompts(self) -> list[str]:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def prompts(self) -> list[str | list[int]]:
+        one = isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int))
+        prompts = [self.prompt] if one else self.prompt
         if not prompts:
-            raise UserError("prompt: an empty list; send a string or a list of strings")
+            raise UserError("prompt: an empty list; send a string, a list of strings or of token ids")
         return prompts
 
     @property

@@ -118,11 +118,16 @@ def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
                 "prompt",
             )
         sampling, limit = settings(model, body)
-        size(model, [len(p) for p in prompts], "prompt")
+        texts = [p for p in prompts if isinstance(p, str)]
+        size(model, [len(p) for p in texts], "prompt")  # token ids: their count is checked exactly below
+        for i, p in enumerate(prompts):
+            if isinstance(p, list):
+                _user_error(model.lm.check_ids, p, None if len(prompts) == 1 else i, param="prompt")
         made = await asyncio.to_thread(
             _user_error, make_answers, model.lm, prompts, sampling, body.n, limit, param="prompt"
         )
-        return await answer(model, body, made, prompts if body.echo else None)
+        echoed = [p if isinstance(p, str) else model.lm.tokenizer.decode(p) for p in prompts] if body.echo else None
+        return await answer(model, body, made, echoed)
 
     def settings(model: ServedLM, body: SamplingRequest) -> tuple[Sampling, int]:
         """The request's sampling and token limit, checked before anything is tokenised:
@@ -173,7 +178,7 @@ def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
             "created": int(time.time()),
             "model": model.name,
         }
-        tokens = Tokens(model.lm.tokenizer, model.lm.eos_ids)
+        tokens = Tokens(model.lm.tokenizer, model.lm.eos_ids, keep_stop=not chat)
         scored = body.top_logprobs_wanted is not None
         score_prompt = echoed is not None and scored
 
