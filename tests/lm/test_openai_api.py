@@ -155,6 +155,32 @@ def test_bad_token_id_prompts_are_400s(server, prompt, fragment):
     assert reply.status_code == 400 and fragment in reply.json()["error"]["message"], reply.text
 
 
+def test_the_tokenizer_routes_answer_as_vllm_s_so_a_harness_needs_no_tokenizer(server, lm):
+    tokenizer = lm.tokenizer
+    # the harness' probe (check_remote_tokenizer_support): tokenizer_info with eos_token, tokenize with tokens
+    info = httpx.get(server.url + "/tokenizer_info").json()
+    assert info["eos_token"] == tokenizer.eos_token and info["chat_template"] == tokenizer.chat_template
+    assert info["model_max_length"] == lm.context_length and info["vocab_size"] == len(tokenizer)
+    said = httpx.post(server.url + "/tokenize", json={"prompt": "def f(", "add_special_tokens": False}).json()
+    assert said["tokens"] == tokenizer("def f(", add_special_tokens=False).input_ids and said["count"] > 0
+    # the harness finds the eos id by tokenising eos_token
+    eos = httpx.post(server.url + "/tokenize", json={"prompt": info["eos_token"], "add_special_tokens": False})
+    assert eos.json()["tokens"] == [tokenizer.eos_token_id]
+    ids = lm.encode("class A:")
+    back = httpx.post(server.url + "/detokenize", json={"model": MODEL, "tokens": ids}).json()
+    assert back == {"prompt": tokenizer.decode(ids)}
+    # what it does not do is a 400 in OpenAI's shape, naming the field
+    for path, body, param in [
+        ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}, "messages"),
+        ("/detokenize", {"tokens": [1, 100_000]}, "tokens"),
+        ("/tokenize", {"prompt": "x", "model": "nobody"}, None),
+    ]:
+        reply = httpx.post(server.url + path, json=body)
+        assert reply.status_code in (400, 404) and "error" in reply.json(), reply.text
+        error = reply.json()["error"]
+        assert param is None or param == error["param"] or param in error["message"], error
+
+
 def test_n_choices_and_seeds(client, lm):
     kwargs = {"model": MODEL, "messages": MESSAGES, "max_tokens": 12, "temperature": 1.0, "seed": 7}
     first = client.chat.completions.create(n=3, **kwargs)

@@ -4,7 +4,8 @@ models it answers for (``load(name, path, package, cfg)``, into the state's ``HO
 
 * ``predict_v1``: ``POST /v1/predict``, our endpoint for image and text classifiers;
 * ``kserve_v2``: the Open Inference Protocol under ``/v2`` for the same classifiers;
-* ``openai``: ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models/NAME`` for language models;
+* ``openai``: ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models/NAME`` for language models,
+  with vLLM's ``/tokenizer_info``, ``/tokenize`` and ``/detokenize`` (``openai_tokens``);
 * ``score``: ``POST /v1/score`` for reward models.
 
 Which protocols a package gets (:func:`for_package`): for our packages, what its task plugin

@@ -44,6 +44,7 @@ from modelcycle.serve.lm_runner import Chunk, ServedLM
 from modelcycle.serve.metrics import LMMetrics
 from modelcycle.serve.openai_replies import Tokens, choice, delta, sse
 from modelcycle.serve.openai_schemas import ChatRequest, CompletionRequest, Refused, SamplingRequest
+from modelcycle.serve.protocols import openai_tokens
 from modelcycle.serve.state import ServeState
 
 log = logging.getLogger("modelcycle.serve")
@@ -52,7 +53,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
 
 NAME = "openai"
 HOLDS = "lms"  # the ServeState slot its models go in
-PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models/")  # paths whose errors take OpenAI's shape
+PREFIXES = ("/v1/chat/", "/v1/completions", "/v1/models/", *openai_tokens.PATHS)  # errors in OpenAI's shape
 
 
 def load(name: str, path: Path, package: Package, cfg: ServeSection) -> ServedLM:
@@ -89,6 +90,16 @@ def add_routes(app: FastAPI, state: ServeState, auth: list) -> None:
         if name not in served:
             raise HTTPException(404, f"The model '{name}' does not exist on this server; it serves {', '.join(served)}")
         return served[name]
+
+    def too_long(param: str, count: int) -> None:
+        if count > cfg.max_prompt_chars:
+            raise _Invalid(
+                f"{param}: {count:,} long; this server reads at most {cfg.max_prompt_chars:,} (serve.max_prompt_chars)",
+                param,
+                "prompt_too_large",
+            )
+
+    openai_tokens.add_routes(app, auth, pick, _user_error, too_long)
 
     @app.get("/v1/models/{name:path}", tags=["v1"], dependencies=auth)
     async def get_model(name: str) -> dict:
