@@ -166,6 +166,11 @@ class GenerationStream:
         yield rests
 
 
+def _which(index: int | None) -> str:
+    """How an error names a prompt: alone, or by its place in a list."""
+    return "the prompt" if index is None else f"prompt {index}"
+
+
 class LanguageModel:
     """A causal LM, its tokenizer and what ends its turns; made by ``load_lm``."""
 
@@ -202,10 +207,9 @@ class LanguageModel:
 
     def check_fits(self, ids: list[int], index: int | None = None) -> None:
         if len(ids) >= self.context_length:
-            which = "the prompt" if index is None else f"prompt {index}"
             raise PromptTooLong(
-                f"{which} is {len(ids)} tokens, but this model's maximum context length is {self.context_length} "
-                "tokens, prompt and answer together; shorten the prompt"
+                f"{_which(index)} is {len(ids)} tokens, but this model's maximum context length is "
+                f"{self.context_length} tokens, prompt and answer together; shorten the prompt"
             )
 
     @cached_property
@@ -217,10 +221,9 @@ class LanguageModel:
         """A prompt given as token ids holds only ids of this vocabulary (an unknown id would
         fail inside the model)."""
         if (bad := next((i for i in ids if i >= self.vocab_size), None)) is not None:
-            which = "the prompt" if index is None else f"prompt {index}"
             raise UserError(
-                f"{which} holds token id {bad}, but this model's vocabulary has ids 0 to {self.vocab_size - 1}; "
-                "tokenise with the model's own tokenizer"
+                f"{_which(index)} holds token id {bad}, but this model's vocabulary has ids 0 to "
+                f"{self.vocab_size - 1}; tokenise with the model's own tokenizer"
             )
 
     @cached_property
@@ -236,9 +239,8 @@ class LanguageModel:
         """A prompt of ``chars`` characters that cannot fit the context whatever its tokens is
         refused before any tokenising: a huge prompt costs no work."""
         if chars >= self.context_length * self.chars_per_token:
-            which = "the prompt" if index is None else f"prompt {index}"
             raise PromptTooLong(
-                f"{which} is {chars:,} characters, more than this model's maximum context length of "
+                f"{_which(index)} is {chars:,} characters, more than this model's maximum context length of "
                 f"{self.context_length} tokens can hold (a token is at most {self.chars_per_token} characters); "
                 "shorten the prompt"
             )
