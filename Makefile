@@ -46,7 +46,7 @@ demo-lm: $(STAMP)
 	$(BIN)/modelcycle lm gates runs/lm-pretrain runs/lm-sft --reward runs/lm-reward --dpo runs/lm-dpo --ppo runs/lm-ppo
 
 # Two test processes (pytest-xdist): most tests wait on the commands, servers and trainings they
-# start, so on two cores two processes take 595 s where one took 919 s. TEST_WORKERS=auto uses
+# start, so on two cores two processes take 530 to 600 s where one took 919 s. TEST_WORKERS=auto uses
 # every core; TEST_WORKERS=0 runs in this process (for a debugger, or -x with one traceback).
 TEST_WORKERS ?= 2
 test: $(STAMP) browser postgres

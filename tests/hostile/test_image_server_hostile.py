@@ -94,9 +94,9 @@ def test_the_request_timeout_bounds_decoding(trained, images):
         # The decode thread finishes the image it is on (0.4 s idle, a second or more on a loaded
         # machine, which a good request's 1 s can miss), then skips the ones still queued: a good
         # request is answered within seconds, where decoding all 40 would hold it 16 s or more.
-        deadline = time.monotonic() + 6
+        deadline, one_good = time.monotonic() + 6, {"images": [b64_file(images[0])]}
         while True:
-            good = httpx.post(server.url + "/v1/predict", json={"images": [b64_file(images[0])]}, timeout=30)
+            good = httpx.post(server.url + "/v1/predict", json=one_good, timeout=30)
             if good.status_code != 504 or time.monotonic() > deadline:
                 break
         assert good.status_code == 200, good.text
